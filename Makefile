@@ -1,0 +1,46 @@
+# Two commands matter on a fresh machine: `make demo` and `make test`. Both create .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONSTRAINTS := requirements/constraints.txt
+STAMP := $(VENV)/.installed
+
+DEMO_RUN ?= runs/digits
+DEMO_REPO ?= model_repository
+DEMO_PORT ?= 8001
+DEMO_METRICS_PORT ?= 8002
+
+.PHONY: venv demo test lint protos check-protos bench clean
+
+venv: $(STAMP)
+
+# One install of every dependency set (serve + train + dev), pinned by the constraints file.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[serve,train,dev]'
+	$(PIP) check
+	touch $@
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m serving.gen_protos --check
+	$(PY) -m pytest -q
+
+# gRPC stubs (serving/_generated/) from protos/, with the pinned grpcio-tools.
+protos: $(STAMP)
+	$(PY) -m serving.gen_protos
+
+check-protos: $(STAMP)
+	$(PY) -m serving.gen_protos --check
+
+demo: $(STAMP)
+	$(PY) -m training fit --data digits --arch resnet20 --epochs 5 --out $(DEMO_RUN)
+
+clean:
+	rm -rf runs model_repository .pytest_cache .ruff_cache

@@ -1,0 +1,41 @@
+"""From a registry checkpoint (``{"arch", "kwargs", "state_dict"}``) to the matching NumPy network.
+
+The caller needs no torch: ``models.registry.load_checkpoint`` returns the header, ``torch.load`` the raw dict,
+and either goes in here with the state_dict (tensors or arrays).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from models.scratch.archs import XRESNET_SPECS, arch_config
+from models.scratch.network import Network
+from models.scratch.resnet import ResNetNumpy
+from models.scratch.xresnet import XResNetNumpy
+
+__all__ = ["from_checkpoint"]
+
+
+def from_checkpoint(header_or_arch: Mapping[str, Any] | str, kwargs: Mapping[str, Any] | None = None,
+                    state_dict: Mapping[str, Any] | None = None, *, dtype: type = np.float32,
+                    fold_bn: bool = False) -> Network:
+    """The NumPy network for a checkpoint.
+
+    ``header_or_arch`` is the registry header ``{"arch", "kwargs"}`` (a whole checkpoint dict, state_dict
+    included, works too) or an arch name with ``kwargs`` beside it. Raises NotImplementedError naming the
+    supported archs for anything else.
+    """
+    if isinstance(header_or_arch, str):
+        arch, kw = header_or_arch, dict(kwargs or {})
+    else:
+        arch, kw = header_or_arch["arch"], dict(header_or_arch.get("kwargs", {}) if kwargs is None else kwargs)
+        if state_dict is None:
+            state_dict = header_or_arch.get("state_dict")
+    if state_dict is None:
+        raise ValueError("from_checkpoint needs a state_dict (argument, or the checkpoint's 'state_dict')")
+    config = arch_config(arch, kw)
+    cls = XResNetNumpy if arch in XRESNET_SPECS else ResNetNumpy
+    return cls.from_state_dict(config, state_dict, dtype=dtype, fold_bn=fold_bn)

@@ -1,0 +1,184 @@
+"""Dynamic batching: concurrent requests for one model become one onnxruntime call.
+
+Each request submits its images as an (n, C, H, W) tensor and awaits its own slice of the logits. One consumer task
+per model takes requests from the queue in arrival order until ``max_batch`` images are gathered or the oldest
+request has waited ``max_delay_s`` (0: take what is there — requests that arrive while a batch is computing still
+form the next batch), concatenates them and runs the model in a dedicated thread, so the event loop keeps
+accepting and decoding requests meanwhile.
+
+Back-pressure and hygiene:
+- the queue holds at most ``max_queue`` requests; one more is refused at once with ``Overloaded``;
+- a request whose caller gave up (RPC cancelled, deadline passed) is removed and never computed;
+- a request larger than ``max_batch`` runs alone, in one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.errors import DeadlineExceeded, NotReady, Overloaded
+from serving.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Request:
+    x: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    deadline: float | None          # event-loop time
+    enqueued: float = field(default_factory=time.perf_counter)
+    queued_at: float = 0.0          # event-loop time
+
+
+class DynamicBatcher:
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, name: str, max_batch: int = 32,
+                 max_delay_s: float = 0.0, max_queue: int = 256, metrics: Metrics | None = None) -> None:
+        if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
+            raise ValueError(f"need max_batch >= 1, max_queue >= 1, max_delay_s >= 0; got {max_batch}, "
+                             f"{max_queue}, {max_delay_s}")
+        self.name = name
+        self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
+        self._run = run
+        self._metrics = metrics
+        if metrics is not None:  # label lookups cost a lock and a dict per call: do them once
+            self._depth_gauge = metrics.queue_depth.labels(name)
+            self._compute_hist = metrics.compute_seconds.labels(name)
+            self._batch_hist = metrics.batch_size.labels(name)
+            self._queue_hist = metrics.queue_seconds.labels(name)
+        self._queue: deque[_Request] = deque()
+        self._queued_images = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{name}")
+        self._closed = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{self.name}")
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """Queue (n, C, H, W) float32 and wait for its (n, K) logits. ``deadline`` is in event-loop time."""
+        loop = asyncio.get_running_loop()
+        if self._closed or self._task is None:
+            raise NotReady("server is shutting down")
+        if len(self._queue) >= self.max_queue:
+            raise Overloaded(f"model {self.name!r}: queue full ({self.max_queue} requests waiting); retry later")
+        if deadline is not None and deadline <= loop.time():
+            raise DeadlineExceeded("deadline passed before the request was queued")
+        request = _Request(x, loop.create_future(), deadline, queued_at=loop.time())
+        self._queue.append(request)
+        self._queued_images += len(x)
+        self._wake.set()
+        self._set_depth()
+        # A cancelled caller (client gone, deadline hit) cancels the future: drop the request at once.
+        request.future.add_done_callback(lambda f: self._dropped(request, "cancelled") if f.cancelled() else None)
+        return await request.future
+
+    def _dropped(self, request: _Request, reason: str) -> None:
+        try:
+            self._queue.remove(request)
+        except ValueError:
+            return  # already taken into a batch: its result will be ignored
+        self._queued_images -= len(request.x)
+        self._set_depth()
+        if self._metrics is not None:
+            self._metrics.dropped.labels(self.name, reason).inc()
+
+    def _set_depth(self) -> None:
+        if self._metrics is not None:
+            self._depth_gauge.set(len(self._queue))
+
+    async def _wait_for_batch(self) -> None:
+        while not self._queue:
+            self._wake.clear()
+            await self._wake.wait()
+        if self.max_delay_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        until = self._queue[0].queued_at + self.max_delay_s
+        while self._queued_images < self.max_batch and (remaining := until - loop.time()) > 0:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                break
+
+    def _take(self) -> list[_Request]:
+        now = asyncio.get_running_loop().time()
+        batch: list[_Request] = []
+        images = 0
+        while self._queue:
+            request = self._queue[0]
+            if request.future.cancelled():  # its done-callback has not run yet
+                self._dropped(request, "cancelled")
+                continue
+            if request.deadline is not None and request.deadline <= now:
+                self._dropped(request, "deadline")
+                request.future.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
+                continue
+            if batch and images + len(request.x) > self.max_batch:
+                break
+            self._queue.popleft()
+            self._queued_images -= len(request.x)
+            batch.append(request)
+            images += len(request.x)
+        self._set_depth()
+        return batch
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wait_for_batch()
+            batch = self._take()
+            if not batch:
+                continue
+            x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
+            started = time.perf_counter()
+            try:
+                logits = await loop.run_in_executor(self._executor, self._run, x)
+            except Exception as e:
+                log.exception("model %s: batch of %d failed", self.name, len(x))
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(RuntimeError(f"inference failed: {type(e).__name__}: {e}"))
+                continue
+            self._observe(batch, len(x), started)
+            offset = 0
+            for request in batch:
+                n = len(request.x)
+                if not request.future.done():
+                    request.future.set_result(logits[offset:offset + n])
+                offset += n
+
+    def _observe(self, batch: list[_Request], images: int, started: float) -> None:
+        if self._metrics is None:
+            return
+        self._compute_hist.observe(time.perf_counter() - started)
+        self._batch_hist.observe(images)
+        for request in batch:
+            self._queue_hist.observe(started - request.enqueued)
+
+    async def close(self) -> None:
+        """Stop the consumer; requests still queued are answered ``NotReady`` (shutdown drains before this)."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while self._queue:
+            request = self._queue.popleft()
+            if not request.future.done():
+                request.future.set_exception(NotReady("server is shutting down"))
+        self._queued_images = 0
+        self._executor.shutdown(wait=False)

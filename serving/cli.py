@@ -1,0 +1,192 @@
+"""``python -m serving serve | classify | health | batch``: argument parsing only, the work is in the library.
+
+Every ``serve`` option can also come from an environment variable named ``SERVING_`` + the option in capitals
+(``--max-batch`` → ``SERVING_MAX_BATCH``; ``SERVING_MODELS`` is space- or comma-separated); a flag on the command
+line wins. Containers set the variables, people type the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _env(option: str, default: Any, convert: Callable[[str], Any] = str) -> Any:
+    value = os.environ.get("SERVING_" + option.upper().replace("-", "_"))
+    if value is None or value == "":
+        return default
+    try:
+        return convert(value)
+    except ValueError:
+        raise SystemExit(f"error: SERVING_{option.upper().replace('-', '_')}={value!r} is not valid") from None
+
+
+def _optional_int(value: str) -> int | None:
+    return None if value.lower() in ("", "none", "off", "-1") else int(value)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the gRPC server", description="Run the gRPC inference server.")
+    p.add_argument("--repository", type=Path, default=_env("repository", None, Path),
+                   required=_env("repository", None) is None, help="model repository: NAME/VERSION/ folders")
+    p.add_argument("--host", default=_env("host", "0.0.0.0"), help="address to bind (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=_env("port", 8001, int), help="gRPC port (default 8001; 0: any)")
+    p.add_argument("--metrics-port", type=_optional_int, default=_env("metrics-port", 8002, _optional_int),
+                   help="Prometheus /metrics port (default 8002; 0: any; -1: off)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=_env("device", "cpu"))
+    p.add_argument("--models", nargs="+", metavar="NAME[:VERSION]",
+                   default=_env("models", [], lambda v: v.replace(",", " ").split()),
+                   help="serve only these models (default: all, latest version each)")
+    p.add_argument("--max-batch", type=int, default=_env("max-batch", 32, int), help="images per onnxruntime call")
+    p.add_argument("--max-queue-delay-ms", type=float, default=_env("max-queue-delay-ms", 0.0, float),
+                   help="how long a request may wait for others to fill a batch (default 0)")
+    p.add_argument("--max-queue", type=int, default=_env("max-queue", 256, int),
+                   help="requests waiting per model before RESOURCE_EXHAUSTED")
+    p.add_argument("--threads", type=int, default=_env("threads", None, int),
+                   help="onnxruntime intra-op threads (default: the cores this process may use)")
+    p.add_argument("--decode-workers", type=int, default=_env("decode-workers", None, int),
+                   help="image decoding threads (default: the cores this process may use)")
+    p.add_argument("--grace-s", type=float, default=_env("grace-s", 10.0, float),
+                   help="seconds in-flight requests get to finish on SIGTERM/SIGINT")
+    p.add_argument("--max-message-mb", type=int, default=_env("max-message-mb", 128, int),
+                   help="largest request/response in MiB (default 128: a 4K RGB float tensor fits)")
+    p.add_argument("--max-pixels", type=int, default=_env("max-pixels", None, int),
+                   help="largest image (width x height) accepted for decoding")
+    p.add_argument("--tls-cert", type=Path, default=_env("tls-cert", None, Path), help="server certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, default=_env("tls-key", None, Path), help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", type=Path, default=_env("tls-client-ca", None, Path),
+                   help="CA that client certificates must be signed by (mutual TLS)")
+    p.add_argument("--log-level", default=_env("log-level", "INFO"))
+    p.add_argument("--log-format", choices=("json", "text"), default=_env("log-format", "json"))
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from serving.config import ServerConfig
+    from serving.logs import setup_logging
+    from serving.preprocess import DEFAULT_MAX_PIXELS
+    from serving.server import serve
+
+    setup_logging(args.log_level, args.log_format)
+    try:
+        config = ServerConfig(
+            repository=args.repository, host=args.host, port=args.port, metrics_port=args.metrics_port,
+            device=args.device, models=tuple(args.models), max_batch=args.max_batch,
+            max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue, threads=args.threads,
+            decode_workers=args.decode_workers, grace_s=args.grace_s, max_message_mb=args.max_message_mb,
+            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+        )
+        return asyncio.run(serve(config))
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:
+        from serving.errors import ServingError
+
+        if isinstance(e, ServingError):
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+def _add_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=_env("server", "localhost:8001"), help="HOST:PORT (default localhost:8001)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    p.add_argument("--tls-ca", type=Path, help="CA certificate to verify the server with (enables TLS)")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", type=Path, help="client private key (mutual TLS)")
+    p.add_argument("--tls-server-name", help="expected name in the server certificate, if not the host")
+
+
+def _client(args: argparse.Namespace, model: str | None = None):  # type: ignore[no-untyped-def]
+    from serving.client import Client
+
+    return Client(args.server, model, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                  tls_key=args.tls_key, server_name=args.tls_server_name)
+
+
+def _add_classify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("classify", help="classify image files with a running server")
+    _add_client_options(p)
+    p.add_argument("--model", required=True)
+    p.add_argument("--version", type=int, default=0)
+    p.add_argument("--top-k", type=int, default=0, help="labels per image (default: 5 or the number of classes)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.set_defaults(func=_classify)
+
+
+def _classify(args: argparse.Namespace) -> int:
+    for path in args.images:
+        if not path.is_file():
+            print(f"error: {path}: no such file", file=sys.stderr)
+            return EXIT_USAGE
+    with _client(args, args.model) as client:
+        results = client.classify(args.images, top_k=args.top_k, version=args.version)
+    for path, preds in zip(args.images, results, strict=True):
+        if args.json:
+            print(json.dumps({"image": str(path), "predictions": [p.to_dict() for p in preds]}))
+        else:
+            print(f"{path}: " + ", ".join(f"{p.label} {p.probability:.4f}" for p in preds))
+    return EXIT_OK
+
+
+def _add_health(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("health", help="exit 0 iff the server (or --model) is SERVING (Docker HEALTHCHECK)")
+    _add_client_options(p)
+    p.add_argument("--model", default="", help="check one model instead of the whole server")
+    p.set_defaults(func=_health, timeout=5.0)
+
+
+def _health(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        status = client.health(args.model)
+    print(status)
+    return EXIT_OK if status == "SERVING" else EXIT_FAILED
+
+
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    # The batch CLI (issue 6) lives in serving/batch.py: add_arguments(parser) and run(args) -> exit code.
+    try:
+        from serving import batch
+    except ImportError:
+        p = sub.add_parser("batch", help="batch inference (not available in this build)")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda args: (print("error: batch inference is not available yet", file=sys.stderr),
+                                          EXIT_USAGE)[1])
+        return
+    p = sub.add_parser("batch", help="batch inference over files, local or through a server")
+    batch.add_arguments(p)
+    p.set_defaults(func=batch.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serving", description="Image classification over gRPC.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    _add_classify(sub)
+    _add_health(sub)
+    _add_batch(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except grpc.RpcError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,226 @@
+"""Protobuf ↔ domain conversions, one small function each, so the servicers only wire calls together.
+
+Everything a client sends is checked here or in the predictor; a problem is an ``InvalidInput`` that says which
+field is wrong and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+
+from serving._generated import grpc_service_pb2 as kserve_pb2
+from serving._generated import imageclassifier_pb2 as ic_pb2
+from serving._generated import model_config_pb2 as config_pb2
+from serving.config import ServerConfig
+from serving.engine import ModelState, ServedModel
+from serving.errors import InvalidInput, NotReady
+from serving.manifest import ModelManifest
+from serving.prediction import Prediction
+
+PLATFORM = "onnxruntime_onnx"
+BACKEND = "onnxruntime"
+_LENGTH = struct.Struct("<I")
+
+# ---- imageclassifier.v1 ------------------------------------------------------------------------------------------
+
+
+def tensor_to_array(tensor: ic_pb2.Tensor) -> np.ndarray:
+    """A ``Tensor`` message → float32 array of its shape (``data`` little-endian bytes, or ``values``)."""
+    shape = [int(d) for d in tensor.shape]
+    if not shape or any(d < 1 for d in shape):
+        raise InvalidInput(f"tensor shape must be positive dimensions, got {shape}")
+    count = math.prod(shape)
+    if tensor.data and tensor.values:
+        raise InvalidInput("tensor has both data and values; send one")
+    if tensor.data:
+        if len(tensor.data) != 4 * count:
+            raise InvalidInput(f"tensor data has {len(tensor.data)} bytes, shape {shape} float32 needs {4 * count}")
+        return np.frombuffer(tensor.data, dtype="<f4").reshape(shape).astype(np.float32, copy=False)
+    if len(tensor.values) != count:
+        raise InvalidInput(f"tensor has {len(tensor.values)} values, shape {shape} needs {count}")
+    return np.asarray(tensor.values, dtype=np.float32).reshape(shape)
+
+
+def array_to_tensor(x: np.ndarray) -> ic_pb2.Tensor:
+    x = np.ascontiguousarray(x, dtype="<f4")
+    return ic_pb2.Tensor(shape=list(x.shape), data=x.tobytes())
+
+
+def images_from_request(request: ic_pb2.ClassifyRequest) -> list[bytes | np.ndarray]:
+    """Each ``Image`` → encoded bytes or a float32 (C, H, W) array, in order."""
+    if not request.images:
+        raise InvalidInput("no images in the request")
+    images: list[bytes | np.ndarray] = []
+    for i, image in enumerate(request.images):
+        kind = image.WhichOneof("source")
+        if kind == "encoded":
+            images.append(image.encoded)
+        elif kind == "tensor":
+            try:
+                images.append(tensor_to_array(image.tensor))
+            except InvalidInput as e:
+                raise InvalidInput(f"image {i}: {e}") from None
+        else:
+            raise InvalidInput(f"image {i} is empty: set encoded or tensor")
+    return images
+
+
+def classify_response(model: ServedModel, results: Sequence[Sequence[Prediction]],
+                      request_id: str) -> ic_pb2.ClassifyResponse:
+    return ic_pb2.ClassifyResponse(
+        model=model.name, version=model.version, request_id=request_id,
+        results=[ic_pb2.Classification(predictions=[
+            ic_pb2.Prediction(label=p.label, index=p.index, probability=p.probability) for p in preds
+        ]) for preds in results],
+    )
+
+
+def model_info(model: ServedModel) -> ic_pb2.ModelInfo:
+    info = ic_pb2.ModelInfo(name=model.name, version=model.version, state=model.state.value, reason=model.reason,
+                            available_versions=model.versions)
+    m = model.manifest
+    if m is None:
+        return info
+    c, h, w = m.input_shape
+    spec = m.spec
+    info.arch, info.variant, info.onnx_sha256, info.created = m.arch, m.variant, m.onnx_sha256, m.created
+    info.labels.extend(m.labels)
+    info.input.CopyFrom(ic_pb2.InputSpec(name=m.input_name, layout="NCHW", dtype="float32", channels=c, height=h,
+                                         width=w))
+    info.output.CopyFrom(ic_pb2.OutputSpec(name=m.output_name, dtype="float32", classes=m.num_classes))
+    info.preprocess.CopyFrom(ic_pb2.Preprocess(size=list(spec.size), color_mode=spec.color_mode, mean=spec.mean,
+                                               std=spec.std, scale=spec.scale, resize=spec.resize,
+                                               resample=spec.resample))
+    v = model.verification or m.verification
+    info.verification.CopyFrom(ic_pb2.Verification(
+        passed=bool(v.get("passed", False)), max_abs_diff=float(v.get("max_abs_diff") or 0.0),
+        top1_agreement=float(v.get("top1_agreement") or 0.0), golden_atol=m.golden_atol,
+        golden_max_abs_diff=model.golden.max_abs_diff if model.golden else 0.0,
+        golden_samples=model.golden.samples if model.golden else 0,
+    ))
+    return info
+
+
+def stream_error(request_id: str, code: int, message: str) -> ic_pb2.ClassifyStreamResponse:
+    return ic_pb2.ClassifyStreamResponse(request_id=request_id, error=ic_pb2.Status(code=code, message=message))
+
+
+# ---- inference (Open Inference Protocol) ------------------------------------------------------------------------
+
+
+def decode_bytes_elements(raw: bytes) -> list[bytes]:
+    """Triton's BYTES wire format: each element is a 4-byte little-endian length, then that many bytes."""
+    items: list[bytes] = []
+    view, offset = memoryview(raw), 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise InvalidInput("BYTES tensor: truncated element length")
+        (n,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + n > len(view):
+            raise InvalidInput(f"BYTES tensor: element of {n} bytes runs past the end of the data")
+        items.append(bytes(view[offset:offset + n]))
+        offset += n
+    return items
+
+
+def encode_bytes_elements(items: Sequence[bytes]) -> bytes:
+    return b"".join(_LENGTH.pack(len(item)) + bytes(item) for item in items)
+
+
+def infer_inputs(request: kserve_pb2.ModelInferRequest, manifest: ModelManifest) -> np.ndarray | list[bytes]:
+    """The one input of a ModelInfer request: an FP32 (N, C, H, W) array, or the encoded images of a BYTES tensor."""
+    expected = f"FP32 [N, {', '.join(map(str, manifest.input_shape))}] or BYTES [N] (encoded images)"
+    if len(request.inputs) != 1:
+        raise InvalidInput(f"model {manifest.name!r} takes exactly one input {manifest.input_name!r} ({expected}), "
+                           f"got {len(request.inputs)}")
+    tensor = request.inputs[0]
+    if tensor.name != manifest.input_name:
+        raise InvalidInput(f"unknown input {tensor.name!r}; model {manifest.name!r} takes {manifest.input_name!r}")
+    if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
+        raise InvalidInput(f"{len(request.raw_input_contents)} raw_input_contents for {len(request.inputs)} inputs")
+    raw = request.raw_input_contents[0] if request.raw_input_contents else None
+    shape = [int(d) for d in tensor.shape]
+    if any(d < 0 for d in shape) or not shape:
+        raise InvalidInput(f"input {tensor.name!r}: invalid shape {shape}")
+    count = math.prod(shape)
+    if tensor.datatype == "FP32":
+        if raw is not None:
+            if len(raw) != 4 * count:
+                raise InvalidInput(f"input {tensor.name!r}: raw_input_contents has {len(raw)} bytes, FP32 {shape} "
+                                   f"needs {4 * count}")
+            x = np.frombuffer(raw, dtype="<f4")
+        else:
+            if len(tensor.contents.fp32_contents) != count:
+                raise InvalidInput(f"input {tensor.name!r}: {len(tensor.contents.fp32_contents)} fp32_contents, "
+                                   f"shape {shape} needs {count}")
+            x = np.asarray(tensor.contents.fp32_contents, dtype=np.float32)
+        return x.astype(np.float32, copy=False).reshape(shape)
+    if tensor.datatype == "BYTES":
+        items = decode_bytes_elements(raw) if raw is not None else list(tensor.contents.bytes_contents)
+        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or len(items) != count:
+            raise InvalidInput(f"input {tensor.name!r}: BYTES shape must be [N] or [N, 1] with one encoded image "
+                               f"per element; got shape {shape} with {len(items)} elements")
+        return items
+    raise InvalidInput(f"input {tensor.name!r}: datatype {tensor.datatype or '(empty)'} is not supported; "
+                       f"send {expected}")
+
+
+def check_requested_outputs(request: kserve_pb2.ModelInferRequest, manifest: ModelManifest) -> None:
+    for output in request.outputs:
+        if output.name != manifest.output_name:
+            raise InvalidInput(f"unknown output {output.name!r}; model {manifest.name!r} has {manifest.output_name!r}")
+
+
+def infer_response(model: ServedModel, request_id: str, logits: np.ndarray) -> kserve_pb2.ModelInferResponse:
+    manifest = _manifest(model)
+    logits = np.ascontiguousarray(logits, dtype="<f4")
+    return kserve_pb2.ModelInferResponse(
+        model_name=model.name, model_version=str(model.version), id=request_id,
+        outputs=[kserve_pb2.ModelInferResponse.InferOutputTensor(name=manifest.output_name, datatype="FP32",
+                                                                 shape=list(logits.shape))],
+        raw_output_contents=[logits.tobytes()],
+    )
+
+
+def model_metadata(model: ServedModel) -> kserve_pb2.ModelMetadataResponse:
+    m = _manifest(model)
+    tensor = kserve_pb2.ModelMetadataResponse.TensorMetadata
+    return kserve_pb2.ModelMetadataResponse(
+        name=model.name, versions=[str(model.version)], platform=PLATFORM,
+        inputs=[tensor(name=m.input_name, datatype="FP32", shape=[-1, *m.input_shape])],
+        outputs=[tensor(name=m.output_name, datatype="FP32", shape=[-1, m.num_classes])],
+    )
+
+
+def model_config(model: ServedModel, config: ServerConfig) -> kserve_pb2.ModelConfigResponse:
+    """Triton's view of the model: dims without the batch dimension, since max_batch_size > 0."""
+    m = _manifest(model)
+    gpu = model.predictor is not None and model.predictor.device == "cuda"
+    kind = config_pb2.ModelInstanceGroup.KIND_GPU if gpu else config_pb2.ModelInstanceGroup.KIND_CPU
+    return kserve_pb2.ModelConfigResponse(config=config_pb2.ModelConfig(
+        name=model.name, platform=PLATFORM, backend=BACKEND, max_batch_size=config.max_batch,
+        version_policy=config_pb2.ModelVersionPolicy(
+            specific=config_pb2.ModelVersionPolicy.Specific(versions=[model.version])),
+        input=[config_pb2.ModelInput(name=m.input_name, data_type=config_pb2.TYPE_FP32,
+                                     format=config_pb2.ModelInput.FORMAT_NCHW, dims=list(m.input_shape))],
+        output=[config_pb2.ModelOutput(name=m.output_name, data_type=config_pb2.TYPE_FP32, dims=[m.num_classes])],
+        dynamic_batching=config_pb2.ModelDynamicBatching(
+            max_queue_delay_microseconds=int(config.max_queue_delay_ms * 1000)),
+        instance_group=[config_pb2.ModelInstanceGroup(name=model.name, kind=kind, count=1)],
+        default_model_filename="model.onnx",
+    ))
+
+
+def model_ready(model: ServedModel) -> bool:
+    return model.state is ModelState.SERVING
+
+
+def _manifest(model: ServedModel) -> ModelManifest:
+    if model.manifest is None:
+        raise NotReady(f"model {model.name!r} is not serving: {model.reason or 'still loading'}")
+    return model.manifest

@@ -1,0 +1,61 @@
+"""Prometheus metrics of one server, in its own registry (several servers can live in one test process).
+
+Exposed over HTTP ``/metrics`` on ``--metrics-port`` (Triton's default, 8002). Names:
+
+- ``serving_requests_total{model, method, code}`` — finished RPCs (one per stream message for streams);
+- ``serving_request_duration_seconds{model, method}`` — handler time, decode + queue + compute + encode;
+- ``serving_queue_duration_seconds{model}`` — time an accepted request waited in the batcher's queue;
+- ``serving_compute_duration_seconds{model}`` — one onnxruntime call (one batch);
+- ``serving_batch_size{model}`` — images per onnxruntime call;
+- ``serving_inflight_requests{method}`` — RPCs being handled now;
+- ``serving_queue_depth{model}`` — requests waiting in the batcher;
+- ``serving_dropped_requests_total{model, reason}`` — queued requests never computed (cancelled, deadline);
+- ``serving_model_ready{model, version}`` — 1 once the model passed its golden self-check, else 0.
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("serving_requests", "Finished RPCs by model, method and status code",
+                                ("model", "method", "code"), registry=r)
+        self.request_seconds = Histogram("serving_request_duration_seconds", "RPC handling time",
+                                         ("model", "method"), buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_seconds = Histogram("serving_queue_duration_seconds", "Time waiting in the batch queue",
+                                       ("model",), buckets=LATENCY_BUCKETS, registry=r)
+        self.compute_seconds = Histogram("serving_compute_duration_seconds", "onnxruntime time per batch",
+                                         ("model",), buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("serving_batch_size", "Images per onnxruntime call", ("model",),
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.inflight = Gauge("serving_inflight_requests", "RPCs being handled", ("method",), registry=r)
+        self.dropped = Counter("serving_dropped_requests", "Queued requests dropped before computing, by reason "
+                               "(cancelled, deadline)", ("model", "reason"), registry=r)
+        self.queue_depth = Gauge("serving_queue_depth", "Requests waiting in the batch queue", ("model",), registry=r)
+        self.model_ready = Gauge("serving_model_ready", "1 when the model serves", ("model", "version"), registry=r)
+        self._http: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        """Start the ``/metrics`` HTTP endpoint in a daemon thread; returns the bound port (``port=0``: any)."""
+        try:
+            self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as e:
+            raise OSError(f"cannot bind the metrics port {host}:{port}: {e.strerror or e}") from None
+        return int(self._http.server_port)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

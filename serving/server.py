@@ -1,0 +1,172 @@
+"""The gRPC server: wiring, lifecycle and graceful shutdown.
+
+``create_server(config)`` builds everything and binds the port (0: any free one) without starting; ``start()``
+opens the port with every model NOT_SERVING, then loads the models in the background — each turns SERVING in
+``grpc.health.v1`` only after its golden self-check. ``stop(grace)`` turns health NOT_SERVING, refuses new RPCs,
+lets in-flight ones finish for up to ``grace`` seconds, then stops the batchers. ``serve(config)`` runs until
+SIGTERM/SIGINT; it is what ``python -m serving serve`` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from serving._generated import grpc_service_pb2, grpc_service_pb2_grpc, imageclassifier_pb2, imageclassifier_pb2_grpc
+from serving._generated._pool import POOL
+from serving.config import ServerConfig
+from serving.engine import InferenceEngine, ModelState, ServedModel
+from serving.metrics import Metrics
+from serving.servicers import ImageClassifierServicer, InferenceServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    imageclassifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier"].full_name,
+    grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+)
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _reflection_pool() -> None:
+    """Our stubs live in a private descriptor pool; reflection serves from it, so health and reflection go in too."""
+    for file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        try:
+            POOL.FindFileByName(file.name)
+        except KeyError:
+            POOL.AddSerializedFile(file.serialized_pb)
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if not config.tls_cert:
+        return None
+    assert config.tls_key is not None  # ServerConfig checks they come together
+    key, cert = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
+    client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
+
+
+class InferenceServer:
+    """One server instance: gRPC server, engine, health, metrics endpoint."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.engine = InferenceEngine(config, self.metrics)
+        self.health = health_aio.HealthServicer()
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share the traffic
+        ]
+        self.grpc = grpc.aio.server(options=options)
+        imageclassifier_pb2_grpc.add_ImageClassifierServicer_to_server(
+            ImageClassifierServicer(self.engine, self.metrics), self.grpc)
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.engine, config, self.metrics), self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        _reflection_pool()
+        reflection.enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME),
+                                            self.grpc, pool=POOL)
+        address = f"{config.host}:{config.port}"
+        credentials = _credentials(config)
+        try:
+            self.port = (self.grpc.add_secure_port(address, credentials) if credentials
+                         else self.grpc.add_insecure_port(address))
+        except RuntimeError:  # grpc's way of saying bind() failed
+            raise OSError(f"cannot bind the gRPC port {address} (in use, or not permitted)") from None
+        self.metrics_port: int | None = None
+        self._load_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self.engine.on_state_change(self._publish)
+
+    async def _publish(self, model: ServedModel | None) -> None:
+        if model is not None:
+            serving = model.state is ModelState.SERVING and not self.engine.shutting_down
+            await self.health.set(model.name, _SERVING if serving else _NOT_SERVING)
+        overall = _SERVING if self.engine.ready else _NOT_SERVING
+        for service in ("", *SERVICE_NAMES):
+            await self.health.set(service, overall)
+
+    async def start(self, load_models: bool = True) -> None:
+        """Open the port (everything NOT_SERVING), then load the models in the background unless told not to."""
+        for service in ("", *SERVICE_NAMES, *self.engine.models):
+            await self.health.set(service, _NOT_SERVING)
+        if self.config.metrics_port is not None:  # first: a taken metrics port fails before gRPC is up
+            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
+        await self.grpc.start()
+        log.info("listening on %s:%d (%s), metrics on %s; loading %s", self.config.host, self.port,
+                 "TLS" if self.config.tls_cert else "plaintext", self.metrics_port or "-",
+                 ", ".join(f"{m.name}:{m.version}" for m in self.engine.models.values()),
+                 extra={"port": self.port, "metrics_port": self.metrics_port})
+        if load_models:
+            self.load()
+
+    def load(self) -> asyncio.Task[None]:
+        """Start loading and self-checking the models (once); each turns SERVING when it passes."""
+        if self._load_task is None:
+            self._load_task = asyncio.get_running_loop().create_task(self._load())
+        return self._load_task
+
+    async def _load(self) -> None:
+        await self.engine.load_all()
+        states = {m.name: m.state.value for m in self.engine.models.values()}
+        log.info("models loaded: %s; server %s", states, "SERVING" if self.engine.ready else "NOT_SERVING",
+                 extra={"models": states})
+
+    async def wait_until_loaded(self, timeout: float | None = None) -> bool:
+        """Wait for model loading to finish; returns whether the server is ready (SERVING)."""
+        if self._load_task is None:
+            raise RuntimeError("the models are not loading: start() the server, or call load()")
+        await asyncio.wait_for(asyncio.shield(self._load_task), timeout)
+        return self.engine.ready
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new RPCs, finish in-flight ones for up to ``grace`` seconds (default: config), release all."""
+        if self._stopped.is_set():
+            return
+        grace = self.config.grace_s if grace is None else grace
+        log.info("shutting down (grace %.1f s)", grace)
+        self.engine.shutting_down = True
+        await self.health.enter_graceful_shutdown()
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+            await asyncio.gather(self._load_task, return_exceptions=True)
+        await self.grpc.stop(grace)
+        await self.engine.close()
+        self.metrics.close()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        await self._stopped.wait()
+
+
+def create_server(config: ServerConfig) -> tuple[InferenceServer, int]:
+    """Build a server bound to ``config.port`` (0: a free port); call from the event loop that will run it."""
+    server = InferenceServer(config)
+    return server, server.port
+
+
+async def serve(config: ServerConfig) -> int:
+    """Run until SIGTERM or SIGINT, then shut down gracefully; returns the process exit code."""
+    server, _ = create_server(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0

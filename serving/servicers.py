@@ -1,0 +1,207 @@
+"""gRPC servicers: each method translates protobuf to an engine call and back, nothing more.
+
+``ImageClassifierServicer`` is the project's own API (imageclassifier.v1); ``InferenceServicer`` speaks the Open
+Inference Protocol (KServe v2, Triton's ``inference.GRPCInferenceService``). Errors are raised as domain exceptions
+and mapped to status codes by ``serving.grpc_errors.rpc``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+
+import grpc
+import numpy as np
+
+from serving import converters
+from serving._generated import grpc_service_pb2 as kserve_pb2
+from serving._generated import grpc_service_pb2_grpc as kserve_grpc
+from serving._generated import imageclassifier_pb2 as ic_pb2
+from serving._generated import imageclassifier_pb2_grpc as ic_grpc
+from serving.config import ServerConfig
+from serving.engine import InferenceEngine
+from serving.grpc_errors import _Recorder, deadline_of, rpc, status_for
+from serving.logs import request_id_var
+from serving.metrics import Metrics
+
+Context = grpc.aio.ServicerContext
+SERVER_NAME = "resnet-serving"
+STREAM_WINDOW = 64  # messages of one stream processed concurrently; reading pauses beyond that (back-pressure)
+
+try:
+    SERVER_VERSION = dist_version(SERVER_NAME)
+except PackageNotFoundError:
+    SERVER_VERSION = "0.0.0"
+
+
+def _make_recorder(engine: InferenceEngine, metrics: Metrics | None) -> _Recorder:
+    return _Recorder(metrics, lambda: engine.models)
+
+
+class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
+    def __init__(self, engine: InferenceEngine, metrics: Metrics | None = None) -> None:
+        self.engine = engine
+        self.recorder = _make_recorder(engine, metrics)
+
+    async def _classify(self, request: ic_pb2.ClassifyRequest, deadline: float | None,
+                        rid: str) -> ic_pb2.ClassifyResponse:
+        images = converters.images_from_request(request)
+        model, results = await self.engine.classify(request.model, request.version, images, request.top_k, deadline)
+        return converters.classify_response(model, results, request.request_id or rid)
+
+    @rpc("Classify", lambda r: r.model)
+    async def Classify(  # noqa: N802
+        self, request: ic_pb2.ClassifyRequest, context: Context, rid: str,
+    ) -> ic_pb2.ClassifyResponse:
+        return await self._classify(request, deadline_of(context), rid)
+
+    @rpc("ClassifyStream")
+    async def ClassifyStream(  # noqa: N802
+        self, requests: AsyncIterator[ic_pb2.ClassifyRequest], context: Context, rid: str,
+    ) -> AsyncIterator[ic_pb2.ClassifyStreamResponse]:
+        async def answer(seq: int, request: ic_pb2.ClassifyRequest) -> ic_pb2.ClassifyStreamResponse:
+            message_id = request.request_id or f"{rid}-{seq}"
+            token = request_id_var.set(message_id)
+            started, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                response = await self._classify(request, deadline_of(context), message_id)
+                return ic_pb2.ClassifyStreamResponse(request_id=message_id, response=response)
+            except Exception as e:
+                code, message = status_for(e, message_id)
+                return converters.stream_error(message_id, code.value[0], message)
+            finally:
+                self.recorder.done("ClassifyStream", self.recorder.model_label(request.model), code,
+                                   time.perf_counter() - started)
+                request_id_var.reset(token)
+
+        async for response in _concurrent_answers(requests, answer):
+            yield response
+
+    @rpc("ListModels")
+    async def ListModels(  # noqa: N802
+        self, request: ic_pb2.ListModelsRequest, context: Context, rid: str,
+    ) -> ic_pb2.ListModelsResponse:
+        return ic_pb2.ListModelsResponse(models=[converters.model_info(m) for m in self.engine.models.values()])
+
+    @rpc("GetModel", lambda r: r.name)
+    async def GetModel(  # noqa: N802
+        self, request: ic_pb2.GetModelRequest, context: Context, rid: str,
+    ) -> ic_pb2.ModelInfo:
+        return converters.model_info(self.engine.find(request.name, request.version))
+
+
+async def _concurrent_answers(requests: AsyncIterator, answer) -> AsyncIterator:  # type: ignore[no-untyped-def]
+    """Answer stream messages concurrently (so they batch with each other), yielding each as soon as it is ready."""
+    iterator = requests.__aiter__()
+    reader: asyncio.Task | None = asyncio.ensure_future(iterator.__anext__())
+    pending: set[asyncio.Task] = set()
+    seq = 0
+    try:
+        while reader is not None or pending:
+            waiting = pending | ({reader} if reader is not None and len(pending) < STREAM_WINDOW else set())
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is reader:
+                    try:
+                        request = task.result()
+                    except StopAsyncIteration:
+                        reader = None
+                        continue
+                    pending.add(asyncio.ensure_future(answer(seq, request)))
+                    seq += 1
+                    reader = asyncio.ensure_future(iterator.__anext__())
+                else:
+                    pending.discard(task)
+                    yield task.result()
+    finally:
+        for task in (*pending, *([reader] if reader is not None else [])):
+            task.cancel()
+
+
+class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, engine: InferenceEngine, config: ServerConfig, metrics: Metrics | None = None) -> None:
+        self.engine = engine
+        self.config = config
+        self.recorder = _make_recorder(engine, metrics)
+
+    @rpc("ServerLive")
+    async def ServerLive(  # noqa: N802
+        self, request: kserve_pb2.ServerLiveRequest, context: Context, rid: str,
+    ) -> kserve_pb2.ServerLiveResponse:
+        return kserve_pb2.ServerLiveResponse(live=True)  # answering at all is being live; draining is not ready
+
+    @rpc("ServerReady")
+    async def ServerReady(  # noqa: N802
+        self, request: kserve_pb2.ServerReadyRequest, context: Context, rid: str,
+    ) -> kserve_pb2.ServerReadyResponse:
+        return kserve_pb2.ServerReadyResponse(ready=self.engine.ready)
+
+    @rpc("ServerMetadata")
+    async def ServerMetadata(  # noqa: N802
+        self, request: kserve_pb2.ServerMetadataRequest, context: Context, rid: str,
+    ) -> kserve_pb2.ServerMetadataResponse:
+        return kserve_pb2.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION,
+                                                 extensions=["model_configuration"])
+
+    @rpc("ModelReady", lambda r: r.name)
+    async def ModelReady(  # noqa: N802
+        self, request: kserve_pb2.ModelReadyRequest, context: Context, rid: str,
+    ) -> kserve_pb2.ModelReadyResponse:
+        model = self.engine.find(request.name, request.version)
+        return kserve_pb2.ModelReadyResponse(ready=converters.model_ready(model) and not self.engine.shutting_down)
+
+    @rpc("ModelMetadata", lambda r: r.name)
+    async def ModelMetadata(  # noqa: N802
+        self, request: kserve_pb2.ModelMetadataRequest, context: Context, rid: str,
+    ) -> kserve_pb2.ModelMetadataResponse:
+        return converters.model_metadata(self.engine.find(request.name, request.version))
+
+    @rpc("ModelConfig", lambda r: r.name)
+    async def ModelConfig(  # noqa: N802
+        self, request: kserve_pb2.ModelConfigRequest, context: Context, rid: str,
+    ) -> kserve_pb2.ModelConfigResponse:
+        return converters.model_config(self.engine.find(request.name, request.version), self.config)
+
+    async def _infer(self, request: kserve_pb2.ModelInferRequest, deadline: float | None,
+                     rid: str) -> kserve_pb2.ModelInferResponse:
+        model = self.engine.get(request.model_name, request.model_version)
+        assert model.manifest is not None  # a serving model has passed its checks
+        converters.check_requested_outputs(request, model.manifest)
+        data = converters.infer_inputs(request, model.manifest)
+        x = data if isinstance(data, np.ndarray) else await self.engine.preprocess(model, data)
+        logits = await self.engine.infer(model, x, deadline)
+        return converters.infer_response(model, request.id or rid, logits)
+
+    @rpc("ModelInfer", lambda r: r.model_name)
+    async def ModelInfer(  # noqa: N802
+        self, request: kserve_pb2.ModelInferRequest, context: Context, rid: str,
+    ) -> kserve_pb2.ModelInferResponse:
+        return await self._infer(request, deadline_of(context), rid)
+
+    @rpc("ModelStreamInfer")
+    async def ModelStreamInfer(  # noqa: N802
+        self, requests: AsyncIterator[kserve_pb2.ModelInferRequest], context: Context, rid: str,
+    ) -> AsyncIterator[kserve_pb2.ModelStreamInferResponse]:
+        async def answer(seq: int, request: kserve_pb2.ModelInferRequest) -> kserve_pb2.ModelStreamInferResponse:
+            message_id = request.id or f"{rid}-{seq}"
+            token = request_id_var.set(message_id)
+            started, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                response = await self._infer(request, deadline_of(context), message_id)
+                return kserve_pb2.ModelStreamInferResponse(infer_response=response)
+            except Exception as e:
+                code, message = status_for(e, message_id)
+                # Triton's stream carries only a message; keep the request id so the client can match it.
+                return kserve_pb2.ModelStreamInferResponse(
+                    error_message=f"{code.name}: {message}",
+                    infer_response=kserve_pb2.ModelInferResponse(model_name=request.model_name, id=message_id))
+            finally:
+                self.recorder.done("ModelStreamInfer", self.recorder.model_label(request.model_name), code,
+                                   time.perf_counter() - started)
+                request_id_var.reset(token)
+
+        async for response in _concurrent_answers(requests, answer):
+            yield response

@@ -1,0 +1,206 @@
+"""BatchNorm folding: every pattern, every architecture family, fused == unfused in eval mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from export_fixtures import randomize_batchnorm
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from models import registry
+from training.fold import Affine, fold_batchnorm, fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
+
+
+def _bn(n: int, dim: int = 2, seed: int = 0) -> _BatchNorm:
+    gen = torch.Generator().manual_seed(seed)
+    bn = (nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d)(n)
+    with torch.no_grad():
+        bn.weight.copy_(0.5 + torch.rand(n, generator=gen))
+        bn.bias.copy_(torch.randn(n, generator=gen))
+        bn.running_mean.copy_(torch.randn(n, generator=gen))
+        bn.running_var.copy_(0.1 + torch.rand(n, generator=gen))
+    return bn.eval()
+
+
+def body_and_head(classes: int = 5) -> nn.Module:
+    """A fastai ``vision_learner``-style model: a torchvision ResNet body + ``create_head`` (BN1d → Linear)."""
+    from fastai.vision.learner import create_head
+
+    tv = registry.create("tv_resnet18", classes, 3)
+    body = nn.Sequential(*list(tv.children())[:-2])
+    return nn.Sequential(body, create_head(512, classes))
+
+
+def _no_batchnorm(model: nn.Module) -> bool:
+    return not any(isinstance(m, _BatchNorm) for m in model.modules())
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fuse_conv_bn_matches_conv_then_bn(bias: bool) -> None:
+    conv, bn = nn.Conv2d(3, 6, 3, stride=2, padding=1, bias=bias), _bn(6)
+    x = torch.randn(2, 3, 9, 9)
+    expected = bn(conv(x))
+    fuse_conv_bn(conv, bn)
+    torch.testing.assert_close(conv(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fuse_grouped_conv_bn() -> None:
+    conv, bn = nn.Conv2d(4, 8, 3, groups=4, padding=1, bias=False), _bn(8)
+    x = torch.randn(2, 4, 6, 6)
+    expected = bn(conv(x))
+    fuse_conv_bn(conv, bn)
+    torch.testing.assert_close(conv(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fuse_linear_bn_and_bn_linear() -> None:
+    x = torch.randn(4, 7)
+    lin, bn = nn.Linear(7, 5), _bn(5, dim=1)
+    expected = bn(lin(x))
+    fuse_linear_bn(lin, bn)
+    torch.testing.assert_close(lin(x), expected, atol=1e-5, rtol=1e-5)
+
+    bn, lin = _bn(7, dim=1, seed=1), nn.Linear(7, 3, bias=False)
+    expected = lin(bn(x))
+    fuse_bn_linear(bn, lin)
+    torch.testing.assert_close(lin(x), expected, atol=1e-5, rtol=1e-5)
+
+
+FAMILIES = [
+    # arch, in_chans, size, conv→BN pairs expected
+    ("resnet20", 1, 16, 21),    # stem + 9 blocks × 2 + 2 projection shortcuts
+    ("plain20", 1, 16, 19),     # no shortcut, no projection
+    ("resnet18", 3, 32, 20),
+    ("xresnet18", 3, 32, 22),   # fastai ConvLayer = Sequential(conv, BN, act); 3-conv stem
+    ("tv_resnet18", 3, 32, 20),
+]
+
+
+@pytest.mark.parametrize(("arch", "in_chans", "size", "pairs"), FAMILIES)
+def test_fold_every_family(arch: str, in_chans: int, size: int, pairs: int) -> None:
+    torch.manual_seed(0)
+    model = randomize_batchnorm(registry.create(arch, 7, in_chans), in_chans, size)
+    x = torch.randn(5, in_chans, size, size)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded, report = fold_batchnorm(model, x)
+    assert _no_batchnorm(folded)
+    assert report.traced
+    assert (len(report.conv_bn), report.affine) == (pairs, [])
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)
+    # The caller's model is untouched: same weights, still holding its BatchNorms.
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_fold_body_and_create_head() -> None:
+    torch.manual_seed(0)
+    model = randomize_batchnorm(body_and_head(), 3, 64)
+    x = torch.randn(4, 3, 64, 64)
+    folded, report = fold_batchnorm(model, x)
+    assert _no_batchnorm(folded)
+    # create_head: BatchNorm1d(1024) → Dropout → Linear and BatchNorm1d(512) → Dropout → Linear.
+    assert report.bn_linear == [("1.2", "1.4"), ("1.6", "1.8")]
+    assert (len(report.conv_bn), report.affine) == (20, [])
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_norm_false_has_nothing_to_fold() -> None:
+    model = registry.create("resnet20", 3, 1, norm=False).eval()
+    folded, report = fold_batchnorm(model, torch.randn(2, 1, 8, 8))
+    assert report.summary()["conv_bn"] == 0
+    assert _no_batchnorm(folded)
+
+
+def test_linear_then_bn_in_sequential() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), _bn(6, dim=1), nn.ReLU(), nn.Linear(6, 2)).eval()
+    x = torch.randn(3, 3, 2, 2)
+    folded, report = fold_batchnorm(model, x)
+    assert report.linear_bn == [("1", "2")]
+    torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+class _PreActivation(nn.Module):
+    """BN → ReLU → conv, and a conv whose output also feeds a shortcut: neither may be folded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn0, self.conv0 = _bn(3, seed=2), nn.Conv2d(3, 3, 3, padding=1)
+        self.conv1, self.bn1 = nn.Conv2d(3, 3, 3, padding=1), _bn(3, seed=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(self.conv0(torch.relu(self.bn0(x))))
+        return self.bn1(y) + y  # conv1's output goes to bn1 AND to the add
+
+
+def test_unfoldable_batchnorm_becomes_affine() -> None:
+    model = _PreActivation().eval()
+    x = torch.randn(2, 3, 5, 5)
+    folded, report = fold_batchnorm(model, x)
+    assert report.conv_bn == []
+    assert sorted(report.affine) == ["bn0", "bn1"]
+    assert isinstance(folded.bn0, Affine)
+    torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+class _Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 2, 3), _bn(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            x = -x
+        return self.bn(self.conv(x))
+
+
+def test_untraceable_model_falls_back_to_affine() -> None:
+    model = _Untraceable().eval()
+    x = torch.randn(2, 1, 6, 6)
+    messages: list[str] = []
+    folded, report = fold_batchnorm(model, x, log=messages.append)
+    assert not report.traced
+    assert report.affine == ["bn"]
+    assert "cannot trace" in messages[0]
+    torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(folded(-x), model(-x), atol=1e-5, rtol=1e-5)
+
+
+def test_batchnorm_without_running_stats_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False)).eval()
+    with pytest.raises(ValueError, match="running statistics"):
+        fold_batchnorm(model, torch.randn(2, 1, 5, 5))
+
+
+def test_same_weights_as_numpy_folding() -> None:
+    """The PyTorch folder and models.scratch's NumPy folder agree on the folded weights."""
+    scratch = pytest.importorskip("models.scratch")
+    fold_conv_bn = getattr(scratch, "fold_conv_bn", None)
+    fold_bn_linear = getattr(scratch, "fold_bn_linear", None)
+    fold_linear_bn = getattr(scratch, "fold_linear_bn", None)
+    if fold_conv_bn is None or fold_bn_linear is None or fold_linear_bn is None:
+        pytest.skip("models.scratch does not define fold_conv_bn/fold_bn_linear/fold_linear_bn")
+    conv, bn = nn.Conv2d(3, 4, 3, bias=False), _bn(4)
+    params = {k: v.detach().numpy().copy() for k, v in bn.state_dict().items() if v.dtype.is_floating_point}
+    w_np, b_np = fold_conv_bn(conv.weight.detach().numpy().copy(), None, params["weight"], params["bias"],
+                              params["running_mean"], params["running_var"], bn.eps)
+    fuse_conv_bn(conv, bn)
+    np.testing.assert_allclose(w_np, conv.weight.detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(b_np, conv.bias.detach().numpy(), rtol=1e-6, atol=1e-6)
+
+    bn1, lin = _bn(4, dim=1, seed=5), nn.Linear(4, 2)
+    p1 = {k: v.detach().numpy().copy() for k, v in bn1.state_dict().items() if v.dtype.is_floating_point}
+    w_np, b_np = fold_bn_linear(p1["weight"], p1["bias"], p1["running_mean"], p1["running_var"], bn1.eps,
+                                lin.weight.detach().numpy().copy(), lin.bias.detach().numpy().copy())
+    fuse_bn_linear(bn1, lin)
+    np.testing.assert_allclose(w_np, lin.weight.detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(b_np, lin.bias.detach().numpy(), rtol=1e-6, atol=1e-6)
+
+    lin, bn2 = nn.Linear(5, 4, bias=False), _bn(4, dim=1, seed=6)
+    p2 = {k: v.detach().numpy().copy() for k, v in bn2.state_dict().items() if v.dtype.is_floating_point}
+    w_np, b_np = fold_linear_bn(lin.weight.detach().numpy().copy(), None, p2["weight"], p2["bias"],
+                                p2["running_mean"], p2["running_var"], bn2.eps)
+    fuse_linear_bn(lin, bn2)
+    np.testing.assert_allclose(w_np, lin.weight.detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(b_np, lin.bias.detach().numpy(), rtol=1e-6, atol=1e-6)

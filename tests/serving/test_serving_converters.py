@@ -1,0 +1,111 @@
+"""Protobuf ↔ domain conversions, without a server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from serving_fixtures import Repo
+
+from serving import converters
+from serving._generated import grpc_service_pb2 as kserve_pb2
+from serving._generated import imageclassifier_pb2 as ic_pb2
+from serving.errors import InvalidInput
+from serving.manifest import ModelManifest
+
+Input = kserve_pb2.ModelInferRequest.InferInputTensor
+
+
+@pytest.fixture(scope="module")
+def manifest(repo: Repo) -> ModelManifest:
+    return ModelManifest.load(repo.path / "digits" / "1" / "model.json")
+
+
+def test_bytes_elements_round_trip() -> None:
+    items = [b"", b"\x89PNG...", bytes(range(256)) * 3]
+    raw = converters.encode_bytes_elements(items)
+    assert raw[:4] == b"\x00\x00\x00\x00"
+    assert raw[4:8] == (7).to_bytes(4, "little")
+    assert converters.decode_bytes_elements(raw) == items
+
+
+@pytest.mark.parametrize(("raw", "message"), [(b"\x05\x00", "truncated element length"),
+                                              (b"\x05\x00\x00\x00abc", "element of 5 bytes runs past the end")])
+def test_malformed_bytes_elements(raw: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        converters.decode_bytes_elements(raw)
+
+
+def test_tensor_round_trip() -> None:
+    x = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    np.testing.assert_array_equal(converters.tensor_to_array(converters.array_to_tensor(x)), x)
+    values = ic_pb2.Tensor(shape=[1, 3, 4], values=x.ravel().tolist())
+    np.testing.assert_array_equal(converters.tensor_to_array(values), x)
+
+
+@pytest.mark.parametrize(("tensor", "message"), [
+    (ic_pb2.Tensor(shape=[1, 2], data=b"\x00" * 4), "tensor data has 4 bytes, shape \\[1, 2\\] float32 needs 8"),
+    (ic_pb2.Tensor(shape=[2], values=[1.0]), "tensor has 1 values, shape \\[2\\] needs 2"),
+    (ic_pb2.Tensor(shape=[0, 2]), "positive dimensions"),
+    (ic_pb2.Tensor(shape=[1], data=b"\x00" * 4, values=[1.0]), "both data and values"),
+])
+def test_bad_tensors(tensor: ic_pb2.Tensor, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        converters.tensor_to_array(tensor)
+
+
+def test_images_from_request_keeps_order_and_kinds() -> None:
+    x = np.zeros((1, 28, 28), np.float32)
+    request = ic_pb2.ClassifyRequest(images=[ic_pb2.Image(encoded=b"png"), ic_pb2.Image(
+        tensor=converters.array_to_tensor(x))])
+    encoded, tensor = converters.images_from_request(request)
+    assert encoded == b"png"
+    np.testing.assert_array_equal(tensor, x)
+    with pytest.raises(InvalidInput, match="no images in the request"):
+        converters.images_from_request(ic_pb2.ClassifyRequest())
+    with pytest.raises(InvalidInput, match="image 1 is empty"):
+        converters.images_from_request(ic_pb2.ClassifyRequest(images=[ic_pb2.Image(encoded=b"x"), ic_pb2.Image()]))
+
+
+def infer_request(*inputs: Input, raw: list[bytes] | None = None) -> kserve_pb2.ModelInferRequest:
+    return kserve_pb2.ModelInferRequest(model_name="digits", inputs=list(inputs), raw_input_contents=raw or [])
+
+
+def test_fp32_raw_and_typed_contents_give_the_same_array(manifest: ModelManifest) -> None:
+    x = np.random.default_rng(0).normal(size=(2, 1, 28, 28)).astype(np.float32)
+    raw = converters.infer_inputs(infer_request(Input(name="input", datatype="FP32", shape=x.shape),
+                                                raw=[x.tobytes()]), manifest)
+    typed = converters.infer_inputs(infer_request(Input(
+        name="input", datatype="FP32", shape=x.shape,
+        contents=kserve_pb2.InferTensorContents(fp32_contents=x.ravel().tolist()))), manifest)
+    np.testing.assert_array_equal(raw, x)
+    np.testing.assert_array_equal(typed, x)
+
+
+def test_bytes_input_raw_and_typed(manifest: ModelManifest) -> None:
+    items = [b"one", b"two"]
+    raw = infer_request(Input(name="input", datatype="BYTES", shape=[2]),
+                        raw=[converters.encode_bytes_elements(items)])
+    typed = infer_request(Input(name="input", datatype="BYTES", shape=[2, 1],
+                                contents=kserve_pb2.InferTensorContents(bytes_contents=items)))
+    assert converters.infer_inputs(raw, manifest) == converters.infer_inputs(typed, manifest) == items
+
+
+@pytest.mark.parametrize(("request_", "message"), [
+    (infer_request(), "takes exactly one input 'input' \\(FP32 \\[N, 1, 28, 28\\] or BYTES \\[N\\]"),
+    (infer_request(Input(name="x", datatype="FP32", shape=[1, 1, 28, 28])), "unknown input 'x'"),
+    (infer_request(Input(name="input", datatype="FP64", shape=[1, 1, 28, 28])), "datatype FP64 is not supported"),
+    (infer_request(Input(name="input", datatype="FP32", shape=[1, 1, 28, 28]), raw=[b"\x00" * 8]),
+     "raw_input_contents has 8 bytes, FP32 \\[1, 1, 28, 28\\] needs 3136"),
+    (infer_request(Input(name="input", datatype="BYTES", shape=[3]), raw=[converters.encode_bytes_elements([b"a"])]),
+     "BYTES shape must be \\[N\\] or \\[N, 1\\].*got shape \\[3\\] with 1 elements"),
+])
+def test_bad_infer_inputs(request_: kserve_pb2.ModelInferRequest, message: str, manifest: ModelManifest) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        converters.infer_inputs(request_, manifest)
+
+
+def test_unknown_requested_output(manifest: ModelManifest) -> None:
+    request = kserve_pb2.ModelInferRequest(outputs=[kserve_pb2.ModelInferRequest.InferRequestedOutputTensor(
+        name="probs")])
+    with pytest.raises(InvalidInput, match="unknown output 'probs'; model 'digits' has 'logits'"):
+        converters.check_requested_outputs(request, manifest)

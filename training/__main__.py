@@ -1,0 +1,75 @@
+"""`python -m training fit|export …`: parse arguments, call the library, turn failures into one line + exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _fit_parser(sub) -> None:
+    p = sub.add_parser("fit", help="train a ResNet with fastai's one-cycle policy")
+    p.add_argument("--data", required=True, help="'digits' (bundled) or a folder of images")
+    p.add_argument("--arch", default="resnet20", help="resnet18/34/50, resnet20/32/56, plain*, xresnet*, tv_resnet*")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=None, help="max learning rate; chosen by lr_find when omitted")
+    p.add_argument("--bs", type=int, default=32, help="batch size (per process under torchrun)")
+    p.add_argument("--size", type=int, default=None, help="input side in pixels (digits: 16; else 32 or 224)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--valid-pct", type=float, default=0.2, help="validation share when the folder has no split")
+    p.add_argument("--wd", type=float, default=None, help="weight decay (default 0.01)")
+    p.add_argument("--color-mode", choices=["L", "RGB"], default=None, help="default: guessed from the images")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--out", required=True, type=Path, help="run directory to write")
+
+
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="fold BatchNorm, export to ONNX, verify, publish into a model repository")
+    p.add_argument("run", type=Path, help="run directory written by `fit`")
+    p.add_argument("--repository", required=True, type=Path)
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", type=int, default=None, help="default: the next free integer")
+    p.add_argument("--quantize", choices=["int8"], default=None)
+    p.add_argument("--atol", type=float, default=1e-4, help="max |logit difference| allowed in verification")
+    p.add_argument("--optimize", action="store_true", help="also save an onnxruntime-optimized CPU model")
+    p.add_argument("--max-int8-drop", type=float, default=0.01, help="max accuracy drop (0–1) for --quantize int8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _fit_parser(sub)
+    _export_parser(sub)
+    args = parser.parse_args(argv)
+
+    if args.command == "fit":
+        from training.fit import FitConfig, FitError, fit
+
+        cfg = FitConfig(data=args.data, arch=args.arch, epochs=args.epochs, out=args.out, lr=args.lr, bs=args.bs,
+                        size=args.size, seed=args.seed, valid_pct=args.valid_pct, wd=args.wd,
+                        color_mode=args.color_mode, device=args.device, plots=not args.no_plots)
+        try:
+            fit(cfg)
+        except FitError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+
+    from training.export import ExportError, VerificationFailed, export
+
+    try:
+        path = export(args.run, args.repository, args.name, version=args.version, quantize=args.quantize,
+                      atol=args.atol, optimize=args.optimize, max_int8_drop=args.max_int8_drop)
+    except VerificationFailed as e:
+        print(f"verification failed: {e}", file=sys.stderr)
+        return 1
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Image folders → a checked list of samples → fastai DataLoaders, all driven by one PreprocessSpec.
+
+Accepted layouts:
+- ``PATH/train/<label>/*`` and ``PATH/valid/<label>/*`` (``val/`` also accepted): the split is given;
+- ``PATH/<label>/*``: one level of class folders, split by ``valid_pct`` with a seed (stratified, reproducible);
+- ``digits``: scikit-learn's handwritten digits (1,797 real 8×8 scans, shipped inside scikit-learn), written once
+  as PNG files in the first layout, so the bundled default takes exactly the same file-based path as user data.
+
+Every image is decoded once while the dataset is scanned (the same decode the server uses,
+``serving.preprocess.load_image``); files that fail are reported with their path and reason and left out, so a bad
+file can never stop training halfway through an epoch. The same pass computes the per-channel mean/std.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from serving.errors import InvalidInput
+from serving.preprocess import PreprocessSpec, load_image, resize
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+DIGITS_VERSION = 1
+# Cap on the images read to estimate mean/std: enough for 3 decimals, bounded for large folders.
+STATS_SAMPLE = 5000
+
+
+class DataError(Exception):
+    """The data folder cannot be used; the message says why in one line."""
+
+
+@dataclass
+class Dataset:
+    """A checked list of (path, label index) pairs for each split, and the labels."""
+
+    root: Path
+    labels: list[str]
+    train: list[tuple[Path, int]]
+    valid: list[tuple[Path, int]]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """The run's data.json: paths relative to root, so export and benchmarks can re-read the same files."""
+        def rel(items: list[tuple[Path, int]]) -> list[list]:
+            return [[str(p.relative_to(self.root)), y] for p, y in items]
+
+        return {"root": str(self.root.resolve()), "labels": self.labels, "train": rel(self.train),
+                "valid": rel(self.valid), "skipped": [[str(p), why] for p, why in self.skipped]}
+
+
+def default_data_home() -> Path:
+    return Path(os.environ.get("RESNET_DATA_HOME", "data"))
+
+
+def write_digits(dest: Path, valid_pct: float = 0.2, seed: int = 0) -> Path:
+    """Write scikit-learn's digits as ``dest/{train,valid}/<digit>/<index>.png`` (fixed stratified split), once."""
+    marker = dest / ".complete"
+    if marker.exists() and marker.read_text().strip() == str(DIGITS_VERSION):
+        return dest
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    # 8×8 pixels with 17 grey levels (0–16) → 8-bit PNG.
+    pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    index = np.arange(len(pixels))
+    train_idx, valid_idx = train_test_split(index, test_size=valid_pct, random_state=seed, stratify=digits.target)
+    tmp = dest.with_name(dest.name + ".tmp")
+    for split, idx in (("train", train_idx), ("valid", valid_idx)):
+        for i in idx:
+            folder = tmp / split / str(digits.target[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels[i], mode="L").save(folder / f"{i:04d}.png")
+    (tmp / ".complete").write_text(f"{DIGITS_VERSION}\n")
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+def _class_folders(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _check(items: list[tuple[Path, int]], mode: str, workers: int) -> tuple[list[tuple[Path, int]], list]:
+    """Decode each file once; return the readable ones and (path, reason) for the rest."""
+    def ok(item: tuple[Path, int]) -> str | None:
+        try:
+            load_image(item[0], mode)
+        except InvalidInput as e:
+            return str(e)
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = list(pool.map(ok, items))
+    good = [it for it, why in zip(items, reasons, strict=True) if why is None]
+    bad = [(it[0], why) for it, why in zip(items, reasons, strict=True) if why is not None]
+    return good, bad
+
+
+def scan(data: str | Path, color_mode: str = "RGB", valid_pct: float = 0.2, seed: int = 42,
+         log: Callable[[str], None] = print) -> Dataset:
+    """Find the images under ``data`` ('digits' or a folder), check that each decodes, and split them."""
+    if str(data) == "digits":
+        root = write_digits(default_data_home() / "digits")
+    else:
+        root = Path(data)
+        if not root.is_dir():
+            raise DataError(f"data folder not found: {root}")
+    split_dirs = {name: root / name for name in ("train", "valid", "val") if (root / name).is_dir()}
+    if "train" in split_dirs and ("valid" in split_dirs or "val" in split_dirs):
+        train_root, valid_root = split_dirs["train"], split_dirs.get("valid", split_dirs.get("val"))
+        labels = sorted({p.name for p in _class_folders(train_root)} | {p.name for p in _class_folders(valid_root)})
+        index = {lab: i for i, lab in enumerate(labels)}
+        train = [(f, index[d.name]) for d in _class_folders(train_root) for f in _files(d)]
+        valid = [(f, index[d.name]) for d in _class_folders(valid_root) for f in _files(d)]
+        per_class = {lab: [] for lab in labels}
+        for f, y in train + valid:
+            per_class[labels[y]].append(f)
+    else:
+        if not 0 < valid_pct < 1:
+            raise DataError(f"--valid-pct must be between 0 and 1, got {valid_pct}")
+        labels = [p.name for p in _class_folders(root)]
+        per_class = {lab: _files(root / lab) for lab in labels}
+        rng = random.Random(seed)
+        train, valid = [], []
+        for y, lab in enumerate(labels):
+            files = list(per_class[lab])
+            rng.shuffle(files)
+            n_valid = max(1, round(len(files) * valid_pct)) if len(files) > 1 else 0
+            valid += [(f, y) for f in files[:n_valid]]
+            train += [(f, y) for f in files[n_valid:]]
+    if not labels:
+        raise DataError(f"no class folders in {root} (expected {root}/<label>/*.png or {root}/train/<label>/…)")
+    if len(labels) < 2:
+        raise DataError(f"need at least 2 classes, found 1 ({labels[0]}) in {root}")
+
+    workers = min(8, os.cpu_count() or 1)
+    train, bad_train = _check(train, color_mode, workers)
+    valid, bad_valid = _check(valid, color_mode, workers)
+    skipped = bad_train + bad_valid
+    for path, why in skipped:
+        log(f"skipping unreadable image {path}: {why}")
+    counts = {lab: 0 for lab in labels}
+    for _, y in train + valid:
+        counts[labels[y]] += 1
+    empty = [lab for lab, n in counts.items() if n == 0]
+    if empty:
+        raise DataError(f"class folder(s) with no readable image: {', '.join(empty)} (under {root})")
+    if not train or not valid:
+        raise DataError(f"need images in both splits, found {len(train)} training and {len(valid)} validation")
+    return Dataset(root=root, labels=labels, train=train, valid=valid, skipped=skipped)
+
+
+def channel_stats(paths: list[Path], color_mode: str, size: tuple[int, int], seed: int = 0) -> tuple[list, list]:
+    """Per-channel mean and std of pixel/255 after the spec's resize, over (a sample of) the training images."""
+    if len(paths) > STATS_SAMPLE:
+        paths = random.Random(seed).sample(paths, STATS_SAMPLE)
+    probe = PreprocessSpec(size=size, color_mode=color_mode, mean=(0.0,) * (3 if color_mode == "RGB" else 1),
+                           std=(1.0,) * (3 if color_mode == "RGB" else 1))
+    total = np.zeros(probe.channels)
+    total_sq = np.zeros(probe.channels)
+    n = 0
+    for p in paths:
+        x = np.asarray(resize(load_image(p, color_mode), probe), dtype=np.float64) / 255.0
+        x = x.reshape(-1, probe.channels)
+        total += x.sum(0)
+        total_sq += (x * x).sum(0)
+        n += x.shape[0]
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean * mean, 1e-12))
+    return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in np.maximum(std, 1e-3)]
+
+
+def guess_color_mode(data: str | Path) -> str:
+    """'L' when the first few images are all greyscale, else 'RGB'."""
+    if str(data) == "digits":
+        return "L"
+    from PIL import Image
+
+    root = Path(data)
+    files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES][:20]
+    modes = set()
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                modes.add(im.mode)
+        except OSError:
+            continue
+    return "L" if modes and modes <= {"L", "1", "I;16", "I;16B", "I;16L", "I", "LA"} else "RGB"
+
+
+def make_spec(ds: Dataset, size: tuple[int, int], color_mode: str, mean: list | None = None,
+              std: list | None = None) -> PreprocessSpec:
+    if mean is None or std is None:
+        mean, std = channel_stats([p for p, _ in ds.train], color_mode, size)
+    return PreprocessSpec(size=size, color_mode=color_mode, mean=tuple(mean), std=tuple(std), labels=tuple(ds.labels))
+
+
+# ---------------------------------------------------------------------------------------------------- fastai side
+
+
+def image_block(spec: PreprocessSpec):
+    """fastai ImageBlock whose files are opened by serving.preprocess.load_image (EXIF, 16-bit, palette rules)."""
+    from fastai.vision.all import ImageBlock
+
+    rgb, bw = image_classes()
+    return ImageBlock(cls=bw if spec.color_mode == "L" else rgb)
+
+
+def item_tfms(spec: PreprocessSpec) -> list:
+    from fastai.vision.all import Resize, ResizeMethod
+
+    from serving.preprocess import RESAMPLE
+
+    return [Resize(spec.size, method=ResizeMethod.Squish, resamples=(RESAMPLE[spec.resample], RESAMPLE["nearest"]))]
+
+
+def batch_tfms(spec: PreprocessSpec) -> list:
+    from fastai.vision.all import Normalize
+
+    return [Normalize.from_stats(list(spec.mean), list(spec.std))]
+
+
+def dataloaders(ds: Dataset, spec: PreprocessSpec, bs: int = 64, seed: int = 42, device=None, num_workers: int = 0):
+    """fastai DataLoaders over the checked samples, with the spec's resize and normalisation."""
+    from fastai.vision.all import CategoryBlock, DataBlock, IndexSplitter
+
+    samples = ds.train + ds.valid
+    valid_idx = list(range(len(ds.train), len(samples)))
+    # Items are indices: fastai would otherwise treat each (path, label) tuple as a tuple of inputs.
+    block = DataBlock(
+        blocks=(image_block(spec), CategoryBlock(vocab=list(spec.labels))),
+        get_x=lambda i: samples[i][0],
+        get_y=lambda i: spec.labels[samples[i][1]],
+        splitter=IndexSplitter(valid_idx),
+        item_tfms=item_tfms(spec),
+        batch_tfms=batch_tfms(spec),
+    )
+    return block.dataloaders(list(range(len(samples))), bs=bs, seed=seed, device=device, num_workers=num_workers)
+
+
+def _spec_create(cls, fn, **kwargs):
+    if isinstance(fn, str | Path):
+        return cls(load_image(fn, cls._open_args["mode"]))
+    return super(cls, cls).create(fn, **kwargs)
+
+
+@functools.cache
+def image_classes() -> tuple[type, type]:
+    """fastai PILImage / PILImageBW whose ``create`` opens files with serving.preprocess.load_image."""
+    from fastai.vision.all import PILImage, PILImageBW
+
+    rgb = type("SpecImage", (PILImage,), {"create": classmethod(_spec_create), "__module__": __name__})
+    bw = type("SpecImageBW", (PILImageBW,), {"create": classmethod(_spec_create), "__module__": __name__})
+    return rgb, bw
+
+
+def save_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
