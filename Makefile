@@ -40,7 +40,8 @@ check-protos: $(STAMP)
 	$(PY) -m serving.gen_protos --check
 
 demo: $(STAMP)
-	$(PY) -m training fit --data digits --arch resnet20 --epochs 5 --out $(DEMO_RUN)
+	PY=$(PY) DEMO_RUN=$(DEMO_RUN) DEMO_REPO=$(DEMO_REPO) DEMO_PORT=$(DEMO_PORT) \
+	    DEMO_METRICS_PORT=$(DEMO_METRICS_PORT) scripts/demo.sh
 
 clean:
 	rm -rf runs model_repository .pytest_cache .ruff_cache
