@@ -12,7 +12,7 @@ DEMO_REPO ?= model_repository
 DEMO_PORT ?= 8001
 DEMO_METRICS_PORT ?= 8002
 
-.PHONY: venv demo test lint protos check-protos bench clean
+.PHONY: venv demo test lint protos check-protos check-deploy bench clean
 
 venv: $(STAMP)
 
@@ -43,5 +43,10 @@ demo: $(STAMP)
 	PY=$(PY) DEMO_RUN=$(DEMO_RUN) DEMO_REPO=$(DEMO_REPO) DEMO_PORT=$(DEMO_PORT) \
 	    DEMO_METRICS_PORT=$(DEMO_METRICS_PORT) scripts/demo.sh
 
+# Container files without a Docker engine (deploy/check.py), then the images' commands run here (tests/deploy).
+check-deploy: $(STAMP)
+	$(PY) -m deploy.check
+	$(PY) -m pytest -q tests/deploy
+
 clean:
-	rm -rf runs model_repository .pytest_cache .ruff_cache
+	rm -rf runs model_repository .pytest_cache .ruff_cache .venv-serve

@@ -1,0 +1,1 @@
+"""Container deployment files and their offline checks (``python -m deploy.check``)."""

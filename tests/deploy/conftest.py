@@ -1,0 +1,74 @@
+"""Fixtures of the container tests; helpers in deploy_fixtures.py, checks in deploy/check.py."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deploy_fixtures import ROOT, StandIn, WriteWatch, ensure_serve_venv, run, stand_in
+
+from deploy import check
+from deploy.dockerfile import Dockerfile
+from tests.imagegen import make_image_folder
+
+
+@pytest.fixture(scope="session")
+def dockerfile() -> Dockerfile:
+    return Dockerfile.read(ROOT / "Dockerfile")
+
+
+@pytest.fixture(scope="session")
+def compose() -> dict[str, Any]:
+    return check.load_compose(ROOT / "docker-compose.yml")
+
+
+@pytest.fixture(scope="session")
+def serve_venv() -> Path:
+    """``.venv-serve/``: the [serve] set only, built once and reused while pyproject.toml and the lock are unchanged."""
+    venv, seconds = ensure_serve_venv()
+    if seconds:
+        print(f"\nbuilt {venv} in {seconds:.1f} s")
+    return venv
+
+
+@dataclass(frozen=True)
+class Trained:
+    image: StandIn
+    repository: Path
+    runs: Path
+    images: Path
+    name: str
+    first: Any      # CompletedProcess of the first run
+    second: Any     # … and of the second, which must find the model and stop
+    seconds: float
+    written: list[Path]  # what the runs created in the image's WORKDIR (root's, read-only to the image's user)
+
+
+@pytest.fixture(scope="session")
+def trained(dockerfile: Dockerfile, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """The train image's CMD, run twice the way compose runs the trainer, into an empty model repository.
+
+    Its ENV comes from the Dockerfile; like docker-compose.yml, the test overrides a few of them: a small generated
+    image folder instead of digits, one epoch, no plots, and one thread (the test machine's two cores are shared;
+    torch's spinning threads tripled the CPU time here). The learning rate is left to lr_find, as by default.
+    """
+    root = tmp_path_factory.mktemp("train-image")
+    paths = {"/opt/venv": ROOT / ".venv", "/model_repository": root / "model_repository", "/runs": root / "runs",
+             "/home/app": root / "home", "/tmp": root / "tmp"}
+    for folder in paths.values():
+        folder.mkdir(exist_ok=True)
+    image = stand_in(dockerfile, check.TRAIN_TARGET, root / "app", paths)
+    images = make_image_folder(root / "images", classes=3, per_class=12, size=16)
+    env = {**image.env, "MODEL_NAME": "shapes", "TRAIN_DATA": str(images), "TRAIN_EPOCHS": "1",
+           "TRAIN_ARGS": "--bs 16 --no-plots", "OMP_NUM_THREADS": "1"}
+    argv = image.argv(image.config.cmd or (), env)
+    with WriteWatch(image.cwd) as watch:
+        start = time.perf_counter()
+        first = run(image, argv, env, timeout=540)
+        seconds = time.perf_counter() - start
+        second = run(image, argv, env, timeout=120)
+    return Trained(image, paths["/model_repository"], paths["/runs"], images, "shapes", first, second, seconds,
+                   sorted(watch.appeared))
