@@ -12,7 +12,7 @@ DEMO_REPO ?= model_repository
 DEMO_PORT ?= 8001
 DEMO_METRICS_PORT ?= 8002
 
-.PHONY: venv demo test lint protos check-protos check-deploy bench clean
+.PHONY: venv demo test lint protos check-protos check-deploy soak bench clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,12 @@ demo: $(STAMP)
 check-deploy: $(STAMP)
 	$(PY) -m deploy.check
 	$(PY) -m pytest -q tests/deploy
+
+# Long reliability runs (make test runs the short ones): a 10-minute soak and a 50,000-input fuzz with a new seed.
+SOAK_SECONDS ?= 600
+soak: $(STAMP)
+	SOAK_SECONDS=$(SOAK_SECONDS) FUZZ_MUTATIONS=50000 FUZZ_SECONDS=300 FUZZ_EXAMPLES=3000 \
+	FUZZ_SEED=$$(date +%s) OVERLOAD_SECONDS=30 $(PY) -m pytest -q tests/reliability
 
 clean:
 	rm -rf runs model_repository .pytest_cache .ruff_cache .venv-serve

@@ -51,7 +51,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue-delay-ms", type=float, default=_env("max-queue-delay-ms", 0.0, float),
                    help="how long a request may wait for others to fill a batch (default 0)")
     p.add_argument("--max-queue", type=int, default=_env("max-queue", 256, int),
-                   help="requests waiting per model before RESOURCE_EXHAUSTED")
+                   help="requests waiting per model for a batch; a model handles at most max-queue + max-batch "
+                        "requests at once, more are refused with RESOURCE_EXHAUSTED before any work")
     p.add_argument("--threads", type=int, default=_env("threads", None, int),
                    help="onnxruntime intra-op threads (default: the cores this process may use)")
     p.add_argument("--decode-workers", type=int, default=_env("decode-workers", None, int),
@@ -66,6 +67,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-key", type=Path, default=_env("tls-key", None, Path), help="server private key (PEM)")
     p.add_argument("--tls-client-ca", type=Path, default=_env("tls-client-ca", None, Path),
                    help="CA that client certificates must be signed by (mutual TLS)")
+    p.add_argument("--poll-s", type=float, default=_env("poll-s", 0.0, float),
+                   help="look for new models and versions every SECONDS (default 0: only on SIGHUP); a version "
+                        "that fails its checks never replaces the one serving")
     p.add_argument("--log-level", default=_env("log-level", "INFO"))
     p.add_argument("--log-format", choices=("json", "text"), default=_env("log-format", "json"))
     p.set_defaults(func=_serve)
@@ -85,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue, threads=args.threads,
             decode_workers=args.decode_workers, grace_s=args.grace_s, max_message_mb=args.max_message_mb,
             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, tls_cert=args.tls_cert, tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca,
+            tls_client_ca=args.tls_client_ca, poll_s=args.poll_s,
         )
         return asyncio.run(serve(config))
     except (ValueError, FileNotFoundError, OSError) as e:

@@ -3,15 +3,27 @@
 gRPC servicers translate protobuf to these calls and back; nothing here knows about protobuf. Images are decoded in a
 thread pool, tensors go through the model's :class:`~serving.batcher.DynamicBatcher`, and every problem is raised as
 a domain error from ``serving.errors``.
+
+Versions: each model serves the newest version that passes its load-time checks (or the pinned one). At start an
+unpinned model whose newest version is refused falls back to the next older one. ``rescan()`` (``--poll-s``,
+SIGHUP) loads models and versions added since; a newer version replaces the serving one only after it passed every
+check, the replaced version finishes the requests that hold it, and a refused version is retried only once its
+files change. Models or versions deleted from disk keep serving from memory until the next restart.
+
+Admission: a model handles at most ``config.max_admitted`` requests at once (decoding, queued, computing); one more
+is refused with ``Overloaded`` before any decoding, so overload costs the server almost nothing per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import math
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +32,7 @@ import numpy as np
 from serving import repository
 from serving.batcher import DynamicBatcher
 from serving.config import ServerConfig
-from serving.errors import InvalidInput, ModelNotFound, ModelRejected, NotReady
+from serving.errors import InvalidInput, ModelNotFound, ModelRejected, NotReady, Overloaded, TooLarge
 from serving.manifest import ModelManifest
 from serving.metrics import Metrics
 from serving.predictor import ImageSource, Prediction, Predictor, available_cores, select_top_k, softmax
@@ -35,7 +47,7 @@ class ModelState(enum.Enum):
     NOT_SERVING = "NOT_SERVING"
 
 
-@dataclass
+@dataclass(eq=False)  # an entry is itself, whatever its fields: compared and hashed by identity
 class ServedModel:
     """One model of the repository: the chosen version, its state and, once it passed its checks, its runtime."""
 
@@ -50,22 +62,40 @@ class ServedModel:
     batcher: DynamicBatcher | None = None
     golden: GoldenResult | None = None
     verification: dict = field(default_factory=dict)
+    active: int = 0  # requests holding this entry: admitted and not finished
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One try at loading a version: the model that passed, or why it was refused."""
+
+    version: int
+    path: Path
+    manifest: ModelManifest | None
+    loaded: repository.LoadedModel | None
+    reason: str = ""
 
 
 # Awaited on every state change; None: the server's overall state may have changed (loading finished).
 StateListener = Callable[[ServedModel | None], Awaitable[None]]
 
 
+def shown(text: str, limit: int = 64) -> str:
+    """A client-chosen string as messages quote it: repr, cut at ``limit`` characters (error messages travel in
+    gRPC trailers, which clients cap at 16 KiB: a long name must not turn NOT_FOUND into a transport error)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
+
+
 def parse_version(version: str | int | None) -> int | None:
-    """'' / 0 / None → None (the served version); digits → int; anything else → ``ModelNotFound``."""
+    """'' / 0 / None → None (the served version); ASCII digits → int; anything else → ``ModelNotFound``."""
     if version in (None, "", 0):
         return None
     if isinstance(version, int):
         if version < 0:
             raise ModelNotFound(f"no model version {version}")
         return version
-    if not version.isdigit():
-        raise ModelNotFound(f"no model version {version!r} (versions are integers)")
+    if not (version.isascii() and version.isdigit()):  # str.isdigit() alone accepts '²', which int() refuses
+        raise ModelNotFound(f"no model version {shown(version)} (versions are integers)")
     return int(version) or None
 
 
@@ -78,6 +108,11 @@ class InferenceEngine:
         self.shutting_down = False
         self._listeners: list[StateListener] = []
         self._decoder = ThreadPoolExecutor(config.decode_workers or available_cores(), thread_name_prefix="decode")
+        self._lock = asyncio.Lock()  # one load or rescan at a time
+        # (name, version) → (fingerprint of its files, reason) for versions that failed their checks
+        self._refused: dict[tuple[str, int], tuple[tuple, str]] = {}
+        self._retiring: dict[ServedModel, asyncio.Task[None]] = {}
+        self._pinned: dict[str, int | None] = dict(repository.parse_selector(s) for s in config.models)
         chosen = repository.select(config.repository, list(config.models))
         for name, (version, versions) in chosen.items():
             self.models[name] = ServedModel(name, version, versions, Path(config.repository) / name / str(version))
@@ -97,37 +132,146 @@ class InferenceEngine:
 
     async def load_all(self) -> None:
         """Load and self-check every model, one after the other, off the event loop."""
-        loop = asyncio.get_running_loop()
-        for model in self.models.values():
-            if self.shutting_down:
-                break
-            try:
-                loaded = await loop.run_in_executor(None, self._load_one, model)
-            except ModelRejected as e:
-                log.error("model %s version %d refused: %s", model.name, model.version, e,
-                          extra={"model": model.name, "version": model.version})
-                await self._set_state(model, ModelState.NOT_SERVING, str(e))
-                continue
-            except Exception as e:
-                log.exception("model %s version %d failed to load", model.name, model.version)
-                await self._set_state(model, ModelState.NOT_SERVING, f"load failed: {type(e).__name__}: {e}")
-                continue
-            model.predictor, model.golden, model.verification = loaded.predictor, loaded.golden, loaded.verification
-            model.batcher = DynamicBatcher(
-                loaded.predictor.run, name=model.name, max_batch=self.config.max_batch,
-                max_delay_s=self.config.max_queue_delay_ms / 1000, max_queue=self.config.max_queue,
-                metrics=self.metrics,
-            )
-            model.batcher.start()
-            await self._set_state(model, ModelState.SERVING)
+        async with self._lock:
+            for model in list(self.models.values()):
+                if self.shutting_down:
+                    break
+                await self._update(model.name, model.versions)
         self.loading_done = True
         for listener in self._listeners:
             await listener(None)
 
-    def _load_one(self, model: ServedModel) -> repository.LoadedModel:
-        model.manifest = repository.read_manifest(model.path)
-        return repository.load_model(model.path, device=self.config.device, threads=self.config.threads,
-                                     max_pixels=self.config.max_pixels, manifest=model.manifest)
+    async def rescan(self) -> None:
+        """Load the models and versions added to the repository since the last look (after loading finished)."""
+        if not self.loading_done or self.shutting_down:
+            return
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            try:
+                found = await loop.run_in_executor(None, repository.discover, self.config.repository)
+            except OSError as e:
+                log.warning("repository rescan failed: %s", e)
+                return
+            for name, versions in found.items():
+                if self.shutting_down:
+                    return
+                if not self._pinned or name in self._pinned:
+                    await self._update(name, versions)
+
+    def _candidates(self, name: str, versions: list[int]) -> list[int]:
+        """Versions worth trying now, newest first: the pinned one, or those newer than the serving one (all of
+        them while none serves); a refused version only once its files changed."""
+        model = self.models.get(name)
+        pinned = self._pinned.get(name)
+        if pinned is not None:
+            wanted = [pinned] if pinned in versions else []
+        elif model is not None and model.state is ModelState.SERVING:
+            wanted = [v for v in versions if v > model.version]
+        else:
+            wanted = list(versions)
+        return [v for v in sorted(wanted, reverse=True) if not self._refused_unchanged(name, v)]
+
+    def _refused_unchanged(self, name: str, version: int) -> bool:
+        refused = self._refused.get((name, version))
+        path = Path(self.config.repository) / name / str(version)
+        return refused is not None and refused[0] == repository.fingerprint(path)
+
+    async def _update(self, name: str, versions: list[int]) -> None:
+        """Bring one model up to date: try its candidate versions, newest first, and serve the first that passes."""
+        model = self.models.get(name)
+        if model is None:  # added to the repository while running
+            model = self.models[name] = ServedModel(name, versions[-1], list(versions),
+                                                    Path(self.config.repository) / name / str(versions[-1]))
+            log.info("model %s appeared in the repository (versions %s)", name, versions)
+            await self._set_state(model, ModelState.LOADING)
+        model.versions = list(versions)
+        failures: list[_Attempt] = []
+        for version in self._candidates(name, versions):
+            if self.shutting_down:
+                return
+            attempt = await self._try(name, version)
+            if attempt.loaded is not None:
+                await self._activate(model, attempt)
+                break
+            failures.append(attempt)
+            if model.manifest is None and attempt.manifest is not None:
+                model.manifest = attempt.manifest  # what the folder says, for GetModel on a refused model
+        current = self.models[name]
+        if current.state is ModelState.SERVING:
+            newer = [(v, r) for (n, v), (_, r) in sorted(self._refused.items()) if n == name and v > current.version
+                     and v in versions]
+            current.reason = "; ".join(f"version {v} refused: {r}" for v, r in reversed(newer))
+            if failures:
+                log.error("model %s serves version %d; %s", name, current.version, current.reason,
+                          extra={"model": name, "version": current.version})
+        elif failures:
+            reason = failures[0].reason if len(failures) == 1 else "; ".join(
+                f"version {a.version}: {a.reason}" for a in failures)
+            await self._set_state(current, ModelState.NOT_SERVING, reason)
+
+    async def _try(self, name: str, version: int) -> _Attempt:
+        """Load and check one version off the event loop; a refusal is logged and remembered with the files' state."""
+        path = Path(self.config.repository) / name / str(version)
+        stamp = repository.fingerprint(path)
+        manifest: ModelManifest | None = None
+        try:
+            manifest = repository.read_manifest(path)
+            loaded = await asyncio.get_running_loop().run_in_executor(None, self._load_version, path, manifest)
+            self._refused.pop((name, version), None)
+            return _Attempt(version, path, manifest, loaded)
+        except ModelRejected as e:
+            reason = str(e)
+            log.error("model %s version %d refused: %s", name, version, e, extra={"model": name, "version": version})
+        except Exception as e:
+            reason = f"load failed: {type(e).__name__}: {e}"
+            log.exception("model %s version %d failed to load", name, version,
+                          extra={"model": name, "version": version})
+        self._refused[(name, version)] = (stamp, reason)
+        return _Attempt(version, path, manifest, None, reason)
+
+    def _load_version(self, path: Path, manifest: ModelManifest) -> repository.LoadedModel:
+        return repository.load_model(path, device=self.config.device, threads=self.config.threads,
+                                     max_pixels=self.config.max_pixels, manifest=manifest)
+
+    async def _activate(self, old: ServedModel, attempt: _Attempt) -> None:
+        """Serve a version that passed its checks. The entry is replaced, not edited: a request that already holds
+        the old one finishes on the old predictor and batcher, which close once nobody holds them."""
+        loaded = attempt.loaded
+        assert loaded is not None
+        assert attempt.manifest is not None
+        batcher = DynamicBatcher(
+            functools.partial(loaded.predictor.run, max_batch=self.config.max_batch), name=old.name,
+            max_batch=self.config.max_batch,
+            max_delay_s=self.config.max_queue_delay_ms / 1000, max_queue=self.config.max_queue,
+            metrics=self.metrics,
+        )
+        batcher.start()
+        model = ServedModel(old.name, attempt.version, old.versions, attempt.path, ModelState.LOADING,
+                            manifest=attempt.manifest, predictor=loaded.predictor, batcher=batcher,
+                            golden=loaded.golden, verification=loaded.verification)
+        self.models[old.name] = model
+        if old.batcher is not None:
+            log.info("model %s: version %d replaces version %d", old.name, model.version, old.version,
+                     extra={"model": old.name, "version": model.version})
+            if self.metrics is not None and old.version != model.version:
+                self.metrics.model_ready.labels(old.name, str(old.version)).set(0)
+            self._retiring[old] = asyncio.get_running_loop().create_task(self._retire(old))
+        await self._set_state(model, ModelState.SERVING)
+
+    async def _retire(self, old: ServedModel) -> None:
+        """Close a replaced version once the requests holding it finished (at most ``grace_s`` later)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + max(self.config.grace_s, 1.0)
+        try:
+            while old.active and loop.time() < until:
+                await asyncio.sleep(0.05)
+            if old.active:
+                log.warning("model %s version %d: closing with %d requests still running", old.name, old.version,
+                            old.active)
+            assert old.batcher is not None
+            await old.batcher.close()
+        finally:
+            self._retiring.pop(old, None)
 
     @property
     def ready(self) -> bool:
@@ -137,7 +281,10 @@ class InferenceEngine:
 
     async def close(self) -> None:
         self.shutting_down = True
-        for model in self.models.values():
+        for task in list(self._retiring.values()):
+            task.cancel()
+        await asyncio.gather(*self._retiring.values(), return_exceptions=True)
+        for model in [*self.models.values(), *self._retiring]:
             if model.batcher is not None:
                 await model.batcher.close()
         self._decoder.shutdown(wait=False, cancel_futures=True)
@@ -149,7 +296,7 @@ class InferenceEngine:
             raise InvalidInput("no model name given")
         model = self.models.get(name)
         if model is None:
-            raise ModelNotFound(f"model {name!r} not found (this server has: {', '.join(sorted(self.models))})")
+            raise ModelNotFound(f"model {shown(name)} not found (this server has: {', '.join(sorted(self.models))})")
         wanted = parse_version(version)
         if wanted is not None and wanted != model.version:
             if wanted in model.versions:
@@ -169,18 +316,41 @@ class InferenceEngine:
             raise NotReady(f"model {name!r} is not serving: {model.reason}")
         return model
 
+    @contextmanager
+    def admit(self, name: str, version: str | int | None = None) -> Iterator[ServedModel]:
+        """The model, ready to answer, held for one request; ``Overloaded`` at once when it has too many."""
+        model = self.get(name, version)
+        if model.active >= self.config.max_admitted:
+            raise Overloaded(f"model {name!r}: queue full ({model.active} requests in progress); retry later")
+        model.active += 1
+        try:
+            yield model
+        finally:
+            model.active -= 1
+
     # ---- operations ------------------------------------------------------------------------------------------
+    def _check_size(self, model: ServedModel, count: int) -> None:
+        """Refuse a request whose images would expand to a tensor above the message limit: a few MB of tiny PNGs
+        must not become gigabytes of float32."""
+        per_image = 4 * math.prod(_predictor(model).input_shape)
+        limit = self.config.max_message_bytes
+        if count * per_image > limit:
+            raise TooLarge(f"{count} images make a {count * per_image / 2**20:.1f} MiB input tensor for model "
+                           f"{model.name!r}, more than the {limit / 2**20:g} MiB limit (--max-message-mb); send at "
+                           f"most {limit // per_image} per request")
+
     async def preprocess(self, model: ServedModel, images: Sequence[ImageSource]) -> np.ndarray:
         """Decode and preprocess in the worker pool (tensors are only checked); (N, C, H, W) float32."""
         if not images:
             raise InvalidInput("no images in the request")
         predictor = _predictor(model)
+        self._check_size(model, len(images))
         loop = asyncio.get_running_loop()
 
         async def one(i: int, image: ImageSource) -> np.ndarray:
             try:
                 if isinstance(image, np.ndarray):
-                    return predictor.check_tensor(image)
+                    return predictor.check_finite(predictor.check_tensor(image))
                 return await loop.run_in_executor(self._decoder, predictor.preprocess, image)
             except InvalidInput as e:
                 raise InvalidInput(f"image {i}: {e}") from None
@@ -192,16 +362,21 @@ class InferenceEngine:
     async def infer(self, model: ServedModel, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """A checked (N, C, H, W) batch through the model's batcher; (N, K) logits."""
         predictor = _predictor(model)
-        predictor.check_batch(x)
+        predictor.check_finite(predictor.check_batch(x))
         assert model.batcher is not None  # set together with the predictor
         return await model.batcher.submit(x, deadline)
 
     async def classify(self, name: str, version: int | str | None, images: Sequence[ImageSource], k: int,
                        deadline: float | None = None) -> tuple[ServedModel, list[list[Prediction]]]:
-        model = self.get(name, version)
-        k = _predictor(model).resolve_top_k(k)
-        logits = await self.infer(model, await self.preprocess(model, images), deadline)
-        return model, select_top_k(softmax(logits), k, model.predictor.labels)  # type: ignore[union-attr]
+        with self.admit(name, version) as model:
+            predictor = _predictor(model)
+            k = predictor.resolve_top_k(k)
+            logits = await self.infer(model, await self.preprocess(model, images), deadline)
+        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+        if len(bad):  # finite but extreme tensor values can overflow inside the network
+            raise InvalidInput(f"image {', '.join(map(str, bad))}: the model's output is not finite (NaN or "
+                               "infinite logits); the input values are out of range")
+        return model, select_top_k(softmax(logits), k, predictor.labels)
 
 
 def _predictor(model: ServedModel) -> Predictor:

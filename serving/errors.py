@@ -23,6 +23,10 @@ class Overloaded(ServingError):
     """The queue is full; the client should back off and retry."""
 
 
+class TooLarge(ServingError):
+    """The request, or the tensor it expands to, exceeds a size limit; it must be split to succeed."""
+
+
 class ModelRejected(ServingError):
     """A model folder failed a load-time check (sha256, golden self-check, malformed files)."""
 

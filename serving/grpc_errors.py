@@ -1,7 +1,7 @@
 """The one place where domain errors become gRPC status codes, and the decorator every RPC handler wears.
 
 ``status_for`` maps an exception to (code, message); ``rpc`` wraps a servicer method: it assigns the request id,
-counts and times the call, maps any exception through ``status_for`` and aborts the RPC with it. An unexpected
+counts and times the call, maps any exception through ``status_for`` and ends the RPC with it. An unexpected
 exception is logged with its traceback and the request id, and the client gets INTERNAL quoting that id (never
 the exception text, which may hold internals).
 """
@@ -18,7 +18,15 @@ from typing import Any
 
 import grpc
 
-from serving.errors import DeadlineExceeded, InvalidInput, ModelNotFound, ModelRejected, NotReady, Overloaded
+from serving.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelNotFound,
+    ModelRejected,
+    NotReady,
+    Overloaded,
+    TooLarge,
+)
 from serving.logs import new_request_id, request_id_var
 from serving.metrics import Metrics
 
@@ -31,15 +39,22 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     NotReady: grpc.StatusCode.UNAVAILABLE,
     ModelRejected: grpc.StatusCode.UNAVAILABLE,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,  # like gRPC's own "message larger than max"
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+
+
+# Status messages travel in trailers, which clients cap at 16 KiB; a message quoting client data (a field name, a
+# decoder's complaint) is cut well below that, or the client would see a transport error instead of the status.
+MAX_MESSAGE_CHARS = 2000
 
 
 def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCode, str]:
     """(status code, message) for an exception raised while handling a request."""
     for cls, code in STATUS_CODES.items():
         if isinstance(exc, cls):
-            return code, str(exc)
+            message = str(exc)
+            return code, message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "…"
     log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id or request_id_var.get()})"
 
@@ -94,6 +109,15 @@ class _Recorder:
                     extra={"method": method, "model": model, "code": code.name, "ms": round(seconds * 1e3, 3)})
 
 
+def _fail(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, rid: str) -> None:
+    """End the call with ``code``: set on the context and returned, not ``context.abort()``. Abort raises through
+    the handler's frames, and grpc.aio then kept the request alive for a while: 4 MiB requests answered with abort
+    held ~130 MiB of RSS more than the same requests answered this way (measured on grpcio 1.85)."""
+    context.set_code(code)
+    context.set_details(message)
+    context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+
+
 def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "") -> Callable[..., Any]:
     """Decorate an async servicer method (unary or server-streaming). The servicer has a ``recorder``."""
 
@@ -132,7 +156,8 @@ def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "") -> Cal
                 raise
             except Exception as e:
                 code, message = status_for(e, rid)
-                await context.abort(code, message, trailing_metadata=((REQUEST_ID_KEY, rid),))
+                _fail(context, code, message, rid)
+                return None
             finally:
                 if gauge is not None:
                     gauge.dec()
@@ -157,7 +182,7 @@ async def _guard_stream(responses: AsyncIterator[Any], recorder: _Recorder, meth
         raise
     except Exception as e:
         code, message = status_for(e, rid)
-        await context.abort(code, message, trailing_metadata=((REQUEST_ID_KEY, rid),))
+        _fail(context, code, message, rid)
     finally:
         if gauge is not None:
             gauge.dec()

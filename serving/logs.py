@@ -64,3 +64,6 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Pillow logs some damaged files at ERROR while it decodes them; the request already gets INVALID_ARGUMENT,
+    # so those lines would only page someone for a client's bad upload.
+    logging.getLogger("PIL").setLevel(logging.CRITICAL)

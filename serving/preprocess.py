@@ -6,7 +6,8 @@ own ``Resize``/``IntToFloatTensor``/``Normalize`` built from the same spec; serv
 proves both give the same tensor for the same file.
 
 Steps, in order:
-1. decode (PNG, JPEG, BMP, WebP, GIF/TIFF first frame …), refusing more than ``max_pixels`` before decoding;
+1. decode (PNG, JPEG, BMP, WebP, GIF/TIFF first frame; no other format is even parsed), refusing more than
+   ``max_pixels`` before decoding;
 2. apply the EXIF orientation;
 3. convert to the spec's color mode (``L`` or ``RGB``): 16-bit greyscale is scaled to 8 bits, palette images with
    transparency go through RGBA, alpha is dropped (as ``Image.convert`` and fastai do);
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +32,10 @@ from serving.errors import InvalidInput
 
 # Largest image we agree to decode: 40 megapixels (a 4K frame is 8.3). A 1 kB PNG can claim 100k × 100k pixels.
 DEFAULT_MAX_PIXELS = 40_000_000
+
+# The only decoders untrusted bytes may reach. Pillow would otherwise try every plugin it has, some of which parse
+# rarely used formats with little hardening, and EPS hands the file to Ghostscript when it is installed.
+FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "GIF", "TIFF")
 
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
@@ -115,7 +121,7 @@ def load_image(source: str | Path | bytes, mode: str, max_pixels: int = DEFAULT_
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as img:
+            with Image.open(fp, formats=FORMATS) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise InvalidInput(
@@ -127,9 +133,21 @@ def load_image(source: str | Path | bytes, mode: str, max_pixels: int = DEFAULT_
                 return _to_mode(img, mode)
     except InvalidInput:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InvalidInput(f"cannot decode image: {e}") from None
+    except UnidentifiedImageError:
+        raise InvalidInput("cannot decode image: not a PNG, JPEG, BMP, WebP, GIF or TIFF file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # Pillow's own guard fired inside Image.open (far above our limit): say it the way we say it.
+        claimed = re.search(r"\((\d+) pixels\)", str(e))
+        if claimed is None:
+            raise InvalidInput(f"cannot decode image: {e}") from None
+        raise InvalidInput(f"image is {claimed[1]} pixels, more than the limit of {max_pixels}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data inside a known format
+        raise InvalidInput(f"cannot decode image: {type(e).__name__}: {e}") from None
+    except (MemoryError, RecursionError):
+        raise
+    except Exception as e:
+        # Decoders fed hostile bytes fail in other ways too (struct.error, IndexError, KeyError, ZeroDivisionError
+        # seen in Pillow's history): it is still the client's data that cannot be decoded, not a server fault.
         raise InvalidInput(f"cannot decode image: {type(e).__name__}: {e}") from None
 
 

@@ -47,6 +47,11 @@ class LoadedModel:
     verification: dict[str, Any] = field(default_factory=dict)
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit()`` also accepts '²' or '١', which ``int()`` refuses or reads differently."""
+    return text.isascii() and text.isdigit()
+
+
 def discover(root: str | Path) -> dict[str, list[int]]:
     """Model name → its versions, ascending: integer folders holding a ``model.json``."""
     root = Path(root)
@@ -55,16 +60,32 @@ def discover(root: str | Path) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         versions = sorted(int(v.name) for v in model_dir.iterdir()
-                          if v.is_dir() and v.name.isdigit() and (v / "model.json").is_file())
+                          if v.is_dir() and _is_number(v.name) and (v / "model.json").is_file())
         if versions:
             found[model_dir.name] = versions
     return found
 
 
+def fingerprint(version_dir: str | Path) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime) of each file in a version folder: a refused version is retried only once it changed."""
+    try:
+        entries = sorted(Path(version_dir).iterdir())
+    except OSError:
+        return ()
+    found = []
+    for path in entries:
+        try:
+            st = path.stat()
+        except OSError:  # removed while we looked
+            continue
+        found.append((path.name, st.st_size, st.st_mtime_ns))
+    return tuple(found)
+
+
 def parse_selector(selector: str) -> tuple[str, int | None]:
     """``NAME`` or ``NAME:VERSION`` (a pinned version)."""
     name, sep, version = selector.partition(":")
-    if not name or (sep and not version.isdigit()):
+    if not name or (sep and not _is_number(version)):
         raise ValueError(f"model selector must be NAME or NAME:VERSION, got {selector!r}")
     return name, int(version) if sep else None
 

@@ -2,14 +2,17 @@
 
 ``create_server(config)`` builds everything and binds the port (0: any free one) without starting; ``start()``
 opens the port with every model NOT_SERVING, then loads the models in the background — each turns SERVING in
-``grpc.health.v1`` only after its golden self-check. ``stop(grace)`` turns health NOT_SERVING, refuses new RPCs,
-lets in-flight ones finish for up to ``grace`` seconds, then stops the batchers. ``serve(config)`` runs until
+``grpc.health.v1`` only after its golden self-check. After loading, the repository is looked at again every
+``poll_s`` seconds (``--poll-s``; 0: never) and whenever ``reload()`` is called (SIGHUP in ``serve``): new models
+and newer versions load without a restart. ``stop(grace)`` turns health NOT_SERVING, refuses new RPCs, lets
+in-flight ones finish for up to ``grace`` seconds, then stops the batchers. ``serve(config)`` runs until
 SIGTERM/SIGINT; it is what ``python -m serving serve`` calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -86,6 +89,8 @@ class InferenceServer:
             raise OSError(f"cannot bind the gRPC port {address} (in use, or not permitted)") from None
         self.metrics_port: int | None = None
         self._load_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._rescan = asyncio.Event()
         self._stopped = asyncio.Event()
         self.engine.on_state_change(self._publish)
 
@@ -122,6 +127,24 @@ class InferenceServer:
         states = {m.name: m.state.value for m in self.engine.models.values()}
         log.info("models loaded: %s; server %s", states, "SERVING" if self.engine.ready else "NOT_SERVING",
                  extra={"models": states})
+        if not self.engine.shutting_down:
+            self._poll_task = asyncio.get_running_loop().create_task(self._poll(), name="repository-poll")
+
+    def reload(self) -> None:
+        """Look at the repository again now (new models, newer versions); safe to call from a signal handler."""
+        self._rescan.set()
+
+    async def _poll(self) -> None:
+        """Rescan every ``poll_s`` seconds and on ``reload()``, until stopped; a failing rescan is logged only."""
+        period = self.config.poll_s or None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rescan.wait(), period)
+            self._rescan.clear()
+            try:
+                await self.engine.rescan()
+            except Exception:
+                log.exception("repository rescan failed")
 
     async def wait_until_loaded(self, timeout: float | None = None) -> bool:
         """Wait for model loading to finish; returns whether the server is ready (SERVING)."""
@@ -138,9 +161,10 @@ class InferenceServer:
         log.info("shutting down (grace %.1f s)", grace)
         self.engine.shutting_down = True
         await self.health.enter_graceful_shutdown()
-        if self._load_task is not None and not self._load_task.done():
-            self._load_task.cancel()
-            await asyncio.gather(self._load_task, return_exceptions=True)
+        for task in (self._load_task, self._poll_task):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.grpc.stop(grace)
         await self.engine.close()
         self.metrics.close()
@@ -164,6 +188,7 @@ async def serve(config: ServerConfig) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     try:
         await server.start()
         await stop.wait()

@@ -167,12 +167,12 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: kserve_pb2.ModelInferRequest, deadline: float | None,
                      rid: str) -> kserve_pb2.ModelInferResponse:
-        model = self.engine.get(request.model_name, request.model_version)
-        assert model.manifest is not None  # a serving model has passed its checks
-        converters.check_requested_outputs(request, model.manifest)
-        data = converters.infer_inputs(request, model.manifest)
-        x = data if isinstance(data, np.ndarray) else await self.engine.preprocess(model, data)
-        logits = await self.engine.infer(model, x, deadline)
+        with self.engine.admit(request.model_name, request.model_version) as model:
+            assert model.manifest is not None  # a serving model has passed its checks
+            converters.check_requested_outputs(request, model.manifest)
+            data = converters.infer_inputs(request, model.manifest)
+            x = data if isinstance(data, np.ndarray) else await self.engine.preprocess(model, data)
+            logits = await self.engine.infer(model, x, deadline)
         return converters.infer_response(model, request.id or rid, logits)
 
     @rpc("ModelInfer", lambda r: r.model_name)

@@ -1,0 +1,571 @@
+"""Bad input against a real server process: every answer is the documented status code and message, the process
+survives, and its resident memory stays within a stated bound.
+
+- a bounded random-mutation run over real PNG/JPEG/GIF/WebP/TIFF bytes (truncations, bit flips, overwritten,
+  inserted and deleted bytes), each answer compared with the in-process predictor (same decision, same message, same
+  probabilities) and with the documented message patterns;
+- hand-made hostile files: decompression bombs in six formats, animated and multi-page files, 16-bit, CMYK, palette,
+  formats outside the decoder allowlist, zero-byte and over-the-limit payloads, requests that expand too much;
+- hypothesis strategies for Classify tensors, ModelInfer requests and model names/versions, checked against a
+  specification of the validation rules written here (not imported from the server).
+
+NaN/Inf decision: a tensor holding NaN or ±Inf is refused with INVALID_ARGUMENT (its logits would be meaningless); a
+finite tensor whose values overflow inside the network makes Classify answer INVALID_ARGUMENT ("the model's output is
+not finite"), while ModelInfer returns the raw logits as computed (the protocol's contract is the tensor).
+
+Tests in this module share one server and run in file order; the last one checks survival and memory.
+Sizes: ``FUZZ_MUTATIONS`` / ``FUZZ_SECONDS`` (mutation run) and ``FUZZ_EXAMPLES`` (per hypothesis test).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reliability_fixtures import (
+    ServerProcess,
+    bombs,
+    bounded,
+    call,
+    classify_request,
+    mutate,
+    seed_images,
+    unusual_images,
+)
+
+from serving import repository
+from serving._generated import grpc_service_pb2 as kserve_pb2
+from serving._generated import imageclassifier_pb2 as ic_pb2
+from serving.converters import encode_bytes_elements
+from serving.errors import InvalidInput
+from serving.predictor import Predictor, softmax
+
+pytestmark = pytest.mark.slow
+
+FUZZ_MUTATIONS = int(os.environ.get("FUZZ_MUTATIONS", "4000"))
+FUZZ_SECONDS = float(os.environ.get("FUZZ_SECONDS", "15"))
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
+FUZZ_SEED = int(os.environ.get("FUZZ_SEED", "20240611"))
+MAX_PIXELS = 4_000_000
+MAX_MESSAGE_MB = 4
+# Resident memory bounds, measured after a warm-up. Over the whole module: 48 MiB, which includes the allocator's
+# high-water marks for maximum-size messages (each kind of 4 MiB request plateaus 15–30 MiB above the baseline,
+# measured). Over the mutation run alone (thousands of small requests): 8 MiB, under 2 kB per input — one leaked
+# 3 kB tensor per request, or a retained decode, would not fit.
+RSS_GROWTH_BOUND_KB = 48 * 1024
+SMALL_INPUT_GROWTH_BOUND_KB = 8 * 1024
+
+OK, INVALID = grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND, EXHAUSTED = grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED
+SHAPE = (1, 28, 28)
+EXPECTED_INPUTS = "FP32 [N, 1, 28, 28] or BYTES [N] (encoded images)"
+# Every message an undecodable or oversized image may produce (DESIGN: INVALID_ARGUMENT, "undecodable or oversized").
+DOCUMENTED_IMAGE_ERROR = re.compile(
+    r"^image 0: (cannot decode image: .+|image is (\d+x\d+ = )?\d+ pixels, more than the limit of 4000000"
+    r"|empty image payload)$", re.DOTALL)
+settings.register_profile("reliability", max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], print_blob=True)
+
+
+class Tally:
+    """What the module sent and what came back; a crash is a dead process or an INTERNAL/UNKNOWN answer."""
+
+    def __init__(self) -> None:
+        self.inputs = 0
+        self.codes: Counter[str] = Counter()
+        self.crashes: list[str] = []
+        self.mismatches: list[str] = []
+
+    def record(self, what: str, code: grpc.StatusCode, details: str, server: ServerProcess) -> None:
+        self.inputs += 1
+        self.codes[code.name] += 1
+        if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) or not server.alive():
+            self.crashes.append(f"{what}: {code.name} {details[:200]}")
+
+
+@pytest.fixture(scope="module")
+def server(rel_repo: Path) -> Iterator[ServerProcess]:
+    process = ServerProcess(rel_repo, "--max-pixels", str(MAX_PIXELS), "--max-message-mb", str(MAX_MESSAGE_MB),
+                            "--max-queue-delay-ms", "1")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def oracle(rel_repo: Path) -> Predictor:
+    return repository.load(rel_repo, "digits", threads=1, max_pixels=MAX_PIXELS).predictor
+
+
+@pytest.fixture(scope="module")
+def tally() -> Tally:
+    return Tally()
+
+
+@pytest.fixture(scope="module")
+def baseline_kb(server: ServerProcess, oracle: Predictor) -> int:
+    """VmRSS after a warm-up of every request kind, the largest ones included (first decodes, first batches, gRPC
+    and allocator buffers sized for a full message): what grows after that is what the bound is about."""
+    images = list(seed_images().values()) + list(unusual_images().values())
+    most = (MAX_MESSAGE_MB << 20) // (4 * math.prod(SHAPE))
+    tiny = ic_pb2.Image(encoded=unusual_images()["1x1.png"])
+    largest = [classify_request(b"\0" * ((MAX_MESSAGE_MB << 20) - 1024)),
+               ic_pb2.ClassifyRequest(model="digits", images=[tiny] * most)]
+    for _ in range(2):
+        for request in largest:
+            call(lambda r=request: server.classifier.Classify(r, timeout=60))
+        call(lambda: server.classifier.Classify(classify_request(b"\0" * ((MAX_MESSAGE_MB << 20) + 1)), timeout=60))
+        call(lambda: server.inference.ModelInfer(bytes_request([tiny.encoded] * most), timeout=60))
+        call(lambda: server.inference.ModelInfer(bytes_request([tiny.encoded] * (most + 1)), timeout=60))
+    for _ in range(3):
+        for payload in images:
+            call(lambda p=payload: server.classifier.Classify(classify_request(p), timeout=10))
+            call(lambda p=payload: server.inference.ModelInfer(bytes_request([p]), timeout=10))
+        for payload in bombs().values():
+            call(lambda p=payload: server.classifier.Classify(classify_request(p), timeout=10))
+    time.sleep(0.5)
+    return server.rss_kb()
+
+
+@pytest.fixture(autouse=True)
+def rss_by_test(request: pytest.FixtureRequest, server: ServerProcess, baseline_kb: int,
+                figures: dict[str, object]) -> Iterator[None]:
+    """Server RSS after each test of the module, as growth over the baseline: shows which kind of input grows it."""
+    yield
+    phases = figures.setdefault("fuzz: RSS growth after each test (MiB)", {})
+    assert isinstance(phases, dict)
+    phases[request.node.name.removeprefix("test_")] = round((server.rss_kb() - baseline_kb) / 1024, 1)
+
+
+# ---- requests and the oracle ---------------------------------------------------------------------------------------
+
+def bytes_request(payloads: list[bytes], model: str = "digits") -> kserve_pb2.ModelInferRequest:
+    tensor = kserve_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="BYTES", shape=[len(payloads)])
+    return kserve_pb2.ModelInferRequest(model_name=model, inputs=[tensor],
+                                        raw_input_contents=[encode_bytes_elements(payloads)])
+
+
+def expected_tensor(oracle: Predictor, payload: bytes) -> tuple[np.ndarray | None, str]:
+    """What the server must do with these bytes: the tensor it must compute on, or the exact message it must send."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's remarks on damaged metadata
+            return oracle.preprocess(payload), ""
+    except InvalidInput as e:
+        return None, f"image 0: {e}"
+
+
+def check_image(server: ServerProcess, oracle: Predictor, tally: Tally, what: str, payload: bytes,
+                via: str = "classify") -> str:
+    """Send one image; compare the answer with the oracle; returns "ok" or "invalid"."""
+    x, message = expected_tensor(oracle, payload)
+    if via == "classify":
+        code, details, response = call(lambda: server.classifier.Classify(classify_request(payload), timeout=30))
+    else:
+        code, details, response = call(lambda: server.inference.ModelInfer(bytes_request([payload]), timeout=30))
+    tally.record(what, code, details, server)
+    if x is None:
+        if (code, details) != (INVALID, message) or not DOCUMENTED_IMAGE_ERROR.match(details):
+            tally.mismatches.append(f"{what} via {via}: expected INVALID_ARGUMENT {message!r}, got {code.name} "
+                                    f"{details!r}")
+        return "invalid"
+    if code != OK:
+        tally.mismatches.append(f"{what} via {via}: expected OK, got {code.name} {details!r}")
+        return "error"
+    logits = oracle.run(x[None])
+    if via == "classify":
+        probs = softmax(logits)[0]
+        got = [(p.index, p.probability) for p in response.results[0].predictions]
+        third = np.sort(probs)[-3]
+        if len(got) != 3 or any(abs(probs[i] - p) > 1e-5 or p < third - 1e-5 for i, p in got):
+            tally.mismatches.append(f"{what}: predictions {got} disagree with the oracle {probs.tolist()}")
+    else:
+        served = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(logits.shape)
+        if not np.allclose(served, logits, atol=1e-4, rtol=0):
+            tally.mismatches.append(f"{what}: logits differ from the oracle by {np.abs(served - logits).max()}")
+    return "ok"
+
+
+def assert_clean(tally: Tally) -> None:
+    assert not tally.crashes, tally.crashes[:5]
+    assert not tally.mismatches, f"{len(tally.mismatches)} mismatches, first: {tally.mismatches[:5]}"
+
+
+# ---- images --------------------------------------------------------------------------------------------------------
+
+def test_mutated_images(server: ServerProcess, oracle: Predictor, tally: Tally, baseline_kb: int,
+                        figures: dict[str, object]) -> None:
+    rng = np.random.default_rng(FUZZ_SEED)
+    seeds = list(seed_images().items()) + list(unusual_images().items())[:6]
+    outcomes: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    rss_before = server.rss_kb()
+    started = time.perf_counter()
+    for i in bounded(FUZZ_MUTATIONS, FUZZ_SECONDS):
+        name, data = seeds[i % len(seeds)]
+        kind, payload = mutate(data, rng)
+        if rng.random() < 0.25:  # two damages at once
+            kind2, payload = mutate(payload, rng) if payload else (kind, payload)
+            kind = f"{kind}+{kind2}"
+        kinds[kind.split("+")[0]] += 1
+        via = "infer" if i % 4 == 3 else "classify"
+        outcomes[check_image(server, oracle, tally, f"mutation {i} ({kind} of {name})", payload, via)] += 1
+    elapsed = time.perf_counter() - started
+    total = sum(outcomes.values())
+    time.sleep(0.3)
+    grown = server.rss_kb() - rss_before
+    figures["fuzz: RSS growth over the mutation run"] = (f"{grown / 1024:+.1f} MiB over {total} inputs (bound "
+                                                         f"{SMALL_INPUT_GROWTH_BOUND_KB // 1024} MiB)")
+    figures["fuzz: mutated images"] = (f"{total} in {elapsed:.1f} s (seed {FUZZ_SEED}): {outcomes['ok']} decoded and "
+                                       f"answered, {outcomes['invalid']} INVALID_ARGUMENT; by damage {dict(kinds)}")
+    assert total >= min(FUZZ_MUTATIONS, 200), f"only {total} mutations in {FUZZ_SECONDS} s"
+    assert outcomes["ok"], "no mutation decoded"  # the run exercised both sides
+    assert outcomes["invalid"], "every mutation decoded"
+    assert_clean(tally)
+    assert grown < SMALL_INPUT_GROWTH_BOUND_KB
+
+
+def test_hostile_and_unusual_files(server: ServerProcess, oracle: Predictor, tally: Tally) -> None:
+    unusual = unusual_images()
+    for name, payload in unusual.items():
+        outcome = check_image(server, oracle, tally, name, payload)
+        if name.startswith(("not-allowed", "eps")):
+            assert outcome == "invalid", name
+        else:
+            assert outcome == "ok", name  # animated, multi-page, 16-bit, CMYK, palette, 1-bit, EXIF … all decode
+    for name, payload in bombs().items():
+        assert check_image(server, oracle, tally, name, payload) == "invalid"
+        assert check_image(server, oracle, tally, name, payload, via="infer") == "invalid"
+    for name, payload in {"zero bytes": b"", "one byte": b"\x89", "png signature": b"\x89PNG\r\n\x1a\n",
+                          "text": b"hello", "jpeg soi only": b"\xff\xd8\xff"}.items():
+        assert check_image(server, oracle, tally, name, payload) == "invalid"
+    for name, payload in unusual.items():  # every unusual file cut short at a few points
+        for cut in (1, len(payload) // 3, len(payload) - 1):
+            check_image(server, oracle, tally, f"{name}[:{cut}]", payload[:cut])
+    assert_clean(tally)
+
+
+def test_payload_size_limits(server: ServerProcess, tally: Tally) -> None:
+    limit = MAX_MESSAGE_MB << 20
+    code, details, _ = call(lambda: server.classifier.Classify(classify_request(b"\0" * (limit + 1)), timeout=30))
+    tally.record("over the message limit", code, details, server)
+    assert code == EXHAUSTED
+    assert re.search(r"[Rr]eceived message larger than max \(\d+ vs\. 4194304\)", details), details
+    noise = np.random.default_rng(1).integers(0, 256, limit - 1024, dtype=np.uint8).tobytes()
+    code, details, _ = call(lambda: server.classifier.Classify(classify_request(noise), timeout=30))
+    tally.record("noise just under the limit", code, details, server)
+    assert (code, details) == (INVALID, "image 0: cannot decode image: not a PNG, JPEG, BMP, WebP, GIF or TIFF file")
+    # A small request must not expand past the limit: 67-byte PNGs become 3,136-byte tensors each.
+    tiny = unusual_images()["1x1.png"]
+    most = limit // (4 * math.prod(SHAPE))
+    too_many = ic_pb2.ClassifyRequest(model="digits", images=[ic_pb2.Image(encoded=tiny)] * (most + 1))
+    code, details, _ = call(lambda: server.classifier.Classify(too_many, timeout=30))
+    tally.record("too many images", code, details, server)
+    assert code == EXHAUSTED
+    assert details == (f"{most + 1} images make a 4.0 MiB input tensor for model 'digits', more than the 4 MiB limit "
+                       f"(--max-message-mb); send at most {most} per request")
+    code, details, _ = call(lambda: server.inference.ModelInfer(bytes_request([tiny] * (most + 1)), timeout=30))
+    tally.record("too many images (ModelInfer)", code, details, server)
+    assert code == EXHAUSTED
+    assert details.startswith(f"{most + 1} images make a 4.0 MiB input tensor")
+    response = server.inference.ModelInfer(bytes_request([tiny] * most), timeout=60)
+    tally.record("most images", OK, "", server)
+    assert list(response.outputs[0].shape) == [most, 10]
+    assert_clean(tally)
+
+
+# ---- structured requests -------------------------------------------------------------------------------------------
+
+def test_request_structure(server: ServerProcess, tally: Tally) -> None:
+    png = seed_images()["seed0.png"]
+    image = ic_pb2.Image(encoded=png)
+    tensor_type = kserve_pb2.ModelInferRequest.InferInputTensor
+    x = np.zeros((1, *SHAPE), np.float32)
+    fp32 = tensor_type(name="input", datatype="FP32", shape=[1, *SHAPE])
+    c = server.classifier
+    i = server.inference
+    cases = [
+        (lambda: c.Classify(ic_pb2.ClassifyRequest()), INVALID, "no images in the request"),
+        (lambda: c.Classify(ic_pb2.ClassifyRequest(model="digits")), INVALID, "no images in the request"),
+        (lambda: c.Classify(ic_pb2.ClassifyRequest(images=[image])), INVALID, "no model name given"),
+        (lambda: c.Classify(ic_pb2.ClassifyRequest(model="digits", images=[ic_pb2.Image()])), INVALID,
+         "image 0 is empty: set encoded or tensor"),
+        (lambda: c.Classify(ic_pb2.ClassifyRequest(model="nope", images=[image])), NOT_FOUND,
+         "model 'nope' not found (this server has: digits, rgb)"),
+        (lambda: c.Classify(ic_pb2.ClassifyRequest(model="digits", version=7, images=[image])), NOT_FOUND,
+         "model 'digits' has no version 7 (versions: [1])"),
+        (lambda: c.Classify(ic_pb2.ClassifyRequest(model="digits", version=-1, images=[image])), NOT_FOUND,
+         "no model version -1"),
+        (lambda: c.Classify(ic_pb2.ClassifyRequest(model="digits", top_k=11, images=[image])), INVALID,
+         "top_k must be between 1 and 10 (the number of classes), got 11"),
+        (lambda: c.Classify(ic_pb2.ClassifyRequest(model="digits", top_k=-1, images=[image])), INVALID,
+         "top_k must be between 1 and 10 (the number of classes), got -1"),
+        (lambda: c.Classify(ic_pb2.ClassifyRequest(model="digits", top_k=2**31 - 1, images=[image])), INVALID,
+         "top_k must be between 1 and 10 (the number of classes), got 2147483647"),
+        (lambda: c.GetModel(ic_pb2.GetModelRequest()), INVALID, "no model name given"),
+        (lambda: i.ModelInfer(kserve_pb2.ModelInferRequest()), INVALID, "no model name given"),
+        (lambda: i.ModelInfer(kserve_pb2.ModelInferRequest(model_name="digits")), INVALID,
+         f"model 'digits' takes exactly one input 'input' ({EXPECTED_INPUTS}), got 0"),
+        (lambda: i.ModelInfer(kserve_pb2.ModelInferRequest(model_name="digits", inputs=[fp32, fp32],
+                                                           raw_input_contents=[x.tobytes()] * 2)), INVALID,
+         f"model 'digits' takes exactly one input 'input' ({EXPECTED_INPUTS}), got 2"),
+        (lambda: i.ModelInfer(kserve_pb2.ModelInferRequest(model_name="digits", inputs=[fp32],
+                                                           raw_input_contents=[x.tobytes()] * 2)), INVALID,
+         "2 raw_input_contents for 1 inputs"),
+        (lambda: i.ModelInfer(kserve_pb2.ModelInferRequest(model_name="digits", inputs=[fp32],
+                                                           raw_input_contents=[x.tobytes()[:-1]])), INVALID,
+         "input 'input': raw_input_contents has 3135 bytes, FP32 [1, 1, 28, 28] needs 3136"),
+        (lambda: i.ModelInfer(kserve_pb2.ModelInferRequest(
+            model_name="digits", inputs=[fp32], raw_input_contents=[x.tobytes()],
+            outputs=[kserve_pb2.ModelInferRequest.InferRequestedOutputTensor(name="probs")])), INVALID,
+         "unknown output 'probs'; model 'digits' has 'logits'"),
+        (lambda: i.ModelInfer(kserve_pb2.ModelInferRequest(
+            model_name="digits", inputs=[tensor_type(name="input", datatype="BYTES", shape=[2])],
+            raw_input_contents=[encode_bytes_elements([png])])), INVALID,
+         "input 'input': BYTES shape must be [N] or [N, 1] with one encoded image per element; got shape [2] with "
+         "1 elements"),
+        (lambda: i.ModelInfer(kserve_pb2.ModelInferRequest(
+            model_name="digits", inputs=[tensor_type(name="input", datatype="BYTES", shape=[1])],
+            raw_input_contents=[b"\x10\0\0\0abc"])), INVALID,
+         "BYTES tensor: element of 16 bytes runs past the end of the data"),
+        (lambda: i.ModelInfer(kserve_pb2.ModelInferRequest(
+            model_name="rgb", inputs=[fp32], raw_input_contents=[x.tobytes()])), INVALID,
+         "input shape must be [N, 3, 32, 32] with N >= 1, got [1, 1, 28, 28]"),
+        (lambda: i.ModelInfer(kserve_pb2.ModelInferRequest(
+            model_name="digits", inputs=[tensor_type(name="input", datatype="FP32", shape=[0, *SHAPE])],
+            raw_input_contents=[b""])), INVALID, "input shape must be [N, 1, 28, 28] with N >= 1, got [0, 1, 28, 28]"),
+        (lambda: i.ModelMetadata(kserve_pb2.ModelMetadataRequest(name="x" * 20_000)), NOT_FOUND,
+         f"model {'x' * 64!r}… not found (this server has: digits, rgb)"),
+    ]
+    for n, (rpc, code, message) in enumerate(cases):
+        got, details, _ = call(lambda rpc=rpc: rpc())
+        tally.record(f"case {n}", got, details, server)
+        assert (got, details) == (code, message), f"case {n}"
+    default = c.Classify(ic_pb2.ClassifyRequest(model="digits", images=[image]))
+    every = c.Classify(ic_pb2.ClassifyRequest(model="digits", top_k=10, images=[image]))
+    tally.record("top_k 0", OK, "", server)
+    tally.record("top_k 10", OK, "", server)
+    assert len(default.results[0].predictions) == 5
+    assert len(every.results[0].predictions) == 10
+    # A stream answers a bad message in place and goes on with the next ones.
+    stream = list(c.ClassifyStream(iter([
+        ic_pb2.ClassifyRequest(request_id="a", model="digits", images=[image]),
+        ic_pb2.ClassifyRequest(request_id="b", model="digits", images=[ic_pb2.Image(encoded=b"junk")]),
+        ic_pb2.ClassifyRequest(request_id="c", model="nope", images=[image]),
+        ic_pb2.ClassifyRequest(request_id="d", model="digits", images=[image])]), timeout=30))
+    tally.record("stream", OK, "", server)
+    answers = {m.request_id: m for m in stream}
+    assert answers["a"].response.results
+    assert answers["d"].response.results
+    assert (answers["b"].error.code, answers["b"].error.message) == (
+        INVALID.value[0], "image 0: cannot decode image: not a PNG, JPEG, BMP, WebP, GIF or TIFF file")
+    assert answers["c"].error.code == NOT_FOUND.value[0]
+    assert_clean(tally)
+
+
+# ---- hypothesis: tensors, ModelInfer, names ------------------------------------------------------------------------
+
+SPECIAL = st.sampled_from([None, float("nan"), float("inf"), float("-inf"), 3e38, -3e38])
+SHAPES = st.one_of(st.sampled_from([list(SHAPE), list(SHAPE), [28, 28], [3, 28, 28], [1, 28, 27], [1, 1, 28, 28]]),
+                   st.lists(st.integers(-2, 40), max_size=5))
+
+
+def values(count: int, seed: int, special: float | None, positions: list[int]) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal(count).astype(np.float32)
+    if special is not None and count:
+        x[[p % count for p in positions]] = special
+    return x
+
+
+def classify_expectation(oracle: Predictor, shape: list[int], n_bytes: int, n_values: int, top_k: int,
+                         x: np.ndarray | None) -> tuple[grpc.StatusCode, str]:
+    """The documented rules for a Classify request with one tensor image, in the order the server applies them."""
+    if not shape or any(d < 1 for d in shape):
+        return INVALID, f"image 0: tensor shape must be positive dimensions, got {shape}"
+    count = math.prod(shape)
+    if n_bytes and n_values:
+        return INVALID, "image 0: tensor has both data and values; send one"
+    if n_bytes and n_bytes != 4 * count:
+        return INVALID, f"image 0: tensor data has {n_bytes} bytes, shape {shape} float32 needs {4 * count}"
+    if not n_bytes and n_values != count:
+        return INVALID, f"image 0: tensor has {n_values} values, shape {shape} needs {count}"
+    if not 0 <= top_k <= 10:
+        return INVALID, f"top_k must be between 1 and 10 (the number of classes), got {top_k}"
+    if tuple(shape) != SHAPE:
+        return INVALID, f"image 0: tensor shape must be [1, 28, 28] (C, H, W), got {shape}"
+    assert x is not None
+    if bad := int(np.count_nonzero(~np.isfinite(x))):
+        return INVALID, f"image 0: tensor has {bad} NaN or infinite values; only finite float32 values are accepted"
+    if not np.isfinite(oracle.run(x.reshape(1, *SHAPE))).all():
+        return INVALID, ("image 0: the model's output is not finite (NaN or infinite logits); the input values are "
+                         "out of range")
+    return OK, ""
+
+
+@settings(settings.get_profile("reliability"))
+@given(shape=SHAPES, mode=st.sampled_from(["data", "data", "values", "short", "long", "both", "none"]),
+       top_k=st.one_of(st.integers(-2, 12), st.just(2**31 - 1)), special=SPECIAL,
+       positions=st.lists(st.integers(0, 10**6), min_size=1, max_size=4), seed=st.integers(0, 2**32 - 1))
+def test_hypothesis_classify_tensors(server: ServerProcess, oracle: Predictor, tally: Tally, shape: list[int],
+                                     mode: str, top_k: int, special: float | None, positions: list[int],
+                                     seed: int) -> None:
+    count = math.prod(shape) if shape and all(d >= 1 for d in shape) else 0
+    x = values(count, seed, special, positions) if 0 < count <= 50_000 else np.zeros(1, np.float32)
+    tensor = ic_pb2.Tensor(shape=shape)
+    if mode in ("data", "both"):
+        tensor.data = x.astype("<f4").tobytes()
+    if mode in ("values", "both"):
+        tensor.values.extend(x.tolist())
+    if mode in ("short", "long"):
+        tensor.data = x.astype("<f4").tobytes()[:-4] if mode == "short" else x.astype("<f4").tobytes() + b"\0" * 4
+    sent = np.frombuffer(tensor.data, "<f4") if tensor.data else np.asarray(tensor.values, np.float32)
+    code, message = classify_expectation(oracle, list(shape), len(tensor.data), len(tensor.values), top_k, sent)
+    request = ic_pb2.ClassifyRequest(model="digits", top_k=top_k, images=[ic_pb2.Image(tensor=tensor)])
+    got, details, response = call(lambda: server.classifier.Classify(request, timeout=30))
+    tally.record("hypothesis classify", got, details, server)
+    assert (got, details) == (code, message)
+    if code == OK:
+        probs = softmax(oracle.run(sent.reshape(1, *SHAPE)))[0]
+        for p in response.results[0].predictions:
+            assert p.probability == pytest.approx(float(probs[p.index]), abs=1e-5)
+
+
+def infer_expectation(inputs: list[tuple[str, str, list[int]]], n_raw: int, raw_len: int | None, n_typed: int,
+                      outputs: list[str], x: np.ndarray | None) -> tuple[grpc.StatusCode, str]:
+    """The documented rules for ModelInfer on digits, in the order the server applies them."""
+    for name in outputs:
+        if name != "logits":
+            return INVALID, f"unknown output {name!r}; model 'digits' has 'logits'"
+    if len(inputs) != 1:
+        return INVALID, f"model 'digits' takes exactly one input 'input' ({EXPECTED_INPUTS}), got {len(inputs)}"
+    name, datatype, shape = inputs[0]
+    if name != "input":
+        return INVALID, f"unknown input {name!r}; model 'digits' takes 'input'"
+    if n_raw and n_raw != 1:
+        return INVALID, f"{n_raw} raw_input_contents for 1 inputs"
+    if not shape or any(d < 0 for d in shape):
+        return INVALID, f"input 'input': invalid shape {shape}"
+    if datatype != "FP32":
+        return INVALID, f"input 'input': datatype {datatype or '(empty)'} is not supported; send {EXPECTED_INPUTS}"
+    count = math.prod(shape)
+    if raw_len is not None and raw_len != 4 * count:
+        return INVALID, f"input 'input': raw_input_contents has {raw_len} bytes, FP32 {shape} needs {4 * count}"
+    if raw_len is None and n_typed != count:
+        return INVALID, f"input 'input': {n_typed} fp32_contents, shape {shape} needs {count}"
+    if len(shape) != 4 or tuple(shape[1:]) != SHAPE or shape[0] < 1:
+        return INVALID, f"input shape must be [N, 1, 28, 28] with N >= 1, got {shape}"
+    assert x is not None
+    if bad := int(np.count_nonzero(~np.isfinite(x))):
+        return INVALID, f"tensor has {bad} NaN or infinite values; only finite float32 values are accepted"
+    return OK, ""
+
+
+@settings(settings.get_profile("reliability"))
+@given(n_inputs=st.sampled_from([1, 1, 1, 1, 0, 2]), name=st.sampled_from(["input", "input", "input", "x", ""]),
+       datatype=st.sampled_from(["FP32", "FP32", "FP32", "FP16", "INT64", "", "fp32"]),
+       shape=st.one_of(st.sampled_from([[1, *SHAPE], [3, *SHAPE], [1, 28, 28], [1, 3, 28, 28]]),
+                       st.lists(st.integers(-1, 30), max_size=5)),
+       raw=st.sampled_from(["exact", "exact", "typed", "short", "long", "two"]),
+       outputs=st.sampled_from([[], [], ["logits"], ["probs"]]), special=SPECIAL,
+       positions=st.lists(st.integers(0, 10**6), min_size=1, max_size=4), seed=st.integers(0, 2**32 - 1))
+def test_hypothesis_model_infer(server: ServerProcess, oracle: Predictor, tally: Tally, n_inputs: int, name: str,
+                                datatype: str, shape: list[int], raw: str, outputs: list[str],
+                                special: float | None, positions: list[int], seed: int) -> None:
+    count = math.prod(shape) if shape and all(d >= 0 for d in shape) else 0
+    x = values(count, seed, special, positions) if count <= 50_000 else None
+    blob = x.astype("<f4").tobytes() if x is not None else b"\0" * 4
+    tensor = kserve_pb2.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)
+    if raw == "typed" and x is not None:
+        tensor.contents.fp32_contents.extend(x.tolist())
+    contents = {"exact": [blob], "short": [blob[:-4]], "long": [blob + b"\0" * 4], "two": [blob, blob],
+                "typed": []}[raw]
+    request = kserve_pb2.ModelInferRequest(
+        model_name="digits", inputs=[tensor] * n_inputs, raw_input_contents=contents,
+        outputs=[kserve_pb2.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in outputs])
+    raw_len = len(contents[0]) if contents else None
+    n_typed = len(tensor.contents.fp32_contents)
+    if raw_len is not None:
+        sent = np.frombuffer(contents[0][: raw_len - raw_len % 4], "<f4")
+    else:
+        sent = np.asarray(tensor.contents.fp32_contents, np.float32)
+    code, message = infer_expectation([(name, datatype, list(shape))] * n_inputs, len(contents), raw_len, n_typed,
+                                      outputs, sent)
+    got, details, response = call(lambda: server.inference.ModelInfer(request, timeout=30))
+    tally.record("hypothesis infer", got, details, server)
+    assert (got, details) == (code, message)
+    if code == OK:
+        expected = oracle.run(sent.reshape(shape))
+        served = np.frombuffer(response.raw_output_contents[0], "<f4").reshape(expected.shape)
+        # Finite but extreme inputs may overflow to Inf/NaN logits: returned as computed.
+        np.testing.assert_allclose(served, expected, atol=1e-4, rtol=1e-5, equal_nan=True)
+
+
+def shown(name: str) -> str:
+    """How the server quotes a client-chosen name in a message: repr, cut at 64 characters."""
+    return repr(name) if len(name) <= 64 else repr(name[:64]) + "…"
+
+
+def name_expectation(name: str, version: str) -> tuple[grpc.StatusCode, str]:
+    if not name:
+        return INVALID, "no model name given"
+    if name not in ("digits", "rgb"):
+        return NOT_FOUND, f"model {shown(name)} not found (this server has: digits, rgb)"
+    if version == "":
+        return OK, ""
+    if not (version.isascii() and version.isdigit()):
+        return NOT_FOUND, f"no model version {shown(version)} (versions are integers)"
+    if int(version) in (0, 1):
+        return OK, ""
+    return NOT_FOUND, f"model {name!r} has no version {int(version)} (versions: [1])"
+
+
+@settings(settings.get_profile("reliability"))
+@given(name=st.one_of(st.sampled_from(["digits", "rgb", "", "DIGITS", "digits\0"]), st.text(max_size=200)),
+       version=st.one_of(st.sampled_from(["", "1", "01", "0", "2", "-1", " 1", "²", "١", "1.0", "9" * 30]),
+                         st.text(max_size=12)))
+def test_hypothesis_model_names(server: ServerProcess, tally: Tally, name: str, version: str) -> None:
+    code, message = name_expectation(name, version)
+    for rpc in (lambda: server.inference.ModelMetadata(kserve_pb2.ModelMetadataRequest(name=name, version=version),
+                                                       timeout=10),
+                lambda: server.inference.ModelReady(kserve_pb2.ModelReadyRequest(name=name, version=version),
+                                                    timeout=10)):
+        got, details, _ = call(rpc)
+        tally.record("hypothesis names", got, details, server)
+        assert (got, details) == (code, message)
+
+
+# ---- afterwards ----------------------------------------------------------------------------------------------------
+
+def test_server_survived_with_bounded_memory(server: ServerProcess, oracle: Predictor, tally: Tally, baseline_kb: int,
+                                            figures: dict[str, object]) -> None:
+    """Runs last in this module: the process is alive, answers correctly, logged no INTERNAL error, and its
+    resident memory grew less than the bound."""
+    assert server.alive()
+    for payload in seed_images().values():
+        assert check_image(server, oracle, tally, "after the fuzz", payload) == "ok"
+    time.sleep(0.3)
+    grown = server.rss_kb() - baseline_kb
+    # Our own error lines only: Pillow logs some damaged TIFFs at ERROR level through its "PIL" logger.
+    internal = server.entries(lambda e: (e.get("level") in ("error", "critical")
+                                         and str(e.get("logger", "")).startswith("serving"))
+                              or e.get("code") == "INTERNAL")
+    pil_errors = server.entries(lambda e: e.get("level") == "error" and str(e.get("logger", "")).startswith("PIL"))
+    figures["fuzz: ERROR lines from Pillow's own logger (client data, not server faults)"] = len(pil_errors)
+    figures["fuzz: inputs tried"] = tally.inputs
+    figures["fuzz: crashes (dead process or INTERNAL/UNKNOWN)"] = len(tally.crashes)
+    figures["fuzz: answers by code"] = dict(tally.codes)
+    figures["fuzz: server RSS"] = (f"{baseline_kb / 1024:.1f} MiB after warm-up, {grown / 1024:+.1f} MiB after "
+                                   f"{tally.inputs} inputs (bound {RSS_GROWTH_BOUND_KB // 1024} MiB)")
+    assert_clean(tally)
+    assert not internal, internal[:3]
+    assert grown < RSS_GROWTH_BOUND_KB
