@@ -10,6 +10,11 @@ the width changes. ``skip=False`` builds the *plain* twin (same layers, no short
 paper compares against to show the degradation problem. ``norm=False`` replaces every BatchNorm with an identity
 (convolutions then get a bias) for the BatchNorm experiment.
 
+The head pools the last feature map to ``pool_size``×``pool_size`` (``pool="avg"`` or ``"max"``), flattens it and
+applies ``fc``. The default, average pooling to 1×1, is the paper's global average pooling; ``pool_size`` equal to
+the feature map's side makes the pooling an identity, i.e. the classic "flatten → fully connected" head (the
+pooling experiment compares these).
+
 Module names follow torchvision (``conv1``, ``bn1``, ``layer2.0.downsample.0``, ``fc``): they *are* the
 state_dict keys, so torchvision checkpoints, the NumPy reference and the BatchNorm folder all read the same dict.
 """
@@ -118,6 +123,7 @@ class Bottleneck(nn.Module):
 Block = type[BasicBlock] | type[Bottleneck]
 
 STEMS = ("imagenet", "cifar")
+POOLS = ("avg", "max")
 
 
 class ResNet(nn.Module):
@@ -138,6 +144,8 @@ class ResNet(nn.Module):
         skip: bool = True,
         norm: bool = True,
         zero_init_residual: bool = False,
+        pool: str = "avg",
+        pool_size: int = 1,
     ) -> None:
         super().__init__()
         blocks: dict[str, Block] = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -151,9 +159,14 @@ class ResNet(nn.Module):
             raise ValueError(f"need one width per stage and >= 1 block per stage, got layers={layers} widths={widths}")
         if num_classes < 1 or in_chans < 1:
             raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes}, {in_chans}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be >= 1, got {pool_size}")
         self.config: dict[str, Any] = dict(
             block=block, layers=list(layers), num_classes=num_classes, in_chans=in_chans, stem=stem,
             widths=list(widths), skip=skip, norm=norm, zero_init_residual=zero_init_residual,
+            pool=pool, pool_size=pool_size,
         )
         block_cls = blocks[block]
         self.skip, self.norm = skip, norm
@@ -174,8 +187,10 @@ class ResNet(nn.Module):
             name = f"layer{i + 1}"
             setattr(self, name, self._make_layer(block_cls, width, depth, stride=1 if i == 0 else 2))
             self.stages.append(name)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(widths[-1] * block_cls.expansion, num_classes)
+        # Named ``avgpool`` whatever the pooling: torchvision's name, which the summary walker looks for.
+        self.avgpool: nn.Module = (nn.AdaptiveAvgPool2d if pool == "avg" else nn.AdaptiveMaxPool2d)(
+            (pool_size, pool_size))
+        self.fc = nn.Linear(widths[-1] * block_cls.expansion * pool_size * pool_size, num_classes)
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

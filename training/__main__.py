@@ -1,8 +1,10 @@
-"""`python -m training fit|export …`: parse arguments, call the library, turn failures into one line + exit code."""
+"""`python -m training fit|export|experiment …`: parse arguments, call the library, turn failures into one line and
+an exit code."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ def _fit_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--valid-pct", type=float, default=0.2, help="validation share when the folder has no split")
     p.add_argument("--wd", type=float, default=None, help="weight decay (default 0.01)")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="ε of the label-smoothed loss (0: plain CE)")
     p.add_argument("--color-mode", choices=["L", "RGB"], default=None, help="default: guessed from the images")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--no-plots", action="store_true")
@@ -36,19 +39,79 @@ def _export_parser(sub) -> None:
     p.add_argument("--max-int8-drop", type=float, default=0.01, help="max accuracy drop (0–1) for --quantize int8")
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _experiment_parser(sub) -> None:
+    p = sub.add_parser("experiment", help="rerun a small experiment (batchnorm, skip, one-cycle, pooling) and "
+                                          "write a report with plots")
+    p.add_argument("name", choices=["batchnorm", "skip", "one-cycle", "pooling"])
+    p.add_argument("--data", default="digits", help="'digits' (bundled, default) or a folder of images")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="runs per variant, seeds 0..K-1 (default: 3 for batchnorm and skip, 5 for one-cycle, pooling)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 5)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate of the main runs (default: batchnorm 1e-3, others 3e-3)")
+    p.add_argument("--bs", type=int, default=64)
+    p.add_argument("--size", type=int, default=None, help="input side in pixels (digits: 16; else 32)")
+    p.add_argument("--arch", default="resnet20", help="network for batchnorm/one-cycle/pooling (project ResNets)")
+    p.add_argument("--target", type=float, default=None, help="accuracy for 'time to target' (default 0.95)")
+    p.add_argument("--depths", type=_ints, default=None, help="skip: depths, from 20,32,56 (default all three)")
+    p.add_argument("--lrs", type=_floats, default=None,
+                   help="batchnorm: swept peak learning rates (default 0.001,0.003,0.01,0.03,0.1,0.3,1)")
+    p.add_argument("--sweep-epochs", type=int, default=2, help="batchnorm: epochs per sweep run (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: these networks are small)")
+    p.add_argument("--keep-runs", action="store_true", help="keep every run directory under OUT/runs/")
+    p.add_argument("--verbose", action="store_true", help="also print fit's own lines for each run")
+    p.add_argument("--out", required=True, type=Path, help="folder for report.md, results.json and the plots")
+
+
+def _experiment(args, argv: list[str]) -> int:
+    from training.experiments import ExperimentError, Settings, run_experiment
+
+    lists = {k: v for k, v in (("depths", args.depths), ("lrs", args.lrs)) if v is not None}
+    settings = Settings(out=args.out, data=args.data, seeds=args.seeds, epochs=args.epochs, lr=args.lr, bs=args.bs,
+                        size=args.size, arch=args.arch, target=args.target, sweep_epochs=args.sweep_epochs,
+                        threads=args.threads, keep_runs=args.keep_runs, verbose=args.verbose,
+                        command=" ".join(["python -m training", *map(shlex.quote, argv)]), **lists)
+    try:
+        run_experiment(args.name, settings)
+    except ExperimentError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _fit_parser(sub)
     _export_parser(sub)
+    _experiment_parser(sub)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+
+    if args.command == "experiment":
+        return _experiment(args, argv)
 
     if args.command == "fit":
         from training.fit import FitConfig, FitError, fit
 
         cfg = FitConfig(data=args.data, arch=args.arch, epochs=args.epochs, out=args.out, lr=args.lr, bs=args.bs,
                         size=args.size, seed=args.seed, valid_pct=args.valid_pct, wd=args.wd,
-                        color_mode=args.color_mode, device=args.device, plots=not args.no_plots)
+                        color_mode=args.color_mode, device=args.device, plots=not args.no_plots,
+                        label_smoothing=args.label_smoothing)
         try:
             fit(cfg)
         except FitError as e:

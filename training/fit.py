@@ -1,4 +1,4 @@
-"""Train a model with fastai's one-cycle policy and write a run directory.
+"""Train a model with fastai's one-cycle policy (or a constant / step schedule) and write a run directory.
 
 ``RUN/`` receives:
 - ``model.pth``     weights with the constructor arguments (models.registry checkpoint, safe to load);
@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,31 @@ class FitConfig:
     color_mode: str | None = None
     device: str | None = None       # None: cuda when available, else cpu
     plots: bool = True
+    # Extra constructor arguments for the architecture (e.g. norm=False); stored in the checkpoint.
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Cross-entropy against targets smoothed by ε (Szegedy et al. 2016). On digits it lifted 5-epoch accuracy
+    # from 98.1–98.9 % to 98.6–99.7 % over the same seeds, and made it far less sensitive to lr_find's pick.
+    label_smoothing: float = 0.1
+    schedule: str = "one-cycle"     # one of SCHEDULES
+
+
+# Learning-rate schedules over the same epoch budget, all peaking at lr_max:
+# - one-cycle: fastai's fit_one_cycle (warm-up then cosine annealing; momentum 0.95 → 0.85 → 0.95);
+# - constant:  lr_max throughout (Adam's default momentum 0.9);
+# - step:      lr_max, ÷10 after 50 % and again after 75 % of the iterations (He et al. 2015's CIFAR schedule).
+SCHEDULES = ("one-cycle", "constant", "step")
+STEP_MILESTONES = (0.5, 0.75)
+STEP_GAMMA = 0.1
+
+
+def step_schedule(lr_max: float, milestones: Sequence[float] = STEP_MILESTONES,
+                  gamma: float = STEP_GAMMA) -> Callable[[float], float]:
+    """lr as a function of the training position in [0, 1] (fastai's ParamScheduler convention): lr_max,
+    multiplied by ``gamma`` at each milestone passed."""
+    def lr_at(pos: float) -> float:
+        return lr_max * gamma ** sum(pos >= m for m in milestones)
+
+    return lr_at
 
 
 def default_size(cfg: FitConfig) -> int:
@@ -74,6 +100,10 @@ def validate(cfg: FitConfig) -> None:
                        f"use --size >= {minimum}")
     if cfg.color_mode not in (None, "L", "RGB"):
         raise FitError(f"--color-mode must be L or RGB, got {cfg.color_mode}")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise FitError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.schedule not in SCHEDULES:
+        raise FitError(f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
 
 
 # ------------------------------------------------------------------------------------------------ distributed
@@ -158,9 +188,28 @@ def _plain_progress(log: Callable[[str], None]):
     return PlainProgress()
 
 
-def fit(cfg: FitConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, then (rank 0) write the run directory; returns the metrics dict."""
-    from fastai.losses import CrossEntropyLossFlat
+def _loss(label_smoothing: float):
+    from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
+
+    return LabelSmoothingCrossEntropyFlat(eps=label_smoothing) if label_smoothing > 0 else CrossEntropyLossFlat()
+
+
+def _train(learn, schedule: str, epochs: int, lr: float, cbs: list) -> None:
+    if schedule == "one-cycle":
+        learn.fit_one_cycle(epochs, lr, cbs=cbs)
+    elif schedule == "constant":
+        learn.fit(epochs, lr, cbs=cbs)
+    else:
+        from fastai.callback.schedule import ParamScheduler
+
+        learn.fit(epochs, lr, cbs=[*cbs, ParamScheduler({"lr": step_schedule(lr)})])
+
+
+def fit(cfg: FitConfig, log: Callable[[str], None] = print, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train, then (rank 0) write the run directory; returns the metrics dict.
+
+    ``callbacks``: extra fastai callbacks for the training loop (the experiments record per-batch losses).
+    """
     from fastai.metrics import accuracy
     from fastai.torch_core import set_seed
     from fastai.vision.learner import Learner
@@ -188,9 +237,14 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     say(f"spec: {size}x{size} {color_mode}, mean={list(spec.mean)}, std={list(spec.std)}")
 
     dls = data_mod.dataloaders(ds, spec, bs=cfg.bs, seed=cfg.seed, device=device)
-    model = registry.create(cfg.arch, num_classes=len(ds.labels), in_chans=spec.channels)
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy,
-                    wd=cfg.wd if cfg.wd is not None else 0.01)
+    try:
+        model = registry.create(cfg.arch, num_classes=len(ds.labels), in_chans=spec.channels, **cfg.model_kwargs)
+    except (TypeError, ValueError) as e:
+        raise FitError(f"cannot build {cfg.arch} with {cfg.model_kwargs}: {e}") from None
+    # path: lr_find checkpoints the model under path/models/tmpXXXX/; keep that out of the working directory
+    # (which may be read-only, or this repository, whose models/ is a package).
+    learn = Learner(dls, model, loss_func=_loss(cfg.label_smoothing), metrics=accuracy,
+                    wd=cfg.wd if cfg.wd is not None else 0.01, path=Path(tempfile.gettempdir()))
     if device.type == "cuda":
         learn.to_fp16()
 
@@ -216,7 +270,7 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         say(f"lr_max = {lr:.3g} (given)")
 
     timer = _epoch_timer()
-    cbs: list = [timer]
+    cbs: list = [timer, *callbacks]
     if not sys.stdout.isatty():
         from fastai.callback.progress import ProgressCallback
 
@@ -233,7 +287,7 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
 
             learn.remove_cb(ProgressCallback)
     t0 = time.perf_counter()
-    learn.fit_one_cycle(cfg.epochs, lr, cbs=cbs)
+    _train(learn, cfg.schedule, cfg.epochs, lr, cbs)
     train_seconds = time.perf_counter() - t0
     if trainer is not None:
         learn.remove_cb(trainer)
@@ -277,7 +331,7 @@ def _write_run(cfg: FitConfig, learn, ds, spec, lr: float, lr_find_result, train
     out.mkdir(parents=True, exist_ok=True)
     model = learn.model.module if hasattr(learn.model, "module") else learn.model
     model = model.float().eval()
-    registry.save_checkpoint(out / "model.pth", model, cfg.arch, len(ds.labels), spec.channels)
+    registry.save_checkpoint(out / "model.pth", model, cfg.arch, len(ds.labels), spec.channels, **cfg.model_kwargs)
     spec.save(out / "spec.json")
     data_mod.save_json(out / "data.json", ds.to_json())
 
@@ -302,6 +356,8 @@ def _write_run(cfg: FitConfig, learn, ds, spec, lr: float, lr_find_result, train
         "total_seconds": round(total_seconds, 3),
         "lr_max": lr,
         "lr_source": "lr_find" if lr_find_result else "given",
+        "schedule": cfg.schedule,
+        "label_smoothing": cfg.label_smoothing,
         "arch": cfg.arch,
         "n_classes": n,
         "n_train": len(ds.train),
@@ -327,7 +383,7 @@ def _write_run(cfg: FitConfig, learn, ds, spec, lr: float, lr_find_result, train
         pdir = out / "plots"
         if lr_find_result:
             plots.lr_find(lr_find_result["lrs"], lr_find_result["losses"], lr, pdir / "lr_find.png")
-        if "lr" in hps:
+        if "lr" in hps and cfg.schedule == "one-cycle":  # the plot's titles describe the one-cycle policy
             plots.schedule(hps["lr"], hps.get("mom", [0.0] * len(hps["lr"])), pdir / "schedule.png")
         iters = len(learn.dls.train)
         plots.losses(train_losses, [h["valid_loss"] for h in history], iters,

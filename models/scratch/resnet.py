@@ -47,6 +47,10 @@ class ResNetNumpy(Network):
                 raise ValueError(f"config needs {key!r} (got keys {sorted(config)})")
         if config.get("replace_stride_with_dilation") or config.get("norm_layer") is not None:
             raise NotImplementedError("dilated stages and custom norm layers are not supported by the NumPy ResNet")
+        if config.get("pool", "avg") != "avg" or config.get("pool_size", 1) != 1:
+            # Refuse rather than silently compute global average pooling for another head.
+            raise NotImplementedError(f"the NumPy ResNet implements the global-average-pool head only, got "
+                                      f"pool={config.get('pool')!r}, pool_size={config.get('pool_size')}")
         block_name, stem = config["block"], config.get("stem", "imagenet")
         if block_name not in _BLOCKS or stem not in _STEMS:
             raise ValueError(f"block must be one of {sorted(_BLOCKS)} and stem one of {sorted(_STEMS)}, "

@@ -113,3 +113,12 @@ def test_every_registered_arch_takes_one_channel_and_any_class_count(arch):
     side = max(16, registry.downsampling(arch))
     with torch.no_grad():
         assert model(torch.randn(2, 1, side, side)).shape == (2, 3)
+
+
+def test_numpy_reference_refuses_heads_it_does_not_implement():
+    from models.scratch import ResNetNumpy
+
+    model = resnet.build("resnet20", 10, 1, pool="max")
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    with pytest.raises(NotImplementedError, match="global-average-pool head only"):
+        ResNetNumpy.from_state_dict(model.config, state)

@@ -1,0 +1,131 @@
+"""The experiments' plots: mean ± std over seeds, one colour per variant, small PNGs (80 dpi)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+DPI = 80
+
+# One series per variant: the runs (seeds) of that variant, each a sequence of y values.
+Series = Mapping[str, Sequence[Sequence[float]]]
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _stack(runs: Sequence[Sequence[float]]) -> np.ndarray:
+    """Runs as rows, NaN-padded to the longest (a diverged run stops early)."""
+    n = max((len(r) for r in runs), default=0)
+    out = np.full((len(runs), n), np.nan)
+    for i, r in enumerate(runs):
+        out[i, : len(r)] = np.asarray(r, dtype=float)
+    return out
+
+
+def smooth(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing moving average (the first points average what exists so far), so curves keep their length."""
+    x = np.asarray(values, dtype=float)
+    if window <= 1 or len(x) == 0:
+        return x
+    c = np.cumsum(np.insert(x, 0, 0.0))
+    idx = np.arange(1, len(x) + 1)
+    lo = np.maximum(0, idx - window)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def _band(ax, x: np.ndarray, runs: np.ndarray, label: str, **style) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns after a diverged run: mean is NaN
+        mean = np.nanmean(runs, axis=0)
+        std = np.nanstd(runs, axis=0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
+    (line,) = ax.plot(x, mean, label=label, **style)
+    if len(runs) > 1:
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def curves(path: Path, panels: Sequence[tuple[str, str, Series]], xlabel: str = "epoch", x0: int = 1,
+           log_y: Sequence[bool] = (), title: str = "", sharey: bool = False) -> Path:
+    """One panel per (title, y label, series); the line is the mean over seeds, the band ± one std."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3), squeeze=False, sharey=sharey)
+    for i, (ax, (panel_title, ylabel, series)) in enumerate(zip(axes[0], panels, strict=True)):
+        for variant, runs in series.items():
+            stacked = _stack(runs)
+            if stacked.size == 0:
+                continue
+            epochs = xlabel == "epoch"
+            _band(ax, np.arange(x0, x0 + stacked.shape[1]), stacked, variant, marker="o" if epochs else None,
+                  markersize=3)
+        if xlabel == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if i < len(log_y) and log_y[i]:
+            ax.set_yscale("log")
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=panel_title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def sweep(path: Path, accuracy: Mapping[str, Mapping[float, Sequence[float]]], threshold: float,
+          title: str = "Learning-rate sweep") -> Path:
+    """Final validation accuracy against the learning rate (log axis), mean ± std, with the "trains" line."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for variant, by_lr in accuracy.items():
+        lrs = sorted(by_lr)
+        stats = [(np.mean(by_lr[lr]), np.std(by_lr[lr], ddof=1) if len(by_lr[lr]) > 1 else 0.0) for lr in lrs]
+        ax.errorbar(lrs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=variant)
+    ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"trains (≥ {threshold:.2f})")
+    ax.set(xscale="log", xlabel="peak learning rate", ylabel="final valid accuracy", title=title, ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def bars(path: Path, panels: Sequence[tuple[str, Mapping[str, Sequence[float]]]], title: str = "") -> Path:
+    """Grouped bars, one panel per metric: mean over seeds with a ± std error bar."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.3), squeeze=False)
+    for ax, (ylabel, by_variant) in zip(axes[0], panels, strict=True):
+        names = list(by_variant)
+        means = [float(np.mean(by_variant[n])) if len(by_variant[n]) else np.nan for n in names]
+        stds = [float(np.std(by_variant[n], ddof=1)) if len(by_variant[n]) > 1 else 0.0 for n in names]
+        ax.bar(range(len(names)), means, yerr=stds, capsize=4, color=[f"C{i}" for i in range(len(names))])
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set(ylabel=ylabel)
+        ax.grid(alpha=0.3, axis="y")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def depth_lines(path: Path, panels: Sequence[tuple[str, Mapping[str, Mapping[int, Sequence[float]]]]],
+                title: str = "") -> Path:
+    """A metric against depth, one line per family (plain, residual), mean ± std error bars."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3), squeeze=False)
+    for ax, (ylabel, families) in zip(axes[0], panels, strict=True):
+        for family, by_depth in families.items():
+            depths = sorted(by_depth)
+            means = [float(np.mean(by_depth[d])) for d in depths]
+            stds = [float(np.std(by_depth[d], ddof=1)) if len(by_depth[d]) > 1 else 0.0 for d in depths]
+            ax.errorbar(depths, means, yerr=stds, marker="o", capsize=3, label=family)
+        ax.set(xlabel="depth (layers)", ylabel=ylabel)
+        ax.set_xticks(sorted({d for f in families.values() for d in f}))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
