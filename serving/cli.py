@@ -161,15 +161,8 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _add_batch(sub: argparse._SubParsersAction) -> None:
-    # The batch CLI (issue 6) lives in serving/batch.py: add_arguments(parser) and run(args) -> exit code.
-    try:
-        from serving import batch
-    except ImportError:
-        p = sub.add_parser("batch", help="batch inference (not available in this build)")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda args: (print("error: batch inference is not available yet", file=sys.stderr),
-                                          EXIT_USAGE)[1])
-        return
+    from serving import batch
+
     p = sub.add_parser("batch", help="batch inference over files, local or through a server")
     batch.add_arguments(p)
     p.set_defaults(func=batch.run)

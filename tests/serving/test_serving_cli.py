@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_fixtures import Repo
 
-from serving import cli, repository
+from serving import repository
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
 
@@ -189,16 +189,6 @@ def test_serve_refuses_an_unknown_model(repo: Repo) -> None:
     result = run_cli("serve", "--repository", str(repo.path), "--models", "nope", "--port", "0")
     assert result.returncode == 2
     assert "error: model 'nope' is not in" in result.stderr
-
-
-def test_batch_slot(capsys: pytest.CaptureFixture[str]) -> None:
-    try:
-        import serving.batch  # noqa: F401
-    except ImportError:
-        assert cli.main(["batch", "x"]) == 2
-        assert "batch inference is not available yet" in capsys.readouterr().err
-    else:
-        pytest.skip("serving.batch exists: its own tests cover it")
 
 
 def test_serving_imports_neither_torch_nor_fastai() -> None:
