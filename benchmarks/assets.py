@@ -1,0 +1,238 @@
+"""The models and files the benchmarks run on, built once per run in the work folder and shared by the families.
+
+- ``digits``: resnet20, 1×16×16, 10 classes. A full run reuses ``runs/digits`` (and ``model_repository/digits`` when
+  it was exported from that run), or trains it with the project's trainer when there is none; ``--quick`` uses an
+  untrained network of the same shape (a few seconds to build, the same cost per image).
+- ``resnet18``: the project's ResNet-18 at 224 px, 1000 classes, random weights (speed does not depend on them),
+  with a small generated RUN folder (calibration and verification images) so that it goes through the same
+  ``training.export`` as a trained model, FP32 and INT8.
+
+Each model is served from ``WORK/repo`` (the server and the batch CLI read it as a model repository). A ``--work``
+folder kept from an earlier run is reused as it is (its runs and exports are not rebuilt).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.core import Context
+
+DIGITS_EPOCHS, DIGITS_LR = 5, 1e-2          # only when runs/digits is missing
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelAsset:
+    """One exported model: its repository entry, the run it came from, and its INT8 twin if built."""
+
+    name: str
+    repository: Path
+    version_dir: Path
+    run: Path
+    source: str
+    int8_dir: Path | None = None
+    int8_note: str = ""
+
+    @property
+    def onnx(self) -> Path:
+        return self.version_dir / "model.onnx"
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.version_dir / "model.json").read_text())
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        inp = self.manifest["input"]
+        return int(inp["channels"]), int(inp["height"]), int(inp["width"])
+
+    @property
+    def classes(self) -> int:
+        return int(self.manifest["output"]["classes"])
+
+    def torch_model(self):  # type: ignore[no-untyped-def]
+        """The run's PyTorch model (eval mode, BatchNorm not folded)."""
+        from models import registry
+
+        model, _ = registry.load_checkpoint(self.run / "model.pth")
+        return model.eval()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "version_dir": str(self.version_dir), "run": str(self.run), "source": self.source,
+                "input": list(self.input_shape), "classes": self.classes,
+                "int8": str(self.int8_dir) if self.int8_dir else self.int8_note}
+
+
+# ---- generated images and runs --------------------------------------------------------------------------------------
+
+def draw(seed: int, size: tuple[int, int], mode: str):  # type: ignore[no-untyped-def]
+    """A reproducible picture (a few filled shapes on a background): decodes like a photo, costs nothing to make."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    img = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 256, 3)))
+    pen = ImageDraw.Draw(img)
+    for _ in range(5):
+        x0, y0 = int(rng.integers(0, w - 2)), int(rng.integers(0, h - 2))
+        x1, y1 = int(rng.integers(x0 + 1, w)), int(rng.integers(y0 + 1, h))
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (pen.ellipse if rng.random() < 0.5 else pen.rectangle)((x0, y0, x1, y1), fill=fill)
+    return img.convert(mode)
+
+
+def encode(img, fmt: str) -> bytes:  # type: ignore[no-untyped-def]
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def synthetic_run(out: Path, *, arch: str, classes: int, color_mode: str, size: int, image_size: int,
+                  n_train: int, n_valid: int, seed: int = 0) -> Path:
+    """A RUN folder with random weights (BatchNorm statistics from a few train-mode passes, so folding has real
+    work to do) and generated JPEG/PNG images, in the layout ``training.export`` reads."""
+    import torch
+
+    from models import registry
+    from serving.preprocess import PreprocessSpec
+
+    if (out / "data.json").is_file():  # kept from an earlier run (--work)
+        return out
+    channels = 1 if color_mode == "L" else 3
+    torch.manual_seed(seed)
+    model = registry.create(arch, classes, channels)
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(4, channels, size, size) * 0.5 + 0.2)
+    model.eval()
+    out.mkdir(parents=True)
+    registry.save_checkpoint(out / "model.pth", model, arch, classes, channels)
+    mean, std = ((0.5,), (0.25,)) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
+    labels = tuple(str(i) for i in range(classes))
+    PreprocessSpec(size=(size, size), color_mode=color_mode, mean=mean, std=std, labels=labels).save(
+        out / "spec.json")
+    images = out / "images"
+    images.mkdir()
+    fmt = "PNG" if color_mode == "L" else "JPEG"
+    entries = []
+    for i in range(n_train + n_valid):
+        name = f"{i:04d}.{fmt.lower().replace('jpeg', 'jpg')}"
+        (images / name).write_bytes(encode(draw(seed * 10_000 + i, (image_size, image_size), color_mode), fmt))
+        entries.append([f"images/{name}", i % classes])
+    (out / "data.json").write_text(json.dumps({"root": str(out.resolve()), "train": entries[:n_train],
+                                               "valid": entries[n_train:]}))
+    (out / "metrics.json").write_text(json.dumps({"valid_accuracy": 0.0, "epochs": 0, "arch": arch,
+                                                  "n_classes": classes, "note": "random weights (benchmark)",
+                                                  "history": []}))
+    return out
+
+
+def repository(ctx: Context) -> Path:
+    """Where this run's models are exported (quick runs keep theirs apart: their digits model is untrained)."""
+    return ctx.work / ("repo-quick" if ctx.quick else "repo")
+
+
+def _export(ctx: Context, run: Path, name: str, **kwargs: Any) -> Path:
+    from training.export import export
+
+    done = repository(ctx) / name / "1"
+    if (done / "model.json").is_file():  # kept from an earlier run (--work)
+        return done
+    return export(run, repository(ctx), name, version=1, log=lambda msg: ctx.log(f"  export {name}: {msg}"),
+                  **kwargs)
+
+
+# ---- digits ---------------------------------------------------------------------------------------------------------
+
+def _reusable_version(ctx: Context, run: Path) -> Path | None:
+    """The newest model_repository/digits version exported from ``run``, if there is one."""
+    model_dir = ctx.root / "model_repository" / "digits"
+    versions = sorted((p for p in model_dir.glob("*") if p.name.isdigit() and (p / "model.json").is_file()),
+                      key=lambda p: int(p.name)) if model_dir.is_dir() else []
+    for version in reversed(versions):
+        doc = json.loads((version / "model.json").read_text())
+        source = Path(str(doc.get("source", {}).get("run", "")))
+        if doc.get("variant", "fp32") == "fp32" and source.resolve() == run.resolve():
+            return version
+    return None
+
+
+def digits(ctx: Context) -> ModelAsset:
+    if "digits" not in ctx.assets:
+        ctx.assets["digits"] = _digits(ctx)
+    return ctx.assets["digits"]
+
+
+def _digits(ctx: Context) -> ModelAsset:
+    repo = repository(ctx)
+    if ctx.quick:
+        run = synthetic_run(ctx.work / "runs-quick" / "digits", arch="resnet20", classes=10, color_mode="L", size=16,
+                            image_size=16, n_train=8, n_valid=8)
+        version = _export(ctx, run, "digits")
+        ctx.note("--quick: digits is an untrained resnet20 1x16x16 (same shape and cost per image as the trained "
+                 "one); INT8 skipped")
+        return ModelAsset("digits", repo, version, run, "untrained resnet20 (quick)", None, "skipped (--quick)")
+
+    run = ctx.root / "runs" / "digits"
+    if (run / "model.pth").is_file():
+        reuse = _reusable_version(ctx, run)
+        if reuse is not None:
+            version = repo / "digits" / reuse.name
+            if not version.is_dir():
+                shutil.copytree(reuse, version)
+            source = f"reused runs/digits and model_repository/digits/{reuse.name}"
+        else:
+            version = _export(ctx, run, "digits")
+            source = "reused runs/digits, exported in this run"
+    else:
+        from training.fit import FitConfig, fit
+
+        run = ctx.work / "runs" / "digits"
+        ctx.log(f"digits: no runs/digits; training resnet20 for {DIGITS_EPOCHS} epochs (one-cycle, lr {DIGITS_LR})")
+        if not (run / "model.pth").is_file():
+            fit(FitConfig(data="digits", arch="resnet20", epochs=DIGITS_EPOCHS, lr=DIGITS_LR, out=run, plots=False),
+                log=lambda msg: ctx.log(f"  fit: {msg}"))
+        version = _export(ctx, run, "digits")
+        source = f"trained in this run ({DIGITS_EPOCHS} epochs one-cycle) and exported"
+    accuracy = json.loads((run / "metrics.json").read_text()).get("valid_accuracy")
+    ctx.note(f"digits: {source} (validation accuracy {accuracy:.4f})" if accuracy is not None else f"digits: {source}")
+    int8_dir, int8_note = None, ""
+    try:
+        int8_dir = _export(ctx, run, "digits_int8", quantize="int8")
+    except Exception as e:  # the export refuses (e.g. accuracy drop): the rows say so instead of the whole run dying
+        int8_note = f"INT8 export failed: {type(e).__name__}: {e}"
+        ctx.note(f"digits: {int8_note}")
+    return ModelAsset("digits", repo, version, run, source, int8_dir, int8_note)
+
+
+# ---- ResNet-18 ------------------------------------------------------------------------------------------------------
+
+def resnet18(ctx: Context) -> ModelAsset:
+    if "resnet18" not in ctx.assets:
+        ctx.assets["resnet18"] = _resnet18(ctx)
+    return ctx.assets["resnet18"]
+
+
+def _resnet18(ctx: Context) -> ModelAsset:
+    run = synthetic_run(ctx.work / "runs" / "resnet18", arch="resnet18", classes=1000, color_mode="RGB", size=224,
+                        image_size=256, n_train=32, n_valid=8)
+    # Random weights: logits are small and the labels are arbitrary, so the export's accuracy checks mean
+    # nothing here; atol 1e-3 (ResNet-18's deeper sums) and no INT8 accuracy limit, only its agreement is reported.
+    version = _export(ctx, run, "resnet18", atol=1e-3)
+    int8_dir, int8_note = None, ""
+    try:
+        int8_dir = _export(ctx, run, "resnet18_int8", atol=1e-3, quantize="int8", max_int8_drop=1.0)
+    except Exception as e:
+        int8_note = f"INT8 export failed: {type(e).__name__}: {e}"
+        ctx.note(f"resnet18: {int8_note}")
+    ctx.note("resnet18: project ResNet-18, 3x224x224, 1000 classes, random weights, exported with training.export "
+             "(FP32 and INT8 calibrated on 32 generated JPEGs)")
+    return ModelAsset("resnet18", repository(ctx), version, run, "random weights (speed only)", int8_dir, int8_note)

@@ -1,0 +1,111 @@
+"""``python -m benchmarks --quick`` end to end, as a subprocess writing into a temporary results folder.
+
+This is the only benchmark ``make test`` runs. It checks that every quick family runs and that the JSON and the
+markdown have the promised structure; it never asserts a speed (timings on a shared machine are not test results).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.core import TARGETS
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICK_FAMILIES = {"runtime", "server", "batch", "numpy", "startup"}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    results = tmp_path_factory.mktemp("bench-results")
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--results", str(results)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=False)
+    return done, results
+
+
+@pytest.fixture(scope="module")
+def doc(quick: tuple[subprocess.CompletedProcess[str], Path]) -> dict[str, Any]:
+    done, results = quick
+    assert done.returncode == 0, done.stderr[-3000:]
+    (path,) = results.glob("*-quick.json")
+    return json.loads(path.read_text())
+
+
+def _stat_ok(stat: dict[str, Any]) -> bool:
+    return (stat["n"] >= 1 and stat["unit"] and all(math.isfinite(stat[k]) for k in ("median", "min", "max"))
+            and stat["min"] <= stat["median"] <= stat["max"])
+
+
+@pytest.mark.slow
+def test_quick_run_prints_the_table_and_writes_only_quick_files(
+        quick: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    done, results = quick
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Targets (DESIGN.md):" in done.stdout
+    assert "== server ==" in done.stdout
+    assert sorted(p.name for p in results.iterdir())[-1] == "latest-quick.md"
+    assert not (results / "latest.md").exists()  # a quick check never replaces the full table
+
+
+@pytest.mark.slow
+def test_document_has_machine_info_and_every_quick_family(doc: dict[str, Any]) -> None:
+    assert doc["schema"] == "resnet-serving-bench/1"
+    assert doc["quick"] is True
+    assert doc["threads"] == 2
+    machine = doc["machine"]
+    assert machine["cpu_model"]
+    assert machine["usable_cores"] >= 1
+    assert machine["python"]
+    assert all(machine["versions"][name] for name in ("torch", "onnxruntime", "grpcio", "numpy"))
+    assert set(doc["families"]) == QUICK_FAMILIES
+    assert all(f["error"] is None and f["rows"] > 0 for f in doc["families"].values())
+    assert {row["family"] for row in doc["rows"]} == QUICK_FAMILIES
+
+
+@pytest.mark.slow
+def test_every_row_is_a_ratio_of_two_measurements(doc: dict[str, Any]) -> None:
+    for row in doc["rows"]:
+        assert _stat_ok(row["baseline_stat"]), row["name"]
+        assert _stat_ok(row["candidate_stat"]), row["name"]
+        assert row["ratio"] > 0, row["name"]
+        assert math.isfinite(row["ratio"]), row["name"]
+        assert row["target"] is None or row["target"] in TARGETS
+        assert row["met"] in (True, False, None)
+        if row["target"] is not None:
+            assert row["verdict"]
+            assert row["target_text"] == TARGETS[row["target"]]
+
+
+@pytest.mark.slow
+def test_server_rows_carry_latency_percentiles_and_no_errors(doc: dict[str, Any]) -> None:
+    server = [r for r in doc["rows"] if r["family"] == "server" and "p50_ms" in r["details"]]
+    assert server
+    for row in server:
+        d = row["details"]
+        assert 0 < d["p50_ms"] <= d["p90_ms"] <= d["p99_ms"], row["name"]
+        assert d["errors"] == {}, row["name"]
+        assert d["requests"] > 0, row["name"]
+
+
+@pytest.mark.slow
+def test_the_quick_targets_are_judged(doc: dict[str, Any]) -> None:
+    judged = {t["key"]: t["met"] for t in doc["targets"]}
+    assert set(judged) == set(TARGETS)
+    for key in ("server_p50", "digits_server", "cold_start", "memory", "batch_cli"):
+        assert judged[key] in (True, False), key  # measured in quick mode, whatever the verdict
+    assert judged["train_time"] is None  # not run by --quick
+
+
+@pytest.mark.slow
+def test_markdown_table_lists_every_row(quick: tuple[subprocess.CompletedProcess[str], Path],
+                                        doc: dict[str, Any]) -> None:
+    text = (quick[1] / "latest-quick.md").read_text()
+    assert "| benchmark | baseline | candidate | ratio | target |" in text
+    for row in doc["rows"]:
+        assert row["name"].replace("|", "\\|") in text
