@@ -155,3 +155,21 @@ def test_torchrun_two_cpu_processes(tmp_path, image_folder):
     assert np.asarray(m["confusion"]).sum() == 9
     model, _ = registry.load_checkpoint(out / "model.pth")
     assert not any("module." in k for k in model.state_dict())
+
+
+def test_numpy_reference_reproduces_the_trained_model(trained_run):
+    """The from-scratch forward, given only the checkpoint, matches PyTorch on the run's validation images."""
+    from models.scratch import from_checkpoint
+    from serving.preprocess import preprocess
+
+    out, _ = trained_run
+    ckpt = torch.load(out / "model.pth", weights_only=True)
+    model, _ = registry.load_checkpoint(out / "model.pth")
+    spec = PreprocessSpec.load(out / "spec.json")
+    data = json.loads((out / "data.json").read_text())
+    x = np.stack([preprocess(Path(data["root"]) / p, spec) for p, _ in data["valid"]])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    got = from_checkpoint(ckpt).forward(x)
+    assert np.abs(got - expected).max() <= 1e-4
+    assert (got.argmax(1) == expected.argmax(1)).all()
