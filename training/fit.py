@@ -389,6 +389,6 @@ def _write_run(cfg: FitConfig, learn, ds, spec, lr: float, lr_find_result, train
         plots.losses(train_losses, [h["valid_loss"] for h in history], iters,
                      pdir / "loss.png")
         plots.confusion(confusion, ds.labels, pdir / "confusion.png")
-    log(f"valid_accuracy={valid_accuracy:.4f} valid_loss={valid_loss:.4f} train_seconds={train_seconds:.1f} "
-        f"→ {out}")
+    log(f"valid_accuracy={valid_accuracy:.4f} valid_loss={valid_loss:.4f} (plain cross-entropy) "
+        f"train_seconds={train_seconds:.1f} → {out}")
     return metrics
