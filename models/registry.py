@@ -37,7 +37,7 @@ def family(arch: str) -> str:
 
 def downsampling(arch: str) -> int:
     """Total stride of the network's body: the smallest input side that still leaves a 1×1 feature map."""
-    if family(arch) == "project" and resnet.build(arch, 2, 1).config["stem"] == "cifar":
+    if family(arch) == "project" and resnet.stem(arch) == "cifar":
         return 4
     return 32
 

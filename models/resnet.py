@@ -252,6 +252,13 @@ for _skip, _prefix in ((True, "resnet"), (False, "plain")):
 ARCHS: tuple[str, ...] = tuple(_SPECS)
 
 
+def stem(arch: str) -> str:
+    """'imagenet' or 'cifar': which stem (and so which total stride) ``arch`` has."""
+    if arch not in _SPECS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    return _SPECS[arch][2]
+
+
 def build(arch: str, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> ResNet:
     """Build one of ``ARCHS`` (resnet18/34/50, resnet20/32/56 and their ``plain`` twins)."""
     if arch not in _SPECS:

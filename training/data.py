@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.errors import InvalidInput
-from serving.preprocess import PreprocessSpec, load_image, resize
+from serving.preprocess import COLOR_MODES, PreprocessSpec, load_image, resize
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 DIGITS_VERSION = 1
@@ -171,8 +171,8 @@ def channel_stats(paths: list[Path], color_mode: str, size: tuple[int, int], see
     """Per-channel mean and std of pixel/255 after the spec's resize, over (a sample of) the training images."""
     if len(paths) > STATS_SAMPLE:
         paths = random.Random(seed).sample(paths, STATS_SAMPLE)
-    probe = PreprocessSpec(size=size, color_mode=color_mode, mean=(0.0,) * (3 if color_mode == "RGB" else 1),
-                           std=(1.0,) * (3 if color_mode == "RGB" else 1))
+    channels = COLOR_MODES[color_mode]
+    probe = PreprocessSpec(size=size, color_mode=color_mode, mean=(0.0,) * channels, std=(1.0,) * channels)
     total = np.zeros(probe.channels)
     total_sq = np.zeros(probe.channels)
     n = 0

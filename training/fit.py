@@ -253,19 +253,21 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, callbacks: Sequence[
     if lr is None:
         if is_main:
             t0 = time.perf_counter()
-            from fastai.callback.schedule import steep, valley
+            from fastai.callback.schedule import minimum, steep, valley
 
             with learn.no_bar():
-                suggestion = learn.lr_find(show_plot=False, suggest_funcs=(steep, valley))
+                suggestion = learn.lr_find(show_plot=False, suggest_funcs=(steep, valley, minimum))
             # "steep" (steepest descent of the loss) rather than fastai's default "valley": on runs from scratch
             # valley moved 10× between seeds here and under-trained one-cycle (97–98 % vs 99 % on digits).
-            lr = float(suggestion.steep)
+            # On a few dozen images the loss curve is noise and "steep" can land at 1e-6 (no training at all), so
+            # it is floored at a tenth of fastai's "minimum" (itself a tenth of the loss minimum's lr).
+            lr = max(float(suggestion.steep), float(suggestion.minimum) / 10)
             lr_find_result = {"lrs": [float(x) for x in learn.recorder.lrs],
                               "losses": [float(x) for x in learn.recorder.losses],
                               "suggestion": lr, "valley": float(suggestion.valley),
                               "seconds": time.perf_counter() - t0}
         lr = _broadcast_float(lr if lr is not None else 0.0)
-        say(f"lr_find chose lr_max = {lr:.3g} (steepest descent)")
+        say(f"lr_find chose lr_max = {lr:.3g} (steepest descent, at least 1/100 of the loss minimum's lr)")
     else:
         say(f"lr_max = {lr:.3g} (given)")
 

@@ -24,13 +24,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> tuple[Path, dict]:
-    """One real run with lr_find, shared by the checks below (3 classes, 16 px, resnet20, 3 epochs)."""
+    """One real run with lr_find, shared by the checks below (3 classes, 16 px, resnet20, 4 epochs)."""
     from tests.imagegen import make_image_folder
 
     root = tmp_path_factory.mktemp("fit")
-    images = make_image_folder(root / "images", classes=3, per_class=16)
+    images = make_image_folder(root / "images", classes=3, per_class=24)
     out = root / "run"
-    metrics = fit(FitConfig(data=str(images), arch="resnet20", epochs=3, out=out, bs=8, size=16, seed=0),
+    metrics = fit(FitConfig(data=str(images), arch="resnet20", epochs=4, out=out, bs=8, size=16, seed=0),
                   log=lambda m: None)
     return out, metrics
 
@@ -56,17 +56,17 @@ def test_metrics_fields(trained_run):
     for key in ("valid_accuracy", "valid_loss", "epochs", "train_seconds", "lr_max", "arch", "n_classes", "history"):
         assert key in m, key
     assert 0.0 <= m["valid_accuracy"] <= 1.0
-    assert m["epochs"] == 3
-    assert len(m["history"]) == 3
+    assert m["epochs"] == 4
+    assert len(m["history"]) == 4
     assert m["arch"] == "resnet20"
     assert m["n_classes"] == 3
     assert m["lr_source"] == "lr_find"
     assert m["lr_max"] > 0
     assert m["train_seconds"] > 0
     assert {"epoch", "train_loss", "valid_loss", "accuracy"} <= set(m["history"][0])
-    # The patterns are easy: three epochs learn them.
+    # The patterns are easy: four epochs learn them (with lr_find, 5 of 5 seeds reached 100 %).
     assert m["valid_accuracy"] >= 0.9
-    assert np.asarray(m["confusion"]).sum() == 12
+    assert np.asarray(m["confusion"]).sum() == 18
 
 
 def test_checkpoint_and_spec_rebuild_the_model(trained_run):
