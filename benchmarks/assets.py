@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.core import Context
+from serving.contract import layout
 
 DIGITS_EPOCHS, DIGITS_LR = 5, 1e-2          # only when runs/digits is missing
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -101,7 +102,7 @@ def synthetic_run(out: Path, *, arch: str, classes: int, color_mode: str, size: 
     import torch
 
     from models import registry
-    from serving.preprocess import PreprocessSpec
+    from serving.contract.preprocess import PreprocessSpec
 
     if (out / "data.json").is_file():  # kept from an earlier run (--work)
         return out
@@ -154,10 +155,10 @@ def _export(ctx: Context, run: Path, name: str, **kwargs: Any) -> Path:
 
 def _reusable_version(ctx: Context, run: Path) -> Path | None:
     """The newest model_repository/digits version exported from ``run``, if there is one."""
-    model_dir = ctx.root / "model_repository" / "digits"
-    versions = sorted((p for p in model_dir.glob("*") if p.name.isdigit() and (p / "model.json").is_file()),
-                      key=lambda p: int(p.name)) if model_dir.is_dir() else []
-    for version in reversed(versions):
+    folders = layout.version_dirs(ctx.root / "model_repository" / "digits")
+    for _, version in sorted(folders.items(), reverse=True):
+        if not (version / "model.json").is_file():
+            continue
         doc = json.loads((version / "model.json").read_text())
         source = Path(str(doc.get("source", {}).get("run", "")))
         if doc.get("variant", "fp32") == "fp32" and source.resolve() == run.resolve():

@@ -35,7 +35,7 @@ def _folder(ctx: Context, count: int):  # type: ignore[no-untyped-def]
 
 def _cli(ctx: Context, asset: assets.ModelAsset, folder, out) -> tuple[float, float | None]:  # type: ignore[no-untyped-def]
     """Seconds for one CLI run, and the job-only images/s it printed (without the model load)."""
-    from serving import batch
+    from serving.batch import job as batch
 
     parser = argparse.ArgumentParser()
     batch.add_arguments(parser)
@@ -53,7 +53,7 @@ def _cli(ctx: Context, asset: assets.ModelAsset, folder, out) -> tuple[float, fl
 
 
 def run(ctx: Context) -> list[Row]:
-    from serving.repository import load_model
+    from serving.runtime.loader import load_model
 
     asset = assets.digits(ctx)
     count = 300 if ctx.quick else 3000

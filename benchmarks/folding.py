@@ -42,7 +42,7 @@ def _ops(path: Path) -> dict[str, int]:
 def _session(path: Path, threads: int, optimize: bool, save: Path | None = None):  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 
-    from serving.predictor import session_options
+    from serving.runtime.predictor import session_options
 
     opts = session_options(threads)
     if not optimize:

@@ -2,7 +2,7 @@
 
 PyTorch runs the run's checkpoint (BatchNorm not folded, ``torch.inference_mode``); onnxruntime runs the exported
 ``model.onnx`` (BatchNorm folded by ``training.export``) with the server's own session options
-(``serving.predictor.session_options``: ORT_ENABLE_ALL, intra-op threads pinned, spinning off). Both get the same
+(``serving.runtime.predictor.session_options``: ORT_ENABLE_ALL, intra-op threads pinned, no spinning). Both get the same
 random input; repeats alternate between the three so that a load change hits them alike.
 """
 
@@ -21,7 +21,7 @@ def session(path, threads: int):  # type: ignore[no-untyped-def]
     """An onnxruntime CPU session configured exactly as the server configures its own."""
     import onnxruntime as ort
 
-    from serving.predictor import session_options
+    from serving.runtime.predictor import session_options
 
     return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 

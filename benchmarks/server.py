@@ -3,7 +3,7 @@
 Three things answer the same requests from the same load generator (a separate process, ``benchmarks.loadgen``):
 the real server (``python -m serving serve``, a subprocess) with dynamic batching on (``--max-batch 32``, the
 default) and off (``--max-batch 1``), and the echo ceiling (``benchmarks.echo``: gRPC alone, canned answers). The
-in-process baseline is the server's own :class:`~serving.predictor.Predictor` called directly in this process, on
+in-process baseline is the server's own ``Predictor`` (serving.runtime) called directly in this process, on
 pre-built batches of the concurrency's size — what perfect batching with zero transport cost would reach.
 
 Requests go through the Open Inference Protocol's ModelInfer (one image each): FP32 tensors in
@@ -71,8 +71,8 @@ class Payloads:
 def payloads(ctx: Context, asset: assets.ModelAsset) -> Payloads:
     from serving._generated import grpc_service_pb2 as kserve
     from serving._generated import imageclassifier_pb2 as ic
-    from serving.converters import encode_bytes_elements
-    from serving.preprocess import PreprocessSpec, preprocess
+    from serving.contract.preprocess import PreprocessSpec, preprocess
+    from serving.grpc.converters import encode_bytes_elements
 
     c, h, w = asset.input_shape
     spec = PreprocessSpec.from_dict({**asset.manifest["preprocess"], "labels": asset.manifest["labels"]})
@@ -117,7 +117,7 @@ def payloads(ctx: Context, asset: assets.ModelAsset) -> Payloads:
 def in_process(ctx: Context, asset: assets.ModelAsset, p: Payloads, batches: set[int]) -> dict[str, Any]:
     """Functions timing the Predictor on pre-built batches ("tensor b{N}"), and with the decoding of N encoded
     images included ("bytes b{N}")."""
-    from serving.repository import load_model
+    from serving.runtime.loader import load_model
 
     predictor = load_model(asset.version_dir, threads=ctx.threads).predictor
     fns: dict[str, Any] = {}

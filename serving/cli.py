@@ -77,9 +77,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from serving.config import ServerConfig
-    from serving.logs import setup_logging
-    from serving.preprocess import DEFAULT_MAX_PIXELS
-    from serving.server import serve
+    from serving.contract.preprocess import DEFAULT_MAX_PIXELS
+    from serving.grpc.server import serve
+    from serving.runtime.logs import setup_logging
 
     setup_logging(args.log_level, args.log_format)
     try:
@@ -114,7 +114,7 @@ def _add_client_options(p: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace, model: str | None = None):  # type: ignore[no-untyped-def]
-    from serving.client import Client
+    from serving.grpc.client import Client
 
     return Client(args.server, model, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
                   tls_key=args.tls_key, server_name=args.tls_server_name)
@@ -161,7 +161,7 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _add_batch(sub: argparse._SubParsersAction) -> None:
-    from serving import batch
+    from serving.batch import job as batch
 
     p = sub.add_parser("batch", help="batch inference over files, local or through a server")
     batch.add_arguments(p)

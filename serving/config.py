@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.preprocess import DEFAULT_MAX_PIXELS
+from serving.contract.preprocess import DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Domain errors, raised where a problem is found; serving.grpc_errors maps them to status codes in one place."""
+"""Domain errors, raised where a problem is found; serving.grpc.status maps them to status codes in one place."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos"
 OUT_DIR = ROOT / "serving" / "_generated"
-GRPC_TOOLS_VERSION = "1.80.0"  # pinned: newer grpcio-tools require protobuf 7 (see DESIGN.md, Known pitfalls)
+GRPC_TOOLS_VERSION = "1.80.0"  # pinned: newer grpcio-tools require protobuf 7, which tritonclient refuses
 
 HEADER = "# Post-processed by serving/gen_protos.py (relative imports, private descriptor pool). DO NOT EDIT.\n"
 INIT = '''"""Generated protobuf/gRPC stubs; regenerate with ``python -m serving.gen_protos``. DO NOT EDIT."""

@@ -7,7 +7,7 @@ Accepted layouts:
   as PNG files in the first layout, so the bundled default takes exactly the same file-based path as user data.
 
 Every image is decoded once while the dataset is scanned (the same decode the server uses,
-``serving.preprocess.load_image``); files that fail are reported with their path and reason and left out, so a bad
+``serving.contract.preprocess.load_image``); files that fail are reported with path and reason and left out, so a bad
 file can never stop training halfway through an epoch. The same pass computes the per-channel mean/std.
 """
 
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.contract.preprocess import COLOR_MODES, PreprocessSpec, load_image, resize
 from serving.errors import InvalidInput
-from serving.preprocess import COLOR_MODES, PreprocessSpec, load_image, resize
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 DIGITS_VERSION = 1
@@ -216,7 +216,7 @@ def make_spec(ds: Dataset, size: tuple[int, int], color_mode: str, mean: list | 
 
 
 def image_block(spec: PreprocessSpec):
-    """fastai ImageBlock whose files are opened by serving.preprocess.load_image (EXIF, 16-bit, palette rules)."""
+    """fastai ImageBlock whose files open with serving.contract.preprocess.load_image (EXIF, 16-bit, palette rules)."""
     from fastai.vision.all import ImageBlock
 
     rgb, bw = image_classes()
@@ -226,7 +226,7 @@ def image_block(spec: PreprocessSpec):
 def item_tfms(spec: PreprocessSpec) -> list:
     from fastai.vision.all import Resize, ResizeMethod
 
-    from serving.preprocess import RESAMPLE
+    from serving.contract.preprocess import RESAMPLE
 
     return [Resize(spec.size, method=ResizeMethod.Squish, resamples=(RESAMPLE[spec.resample], RESAMPLE["nearest"]))]
 
@@ -263,7 +263,7 @@ def _spec_create(cls, fn, **kwargs):
 
 @functools.cache
 def image_classes() -> tuple[type, type]:
-    """fastai PILImage / PILImageBW whose ``create`` opens files with serving.preprocess.load_image."""
+    """fastai PILImage / PILImageBW whose ``create`` opens files with serving.contract.preprocess.load_image."""
     from fastai.vision.all import PILImage, PILImageBW
 
     rgb = type("SpecImage", (PILImage,), {"create": classmethod(_spec_create), "__module__": __name__})

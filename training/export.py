@@ -1,12 +1,12 @@
 """Export a training run to a verified ONNX model version in a model repository.
 
-``export(RUN, DIR, NAME)`` writes ``DIR/NAME/VERSION/`` (see DESIGN.md, "model repository"):
+``export(RUN, DIR, NAME)`` writes ``DIR/NAME/VERSION/`` (the layout and files of ``serving.contract``):
 
 1. load ``RUN/model.pth`` (eval mode) and ``RUN/spec.json``; fold every BatchNorm on a copy and check in PyTorch
    that the folded network computes the same logits;
 2. export the folded copy with the dynamo exporter (opset 18, dynamic batch, one self-contained file), add the
    spec to the ONNX metadata, run ``onnx.checker`` (full check) and refuse any BatchNormalization node;
-3. run the whole validation set (``RUN/data.json``, preprocessed by :func:`serving.preprocess.preprocess`) through
+3. run the whole validation set (``RUN/data.json``, preprocessed by ``serving.contract.preprocess``) through
    the original PyTorch model, the folded one, onnxruntime and the NumPy reference, at batch 32 and a few samples
    at batch 1; any logit further than ``atol`` from PyTorch's or any different top-1 class fails the export;
 4. optionally quantize to INT8 (its own version, judged by accuracy drop and top-1 agreement against FP32) and
@@ -24,7 +24,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -40,16 +39,17 @@ import torch
 from torch import nn
 
 from models import registry
+from serving.contract import layout, triton
+from serving.contract.manifest import INPUT_NAME, OUTPUT_NAME, ModelManifest
+from serving.contract.preprocess import PreprocessSpec
 from serving.errors import InvalidInput
-from serving.preprocess import PreprocessSpec
-from training import triton, verify
+from training import verify
 from training.fold import FoldReport, fold_batchnorm
 
 __all__ = ["OPSET", "ExportError", "Run", "VerificationFailed", "batchnorm_nodes", "export", "export_run", "load_run",
            "sha256"]
 
 OPSET = 18
-INPUT, OUTPUT = "input", "logits"
 GOLDEN_SAMPLES = 8
 # golden_atol = max(atol, GOLDEN_FACTOR × the largest PyTorch↔onnxruntime difference seen in verification): the
 # server may run on another CPU, thread count or provider, whose float summation order differs from ours.
@@ -65,7 +65,6 @@ INT8_GOLDEN_FLOOR = 0.02
 NUMPY_MAX_SAMPLES = 2048
 VARIANTS = (None, "int8")
 OPTIMIZED_FILE = "model.ort-opt.onnx"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 Log = Callable[[str], Any]
 
@@ -162,7 +161,7 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     try:
         program = torch.onnx.export(
-            model, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT], output_names=[OUTPUT],
+            model, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_shapes=({0: batch},), verbose=False,
         )
     except Exception as e:  # torch.export / onnxscript raise many types; the first line says what was unsupported
@@ -193,8 +192,8 @@ def check_onnx(path: Path, spec: PreprocessSpec, classes: int) -> None:
     (inp,), (out,) = model.graph.input, model.graph.output
     in_dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     out_dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
-    if inp.name != INPUT or out.name != OUTPUT:
-        raise ExportError(f"graph I/O is {inp.name!r} → {out.name!r}, expected {INPUT!r} → {OUTPUT!r}")
+    if inp.name != INPUT_NAME or out.name != OUTPUT_NAME:
+        raise ExportError(f"graph I/O is {inp.name!r} → {out.name!r}, expected {INPUT_NAME!r} → {OUTPUT_NAME!r}")
     if not isinstance(in_dims[0], str) or in_dims[1:] != list(spec.input_shape):
         raise ExportError(f"input shape {in_dims} is not [batch, {', '.join(map(str, spec.input_shape))}]")
     if out_dims[1:] != [classes]:
@@ -221,11 +220,10 @@ def _numpy_reference(run: Run) -> verify.Runner | str:
 
 
 def _choose_version(model_dir: Path, version: int | None) -> int:
-    existing = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()] if model_dir.is_dir() else []
     if version is None:
-        return max(existing, default=0) + 1
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ExportError(f"version must be an integer >= 1, got {version!r}")
+        return max(layout.version_dirs(model_dir), default=0) + 1
+    if isinstance(version, bool) or not isinstance(version, int) or layout.parse_version(str(version)) is None:
+        raise ExportError(f"version must be an integer >= 1 of at most 18 digits, got {version!r}")
     if (model_dir / str(version)).exists():
         raise ExportError(f"{model_dir / str(version)} already exists; versions are never overwritten")
     return version
@@ -246,23 +244,16 @@ def _metadata(run: Run, name: str, version: int, variant: str) -> dict[str, str]
             "arch": run.arch, "name": name, "version": str(version), "variant": variant}
 
 
-def _model_json(run: Run, name: str, version: int, variant: str, onnx_sha: str, golden_atol: float,
-                summary: dict[str, Any], optimized: dict[str, Any] | None) -> dict[str, Any]:
-    c, h, w = run.spec.input_shape
-    doc = {
-        "name": name, "version": version, "arch": run.arch, "labels": list(run.spec.labels),
-        "input": {"name": INPUT, "layout": "NCHW", "dtype": "float32", "channels": c, "height": h, "width": w},
-        "output": {"name": OUTPUT, "dtype": "float32", "classes": run.classes},
-        "preprocess": run.spec.to_dict(), "onnx_sha256": onnx_sha, "opset": OPSET, "variant": variant,
-        "golden_atol": golden_atol,
-        "source": {"run": str(run.path), "metrics": {k: v for k, v in run.metrics.items() if k != "history"}},
-        "verification": summary,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "producer": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
-    }
-    if optimized is not None:
-        doc["optimized"] = optimized
-    return doc
+def _manifest(run: Run, name: str, version: int, variant: str, onnx_sha: str, golden_atol: float,
+              summary: dict[str, Any], optimized: dict[str, Any] | None) -> ModelManifest:
+    return ModelManifest(
+        name=name, version=version, labels=run.spec.labels, spec=run.spec, onnx_sha256=onnx_sha,
+        golden_atol=golden_atol, input_shape=run.spec.input_shape, num_classes=run.classes, arch=run.arch,
+        variant=variant, opset=OPSET, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        source={"run": str(run.path), "metrics": {k: v for k, v in run.metrics.items() if k != "history"}},
+        verification=summary, optimized=optimized,
+        producer={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+    )
 
 
 def _write_json(path: Path, doc: Any) -> None:
@@ -278,8 +269,8 @@ def export(run: Path, repository: Path, name: str, version: int | None = None, q
 def export_run(run: Run, repository: Path, name: str, version: int | None = None, quantize: str | None = None,
                atol: float = 1e-4, optimize: bool = False, max_int8_drop: float = 0.01, log: Log = print) -> Path:
     """:func:`export` for a run already in memory (e.g. a model that the registry cannot rebuild)."""
-    if not _NAME.match(name or ""):
-        raise ExportError(f"model name {name!r} must match {_NAME.pattern}")
+    if not layout.is_model_name(name or ""):
+        raise ExportError(f"model name {name!r} must match {layout.NAME_PATTERN}")
     if quantize not in VARIANTS:
         raise ExportError(f"quantize must be one of {VARIANTS}, got {quantize!r}")
     if not atol >= 0 or not max_int8_drop >= 0:
@@ -311,7 +302,7 @@ def export_run(run: Run, repository: Path, name: str, version: int | None = None
 
 def _update_model_config(model_dir: Path, target: Path) -> None:
     """Triton reads ``NAME/config.pbtxt``: keep it equal to the newest version's copy."""
-    newest = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+    newest = max(layout.version_dirs(model_dir))
     if int(target.name) == newest:
         tmp = model_dir / ".config.pbtxt.tmp"
         shutil.copyfile(target / "config.pbtxt", tmp)
@@ -365,10 +356,9 @@ def _build(run: Run, out: Path, name: str, version: int, quantize: str | None, a
     else:
         summary |= {"atol": atol, "accuracy": doc["accuracy"]["onnxruntime"],
                     "numpy": doc["comparisons"]["pytorch_vs_numpy"]["status"]}
-    _write_json(out / "model.json", _model_json(run, name, version, variant, sha256(model_path), golden_atol,
-                                                summary, optimized))
-    c, h, w = run.spec.input_shape
-    (out / "config.pbtxt").write_text(triton.config_pbtxt(name, c, h, w, run.classes))
+    manifest = _manifest(run, name, version, variant, sha256(model_path), golden_atol, summary, optimized)
+    manifest.save(out / "model.json")
+    (out / "config.pbtxt").write_text(triton.config_pbtxt(manifest))
 
 
 def _verify_fp32(run: Run, path: Path, folded: nn.Module, atol: float,

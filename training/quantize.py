@@ -23,7 +23,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from serving.preprocess import PreprocessSpec
+from serving.contract.preprocess import PreprocessSpec
 from training.verify import Dataset
 
 CALIBRATION_SAMPLES = 200

@@ -1,6 +1,6 @@
 """Run one validation set through several implementations of the same network and compare their logits.
 
-The images go through :func:`serving.preprocess.preprocess` with the run's spec, i.e. exactly what the server will
+The images go through ``serving.contract.preprocess.preprocess`` with the run's spec: exactly what the server will
 feed the model. Each implementation is a *runner*: a function from a float32 NCHW batch to float32 logits. The
 reference is the original, unfolded PyTorch model in eval mode; the others (onnxruntime, the NumPy reference, the
 INT8 model) are compared with it on every sample at one batch size, and on a few samples at batch 1 as well, which
@@ -20,8 +20,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from serving.contract.preprocess import PreprocessSpec, preprocess
 from serving.errors import InvalidInput
-from serving.preprocess import PreprocessSpec, preprocess
 
 Runner = Callable[[np.ndarray], np.ndarray]
 

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from batch_fixtures import MODEL, ROOT, Tree, drop_root_privileges, make_pngs, read_rows
 
-from serving import cli, repository
-from serving.batch import EXIT_FAILED, EXIT_OK, EXIT_ROW_ERRORS, EXIT_USAGE
+from serving import cli
+from serving.batch.job import EXIT_FAILED, EXIT_OK, EXIT_ROW_ERRORS, EXIT_USAGE
+from serving.runtime import loader
 from tests.serving.serving_fixtures import copy_version, tamper_golden
 
 
@@ -31,7 +32,7 @@ def local(repository_dir: Path, *args: str | Path) -> int:
 
 
 def reference(repository_dir: Path, paths: list[str], k: int) -> list[list]:
-    predictor = repository.load(repository_dir, MODEL).predictor
+    predictor = loader.load(repository_dir, MODEL).predictor
     return predictor.classify(paths, top_k=k)
 
 

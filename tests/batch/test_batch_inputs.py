@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from batch_fixtures import ROOT, drop_root_privileges
 
-from serving.batch_inputs import InputError, expand_inputs, read_path_list
+from serving.batch.inputs import InputError, expand_inputs, read_path_list
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_bad_inputs(files: Path, inputs: list[str], message: str) -> None:
 
 def test_unreadable_subfolder_is_an_error_not_a_silent_skip(files: Path) -> None:
     (files / "d" / "sub").chmod(0)
-    code = "from serving.batch_inputs import expand_inputs; expand_inputs(['d'])"
+    code = "from serving.batch.inputs import expand_inputs; expand_inputs(['d'])"
     try:
         proc = subprocess.run([*drop_root_privileges(), sys.executable, "-c", code], cwd=files, text=True,
                               capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
@@ -88,4 +88,4 @@ def test_unreadable_subfolder_is_an_error_not_a_silent_skip(files: Path) -> None
         (files / "d" / "sub").chmod(0o755)
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-1] == (
-        "serving.batch_inputs.InputError: cannot list folder d/sub: Permission denied")
+        "serving.batch.inputs.InputError: cannot list folder d/sub: Permission denied")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.batch_output import (
+from serving.batch.output import (
     OutputError,
     OutputFile,
     Row,
@@ -20,7 +20,7 @@ from serving.batch_output import (
     parse_output,
     read_existing,
 )
-from serving.prediction import Prediction
+from serving.runtime.prediction import Prediction
 
 AWKWARD = ["plain.png", "with space, and comma.png", 'quote " inside.png', "new\nline.png", "cr\rreturn.png",
            "ünï cödé ✓.png", os.fsdecode(b"latin1-\xe9.png"), "tab\t.png"]

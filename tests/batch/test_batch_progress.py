@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 
-from serving.batch_progress import Progress, Summary, format_duration
+from serving.batch.progress import Progress, Summary, format_duration
 
 
 class Clock:

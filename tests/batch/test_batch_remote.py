@@ -11,7 +11,7 @@ import pytest
 from batch_fixtures import MODEL, make_pngs, read_rows
 
 from serving import cli
-from serving.batch import EXIT_FAILED, EXIT_OK
+from serving.batch.job import EXIT_FAILED, EXIT_OK
 from tests.serving.serving_fixtures import ServerThread, base_config
 
 

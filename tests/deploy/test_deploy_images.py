@@ -130,7 +130,7 @@ def _classify_and_scrape(image: StandIn, env: dict[str, str], port: int, metrics
                    env, timeout=60)
     assert classify.returncode == 0, classify.stderr
     (answer,) = [json.loads(line) for line in classify.stdout.splitlines()]
-    from serving.repository import load
+    from serving.runtime.loader import load
 
     expected = load(trained.repository, trained.name).predictor.classify([picture], top_k=3)[0]
     assert [p["label"] for p in answer["predictions"]] == [p.label for p in expected]

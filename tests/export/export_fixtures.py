@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from models import registry
-from serving.preprocess import PreprocessSpec
+from serving.contract.preprocess import PreprocessSpec
 
 
 def randomize_batchnorm(model: nn.Module, in_chans: int, size: int, seed: int = 0) -> nn.Module:

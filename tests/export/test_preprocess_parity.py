@@ -1,7 +1,7 @@
 """The serving preprocessing gives the tensor fastai trained on, and the probabilities ``learn.predict`` gives.
 
 Same image files (PNG and JPEG, RGB and greyscale, smaller and larger than the target, other aspect ratios),
-three ways: ``serving.preprocess.preprocess``; a stock fastai DataBlock built from the spec here
+three ways: ``serving.contract.preprocess.preprocess``; a stock fastai DataBlock built from the spec here
 (``ImageBlock(PILImage|PILImageBW)``, ``Resize(method='squish')``, ``Normalize.from_stats``); and the trainer's own
 ``training.data.dataloaders``. The tolerance is 1e-6 and stays there: a mismatch is a bug to explain, not noise.
 """
@@ -17,7 +17,7 @@ from export_fixtures import randomize_batchnorm
 from PIL import Image
 
 from models import registry
-from serving.preprocess import PreprocessSpec, preprocess
+from serving.contract.preprocess import PreprocessSpec, preprocess
 
 fastai_vision = pytest.importorskip("fastai.vision.all")
 

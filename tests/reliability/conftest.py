@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from serving import repository
-from serving.predictor import Predictor
+from serving.runtime import loader
+from serving.runtime.predictor import Predictor
 from tests.serving.serving_fixtures import DIGITS_LABELS, RGB_LABELS, make_run, minimal_export
 
 FIGURES: dict[str, object] = {}
@@ -35,7 +35,7 @@ def rel_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def digits(rel_repo: Path) -> Predictor:
     """The in-process twin of what the server serves: the oracle for every answer."""
-    return repository.load(rel_repo, "digits", threads=1).predictor
+    return loader.load(rel_repo, "digits", threads=1).predictor
 
 
 @pytest.fixture(scope="session")

@@ -219,14 +219,14 @@ def test_a_broken_newest_version_at_start_serves_the_previous_one(rel_repo: Path
     add_version(repo, rel_repo / "digits" / "1", "digits", 2, tamper_golden)
     server = ServerThread(base_config(repo)).start()
     try:
-        model = server.server.engine.models["digits"]
+        model = server.server.registry.models["digits"]
         assert (model.state.value, model.version) == ("SERVING", 1)
         assert model.reason.startswith("version 2 refused: golden self-check failed")
     finally:
         server.close()
     pinned = ServerThread(base_config(repo, models=("digits:2",))).start()
     try:
-        model = pinned.server.engine.models["digits"]
+        model = pinned.server.registry.models["digits"]
         assert (model.state.value, model.version) == ("NOT_SERVING", 2)
         assert model.reason.startswith("golden self-check failed")
     finally:

@@ -44,12 +44,13 @@ from reliability_fixtures import (
     unusual_images,
 )
 
-from serving import repository
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import imageclassifier_pb2 as ic_pb2
-from serving.converters import encode_bytes_elements
 from serving.errors import InvalidInput
-from serving.predictor import Predictor, softmax
+from serving.grpc.converters import encode_bytes_elements
+from serving.runtime import loader
+from serving.runtime.prediction import softmax
+from serving.runtime.predictor import Predictor
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +71,7 @@ OK, INVALID = grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND, EXHAUSTED = grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED
 SHAPE = (1, 28, 28)
 EXPECTED_INPUTS = "FP32 [N, 1, 28, 28] or BYTES [N] (encoded images)"
-# Every message an undecodable or oversized image may produce (DESIGN: INVALID_ARGUMENT, "undecodable or oversized").
+# Every message an undecodable or oversized image may produce (all INVALID_ARGUMENT, see docs/serving.md).
 DOCUMENTED_IMAGE_ERROR = re.compile(
     r"^image 0: (cannot decode image: .+|image is (\d+x\d+ = )?\d+ pixels, more than the limit of 4000000"
     r"|empty image payload)$", re.DOTALL)
@@ -104,7 +105,7 @@ def server(rel_repo: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def oracle(rel_repo: Path) -> Predictor:
-    return repository.load(rel_repo, "digits", threads=1, max_pixels=MAX_PIXELS).predictor
+    return loader.load(rel_repo, "digits", threads=1, max_pixels=MAX_PIXELS).predictor
 
 
 @pytest.fixture(scope="module")
@@ -520,12 +521,10 @@ def name_expectation(name: str, version: str) -> tuple[grpc.StatusCode, str]:
         return INVALID, "no model name given"
     if name not in ("digits", "rgb"):
         return NOT_FOUND, f"model {shown(name)} not found (this server has: digits, rgb)"
-    if version == "":
+    if version in ("", "0", "1"):
         return OK, ""
-    if not (version.isascii() and version.isdigit()):
+    if not re.fullmatch(r"[1-9][0-9]{0,17}", version):  # written without leading zeros, at most 18 digits
         return NOT_FOUND, f"no model version {shown(version)} (versions are integers)"
-    if int(version) in (0, 1):
-        return OK, ""
     return NOT_FOUND, f"model {name!r} has no version {int(version)} (versions: [1])"
 
 

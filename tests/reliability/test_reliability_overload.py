@@ -2,8 +2,8 @@
 before any decoding, quickly; what is accepted completes correctly; memory stays bounded; the server answers at once
 when the load drops. Deadlines shorter than the queue wait give DEADLINE_EXCEEDED and free their queue slot.
 
-Admission (serving.engine): a model handles at most ``--max-queue + --max-batch`` requests at once; here 4 + 4 = 8
-against 64 clients that resend as soon as they are answered.
+Admission (serving.runtime.dataplane): a model handles at most ``--max-queue + --max-batch`` requests at once;
+here 4 + 4 = 8 against 64 clients that resend as soon as they are answered.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from reliability_fixtures import RssSampler, ServerProcess, call, classify_request, seed_images
 
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
-from serving.predictor import Predictor, softmax
+from serving.runtime.prediction import softmax
+from serving.runtime.predictor import Predictor
 from tests.serving.serving_fixtures import ServerThread, base_config, scrape
 
 pytestmark = pytest.mark.slow
@@ -187,11 +188,11 @@ def test_deadlines_shorter_than_the_queue_wait_free_their_slot(rel_repo: Path, f
 
 
 def test_admission_counts_every_request_in_progress(rel_repo: Path) -> None:
-    """The engine refuses the (max_queue + max_batch + 1)-th concurrent request before decoding it."""
+    """The data plane refuses the (max_queue + max_batch + 1)-th concurrent request before decoding it."""
     server = ServerThread(base_config(rel_repo, models=("digits",), max_queue=2, max_batch=1,
                                       max_queue_delay_ms=0, decode_workers=1)).start()
     try:
-        model = server.server.engine.models["digits"]
+        model = server.server.registry.models["digits"]
         assert server.config.max_admitted == 3
         # Hold the model's only compute thread: accepted requests stay in progress.
         gate = threading.Event()

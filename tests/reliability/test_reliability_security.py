@@ -34,8 +34,8 @@ from reliability_fixtures import (
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import grpc_service_pb2_grpc
 from serving._generated import imageclassifier_pb2 as ic_pb2
-from serving.client import Client
-from serving.converters import encode_bytes_elements
+from serving.grpc.client import Client
+from serving.grpc.converters import encode_bytes_elements
 from tests.serving.serving_fixtures import ServerThread, base_config
 
 # ---- the code never unpickles --------------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_mutual_tls_refuses_certificates_from_another_ca(rel_repo: Path, tmp_pat
 # ---- message sizes, both directions --------------------------------------------------------------------------------
 
 def test_message_size_limits_in_both_directions(rel_repo: Path) -> None:
-    """Requests: gRPC refuses one over ``--max-message-mb`` (RESOURCE_EXHAUSTED), and the engine refuses one whose
+    """Requests: gRPC refuses one over ``--max-message-mb`` (RESOURCE_EXHAUSTED), and the data plane refuses one whose
     images would expand past it. Responses: a ModelInfer answer holds N × K float32 logits for N inputs of C·H·W
     float32 values, each input bounded by the limit; K ≤ C·H·W for every model served, so no answer can exceed it.
     Classify answers hold at most K predictions per image."""
@@ -256,7 +256,7 @@ def test_message_size_limits_in_both_directions(rel_repo: Path) -> None:
         response = infer.ModelInfer(request, timeout=60)
         assert list(response.outputs[0].shape) == [most, 10]
         assert response.ByteSize() < request.ByteSize() < limit
-        for name, loaded in server.server.engine.models.items():
+        for name, loaded in server.server.registry.models.items():
             c, h, w = loaded.manifest.input_shape
             assert loaded.manifest.num_classes <= c * h * w, name
     finally:

@@ -27,12 +27,12 @@ from reliability_fixtures import (
     slope_kb_per_min,
 )
 
-from serving import repository
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import imageclassifier_pb2 as ic_pb2
-from serving.converters import encode_bytes_elements
 from serving.errors import InvalidInput
-from serving.predictor import Predictor
+from serving.grpc.converters import encode_bytes_elements
+from serving.runtime import loader
+from serving.runtime.predictor import Predictor
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "30"))
 CLIENTS = int(os.environ.get("SOAK_CLIENTS", "4"))
@@ -154,7 +154,7 @@ def test_soak_mixed_load_with_flat_memory(rel_repo: Path, digits: Predictor, sec
                                           figures: dict[str, object]) -> None:
     server = ServerProcess(rel_repo, "--max-queue", "64", "--max-queue-delay-ms", "2")
     try:
-        rgb = repository.load(rel_repo, "rgb", threads=1).predictor
+        rgb = loader.load(rel_repo, "rgb", threads=1).predictor
         checks = [build_checks(server, digits, rgb, seed) for seed in range(CLIENTS)]
         for _, check in checks[0] * 20:  # warm-up of every kind
             check()

@@ -21,8 +21,8 @@ from PIL import Image, ImageDraw
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.config import ServerConfig
-from serving.preprocess import PreprocessSpec, preprocess
-from serving.server import InferenceServer, create_server
+from serving.contract.preprocess import PreprocessSpec, preprocess
+from serving.grpc.server import InferenceServer, create_server
 
 DIGITS_LABELS = tuple(f"digit_{i}" for i in range(10))
 RGB_LABELS = ("red", "green", "blue", "gray")

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving import batcher as batcher_module
-from serving.batcher import DynamicBatcher
 from serving.errors import DeadlineExceeded, NotReady, Overloaded
-from serving.metrics import Metrics
+from serving.runtime import batcher as batcher_module
+from serving.runtime.batcher import DynamicBatcher
+from serving.runtime.metrics import Metrics
 
 
 class Model:

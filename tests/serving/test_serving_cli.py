@@ -20,9 +20,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_fixtures import Repo
 
-from serving import repository
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
+from serving.runtime import loader
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,7 +118,7 @@ def test_serve_health_classify_and_sigterm_under_load(serve_process: ServeProces
     out = run_cli("classify", "--server", address, "--model", "digits", "--top-k", "2", "--json", *map(str, paths))
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
-    expected = repository.load(repo.path, "digits", threads=1).predictor.classify(paths, top_k=2)
+    expected = loader.load(repo.path, "digits", threads=1).predictor.classify(paths, top_k=2)
     assert [line["image"] for line in lines] == list(map(str, paths))
     for line, preds in zip(lines, expected, strict=True):
         assert [p["index"] for p in line["predictions"]] == [p.index for p in preds]
@@ -195,7 +195,7 @@ def test_serving_imports_neither_torch_nor_fastai() -> None:
     pattern = re.compile(r"^\s*(import|from)\s+(torch|torchvision|fastai)\b", re.MULTILINE)
     offenders = [p for p in (ROOT / "serving").rglob("*.py") if pattern.search(p.read_text())]
     assert not offenders
-    code = ("import sys, serving.server, serving.client, serving.cli, serving.repository; "
+    code = ("import sys, serving.grpc.server, serving.grpc.client, serving.cli, serving.runtime.loader; "
             "print(sorted(m for m in ('torch', 'torchvision', 'fastai') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr

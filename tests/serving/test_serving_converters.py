@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from serving_fixtures import Repo
 
-from serving import converters
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import imageclassifier_pb2 as ic_pb2
+from serving.contract.manifest import ModelManifest
 from serving.errors import InvalidInput
-from serving.manifest import ModelManifest
+from serving.grpc import converters
 
 Input = kserve_pb2.ModelInferRequest.InferInputTensor
 

@@ -16,14 +16,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_fixtures import Repo, ServerThread, base_config, draw_image, encode, scrape
 
-from serving import repository
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import grpc_service_pb2_grpc as kserve_grpc
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
-from serving.converters import array_to_tensor
 from serving.errors import DeadlineExceeded, InvalidInput, ModelNotFound, ModelRejected, NotReady, Overloaded
-from serving.grpc_errors import status_for
+from serving.grpc.converters import array_to_tensor
+from serving.grpc.status import status_for
+from serving.runtime import loader
 
 MakeServer = Callable[..., ServerThread]
 
@@ -137,7 +137,7 @@ def test_only_tampered_models_leave_the_server_not_serving(make_server: MakeServ
 def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_result(
         make_server: MakeServer, repo: Repo, image_files: dict[str, Path]) -> None:
     server = make_server(base_config(repo.path, models=("digits",), max_batch=6, max_queue_delay_ms=500))
-    predictor = repository.load(repo.path, "digits", threads=1).predictor
+    predictor = loader.load(repo.path, "digits", threads=1).predictor
     paths = list(image_files.values())
     expected = predictor.classify(paths, top_k=3)
     stub = classify_stub(server)
@@ -196,7 +196,7 @@ def test_unexpected_errors_are_internal_with_a_logged_request_id(
         make_server: MakeServer, repo: Repo, image_files: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
     server = make_server(base_config(repo.path, models=("digits",)))
     # Break the model's compute thread pool: the next batch fails with an error no handler expects.
-    server.server.engine.models["digits"].batcher._executor.shutdown()
+    server.server.registry.models["digits"].batcher._executor.shutdown()
     stub = classify_stub(server)
     with caplog.at_level(logging.ERROR):
         error = expect(grpc.StatusCode.INTERNAL, "internal error (request id req-42)", lambda: stub.Classify(

@@ -9,19 +9,20 @@ import numpy as np
 import pytest
 from serving_fixtures import Repo, draw_image, encode
 
-from serving import repository
 from serving.errors import InvalidInput
-from serving.predictor import Predictor, select_top_k, softmax
+from serving.runtime import loader
+from serving.runtime.prediction import softmax, top_predictions
+from serving.runtime.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
 def digits(repo: Repo) -> Predictor:
-    return repository.load(repo.path, "digits", threads=1).predictor
+    return loader.load(repo.path, "digits", threads=1).predictor
 
 
 @pytest.fixture(scope="module")
 def rgb(repo: Repo) -> Predictor:
-    return repository.load(repo.path, "rgb", threads=1).predictor
+    return loader.load(repo.path, "rgb", threads=1).predictor
 
 
 @pytest.mark.parametrize("model", ["digits", "rgb"])
@@ -53,7 +54,7 @@ def test_top_k_and_softmax() -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
     assert np.isfinite(probs).all()
     labels = ["a", "b", "c", "d"]
-    first, second = select_top_k(probs, 2, labels)
+    first, second = top_predictions(logits, 2, labels)
     assert [p.label for p in first] == ["b", "d"]  # a tie keeps the lower index first
     assert second[0].label == "a"
     assert second[0].probability == pytest.approx(1.0)
@@ -80,7 +81,7 @@ def test_input_checks(digits: Predictor) -> None:
 
 
 def test_decompression_bomb_is_invalid_input(repo: Repo) -> None:
-    predictor = repository.load(repo.path, "digits", threads=1, max_pixels=100_000).predictor
+    predictor = loader.load(repo.path, "digits", threads=1, max_pixels=100_000).predictor
     bomb = encode(draw_image(0, (1000, 1000), "L"), "PNG")  # small file, a megapixel
     with pytest.raises(InvalidInput, match="1000x1000 = 1000000 pixels, more than the limit of 100000"):
         predictor.preprocess(bomb)
@@ -91,8 +92,8 @@ def test_cuda_falls_back_to_cpu_with_a_warning(repo: Repo, caplog: pytest.LogCap
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA: the fallback path is not taken")
-    with caplog.at_level(logging.WARNING, logger="serving.predictor"):
-        predictor = repository.load(repo.path, "digits", threads=1, device="cuda").predictor
+    with caplog.at_level(logging.WARNING, logger="serving.runtime.predictor"):
+        predictor = loader.load(repo.path, "digits", threads=1, device="cuda").predictor
     assert predictor.device == "cpu"
     assert predictor.providers == ["CPUExecutionProvider"]
     assert "onnxruntime has no CUDAExecutionProvider" in caplog.text

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from serving_fixtures import Repo, copy_version, minimal_export, tamper_golden, tamper_onnx
 
-from serving import repository
+from serving.contract import layout
 from serving.errors import ModelNotFound, ModelRejected
+from serving.runtime import loader
 
 
 @pytest.fixture
@@ -23,27 +24,27 @@ def scratch(repo: Repo, tmp_path: Path) -> Path:
 
 
 def test_discover_and_select(repo: Repo) -> None:
-    found = repository.discover(repo.path)
+    found = layout.discover(repo.path)
     assert found == {"corrupt": [1], "digits": [1, 2], "rgb": [1], "tampered": [1]}
-    assert repository.select(repo.path)["digits"] == (2, [1, 2])  # the latest unless pinned
-    assert repository.select(repo.path, ["digits:1", "rgb"]) == {"digits": (1, [1, 2]), "rgb": (1, [1])}
+    assert layout.select(repo.path)["digits"] == (2, [1, 2])  # the latest unless pinned
+    assert layout.select(repo.path, ["digits:1", "rgb"]) == {"digits": (1, [1, 2]), "rgb": (1, [1])}
     with pytest.raises(ModelNotFound, match=r"model 'nope' is not in .* \(found: corrupt, digits, rgb, tampered\)"):
-        repository.select(repo.path, ["nope"])
+        layout.select(repo.path, ["nope"])
     with pytest.raises(ModelNotFound, match=r"model 'digits' has no version 7 .* \(found: \[1, 2\]\)"):
-        repository.select(repo.path, ["digits:7"])
+        layout.select(repo.path, ["digits:7"])
     with pytest.raises(ValueError, match="NAME or NAME:VERSION"):
-        repository.select(repo.path, ["digits:x"])
+        layout.select(repo.path, ["digits:x"])
 
 
 def test_folders_that_are_not_versions_are_ignored(scratch: Path) -> None:
     (scratch / "digits" / ".staging-3-abc").mkdir()  # an export in progress
     (scratch / "digits" / "4").mkdir()                # no model.json yet
     (scratch / "notes").mkdir()
-    assert repository.discover(scratch) == {"digits": [1]}
+    assert layout.discover(scratch) == {"digits": [1]}
 
 
 def test_a_good_model_loads_and_passes_its_golden_check(repo: Repo) -> None:
-    loaded = repository.load(repo.path, "digits", 1, threads=1)
+    loaded = loader.load(repo.path, "digits", 1, threads=1)
     assert loaded.predictor.name == "digits"
     assert loaded.predictor.version == 1
     assert loaded.golden.samples > 0
@@ -54,20 +55,20 @@ def test_a_good_model_loads_and_passes_its_golden_check(repo: Repo) -> None:
 def test_tampered_golden_is_refused(scratch: Path) -> None:
     tamper_golden(scratch / "digits" / "1", delta=0.01)
     with pytest.raises(ModelRejected, match=r"golden self-check failed: max \|logit - reference\| = 0.01 > "):
-        repository.load(scratch, "digits", threads=1)
+        loader.load(scratch, "digits", threads=1)
 
 
 def test_changed_onnx_is_refused_before_loading(scratch: Path) -> None:
     tamper_onnx(scratch / "digits" / "1")
     with pytest.raises(ModelRejected, match=r"model\.onnx sha256 is [0-9a-f]{64}, model\.json says [0-9a-f]{64}"):
-        repository.load(scratch, "digits", threads=1)
+        loader.load(scratch, "digits", threads=1)
 
 
 def test_pickled_golden_is_never_unpickled(scratch: Path) -> None:
     version = scratch / "digits" / "1"
     np.savez(version / "golden.npz", inputs=np.array([{"evil": 1}], dtype=object), logits=np.zeros((1, 10)))
     with pytest.raises(ModelRejected, match=r"cannot read golden\.npz: .*allow_pickle=False"):
-        repository.load(scratch, "digits", threads=1)
+        loader.load(scratch, "digits", threads=1)
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -83,23 +84,23 @@ def test_inconsistent_model_json_is_refused(scratch: Path, edit, message: str) -
     edit(doc)
     path.write_text(json.dumps(doc))
     with pytest.raises(ModelRejected, match=message):
-        repository.load(scratch, "digits", threads=1)
+        loader.load(scratch, "digits", threads=1)
 
 
 def test_missing_golden_is_refused(scratch: Path) -> None:
     (scratch / "digits" / "1" / "golden.npz").unlink()
     with pytest.raises(ModelRejected, match=r"cannot read golden\.npz"):
-        repository.load(scratch, "digits", threads=1)
+        loader.load(scratch, "digits", threads=1)
 
 
 def test_copy_helper_keeps_the_checks_valid(repo: Repo, tmp_path: Path) -> None:
     shutil.copytree(repo.path / "rgb", tmp_path / "rgb")
     copy_version(tmp_path, ("rgb", 1), ("rgb", 5))
-    assert repository.load(tmp_path, "rgb", threads=1).predictor.version == 5
+    assert loader.load(tmp_path, "rgb", threads=1).predictor.version == 5
 
 
 def test_fallback_exporter_writes_a_loadable_version(repo: Repo, tmp_path: Path) -> None:
     """The fixture's minimal exporter (used when training.export is unavailable) stays in the repository format."""
     minimal_export(repo.runs["digits"], tmp_path, "mini")
-    loaded = repository.load(tmp_path, "mini", threads=1)
+    loaded = loader.load(tmp_path, "mini", threads=1)
     assert loaded.golden.max_abs_diff <= loaded.golden.atol

@@ -11,14 +11,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_fixtures import DIGITS_LABELS, Repo, ServerThread, scrape
 
-from serving import repository
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import grpc_service_pb2_grpc as kserve_grpc
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
-from serving.client import Client
-from serving.converters import array_to_tensor
-from serving.predictor import Predictor
+from serving.grpc.client import Client
+from serving.grpc.converters import array_to_tensor
+from serving.runtime import loader
+from serving.runtime.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def stub(channel: grpc.Channel) -> ic_grpc.ImageClassifierStub:
 
 @pytest.fixture(scope="module")
 def digits(repo: Repo) -> Predictor:
-    return repository.load(repo.path, "digits", threads=1).predictor
+    return loader.load(repo.path, "digits", threads=1).predictor
 
 
 # ---- imageclassifier.v1 ------------------------------------------------------------------------------------------
@@ -43,7 +43,7 @@ def digits(repo: Repo) -> Predictor:
 def test_classify_files_equals_predictor_and_pytorch(model: str, repo: Repo, stub: ic_grpc.ImageClassifierStub,
                                                      image_files: dict[str, Path], torch_reference) -> None:  # type: ignore[no-untyped-def]
     paths = list(image_files.values())
-    predictor = repository.load(repo.path, model, threads=1).predictor
+    predictor = loader.load(repo.path, model, threads=1).predictor
     k = predictor.num_classes
     response = stub.Classify(ic_pb2.ClassifyRequest(
         model=model, top_k=k, images=[ic_pb2.Image(encoded=p.read_bytes()) for p in paths]))

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from serving_fixtures import Repo, ServerThread, base_config
 
-from serving.client import Client
+from serving.grpc.client import Client
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from models import registry
-from serving.preprocess import PreprocessSpec
+from serving.contract.preprocess import PreprocessSpec
 from training.__main__ import main
 from training.fit import FitConfig, fit
 
@@ -78,7 +78,7 @@ def test_checkpoint_and_spec_rebuild_the_model(trained_run):
     assert spec.color_mode == "L"
     assert spec.labels == ("class_0", "class_1", "class_2")
     data = json.loads((out / "data.json").read_text())
-    from serving.preprocess import preprocess
+    from serving.contract.preprocess import preprocess
 
     x = np.stack([preprocess(Path(data["root"]) / p, spec) for p, _ in data["valid"]])
     with torch.no_grad():
@@ -160,7 +160,7 @@ def test_torchrun_two_cpu_processes(tmp_path, image_folder):
 def test_numpy_reference_reproduces_the_trained_model(trained_run):
     """The from-scratch forward, given only the checkpoint, matches PyTorch on the run's validation images."""
     from models.scratch import from_checkpoint
-    from serving.preprocess import preprocess
+    from serving.contract.preprocess import preprocess
 
     out, _ = trained_run
     ckpt = torch.load(out / "model.pth", weights_only=True)

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from serving.batch_inputs import IMAGE_SUFFIXES, InputError, expand_inputs
-from serving.batch_output import Existing, OutputError, OutputFile, Row, check_output, read_existing
-from serving.batch_progress import Progress, Summary
+from serving.batch.inputs import IMAGE_SUFFIXES, InputError, expand_inputs
+from serving.batch.output import Existing, OutputError, OutputFile, Row, check_output, read_existing
+from serving.batch.progress import Progress, Summary
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ROW_ERRORS = 0, 1, 2, 3  # the first three as in serving.cli
 
@@ -158,18 +158,18 @@ def local_backend(args: argparse.Namespace, todo: list[str]) -> Backend:
     """The model loaded with every check the server makes (sha256, golden self-check), and the decoders."""
     from concurrent.futures.process import BrokenProcessPool
 
-    from serving import repository
-    from serving.batch_decode import start_decoders
-    from serving.batch_runners import classify_local
+    from serving.batch.decode import start_decoders
+    from serving.batch.runners import classify_local
     from serving.errors import InvalidInput, ModelNotFound, ModelRejected
-    from serving.predictor import available_cores
+    from serving.runtime import loader
+    from serving.runtime.predictor import available_cores
 
     workers = available_cores() if args.workers is None else args.workers
     # Worker processes boot while the model loads; a job of a couple of batches is not worth starting them.
     pool = start_decoders(workers) if workers and len(todo) > 2 * args.batch_size else None
     close = (lambda: pool.shutdown(wait=True, cancel_futures=True)) if pool else (lambda: None)
     try:
-        loaded = repository.load(args.repository, args.model, args.version or None, device=args.device,
+        loaded = loader.load(args.repository, args.model, args.version or None, device=args.device,
                                  threads=args.threads)
         k = loaded.predictor.resolve_top_k(args.top_k)
     except (FileNotFoundError, ModelNotFound, InvalidInput) as e:
@@ -198,8 +198,8 @@ def remote_backend(args: argparse.Namespace, todo: list[str]) -> Backend:
     """A channel to the server, after checking that it serves the model."""
     import grpc
 
-    from serving.batch_runners import RemoteClassifier, RemoteError, classify_remote
-    from serving.client import Client
+    from serving.batch.runners import RemoteClassifier, RemoteError, classify_remote
+    from serving.grpc.client import Client
 
     client = Client(args.server, args.model, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
                     tls_key=args.tls_key, server_name=args.tls_server_name)

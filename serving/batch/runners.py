@@ -1,9 +1,9 @@
 """The two ways a batch job turns paths into rows, both yielding lists of :class:`Row` in input order.
 
-- :func:`classify_local`: the shared :class:`~serving.predictor.Predictor`. Worker processes
-  (``serving.batch_decode``) read and preprocess groups of ``batch_size`` files ahead of the consumer, while the
+- :func:`classify_local`: the shared :class:`~serving.runtime.predictor.Predictor`. Worker processes
+  (``serving.batch.decode``) read and preprocess groups of ``batch_size`` files ahead of the consumer, while the
   consumer runs onnxruntime on the previous group, so decoding and inference overlap.
-- :func:`classify_remote`: the gRPC :class:`~serving.client.Client`; a thread pool keeps ``in_flight`` Classify
+- :func:`classify_remote`: the gRPC :class:`~serving.grpc.client.Client`; a thread pool keeps ``in_flight`` Classify
   requests of up to ``batch_size`` images each on the wire, and the server's dynamic batcher merges them.
 
 A file that cannot be read or decoded becomes an error row and the job goes on. A failure that is not about one
@@ -22,14 +22,15 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import closing
 from typing import TYPE_CHECKING, TypeVar
 
-from serving.batch_decode import Group, decoder, read_file
-from serving.batch_output import Row
-from serving.predictor import Predictor, select_top_k, softmax
+from serving.batch.decode import Group, decoder, read_file
+from serving.batch.output import Row
+from serving.runtime.prediction import top_predictions
+from serving.runtime.predictor import Predictor
 
 if TYPE_CHECKING:
     import grpc
 
-    from serving.client import Client
+    from serving.grpc.client import Client
 
 T = TypeVar("T")
 _END = object()
@@ -69,7 +70,7 @@ def classify_local(predictor: Predictor, paths: Iterable[str], *, top_k: int = 0
                    pool: Executor | None = None, prefetch: int = 4) -> Iterator[list[Row]]:
     """Rows for ``paths``, one list per group of ``batch_size`` files (one onnxruntime run for its good files).
 
-    With a ``pool`` (``serving.batch_decode.start_decoders``) up to ``prefetch`` groups are decoded there while
+    With a ``pool`` (``serving.batch.decode.start_decoders``) up to ``prefetch`` groups are decoded there while
     this thread runs onnxruntime (two per worker: decoders never wait for it); without one, files are decoded here,
     between runs.
     """
@@ -83,7 +84,7 @@ def classify_local(predictor: Predictor, paths: Iterable[str], *, top_k: int = 0
         else ((group, decode(group)) for group in groups))
     with closing(decoded):  # type: ignore[type-var]
         for group, (x, errors) in decoded:
-            top = iter(select_top_k(softmax(predictor.run(x)), k, predictor.labels) if x is not None else ())
+            top = iter(top_predictions(predictor.run(x), k, predictor.labels) if x is not None else ())
             yield [Row(path, tuple(next(top))) if error is None else Row(path, error=error)
                    for path, error in zip(group, errors, strict=True)]
 

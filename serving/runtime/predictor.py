@@ -1,4 +1,4 @@
-"""One model ready to answer: an onnxruntime session, the preprocessing from its spec, softmax and top-k.
+"""One model ready to answer: an onnxruntime session, the preprocessing from its spec, and top-k classification.
 
 The gRPC server, the batch CLI and the tests all go through :class:`Predictor`, so they cannot disagree on how an
 image becomes a tensor or how logits become probabilities. It is synchronous and thread-safe (onnxruntime's
@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from serving.contract.manifest import ModelManifest
+from serving.contract.preprocess import DEFAULT_MAX_PIXELS, preprocess
 from serving.errors import InvalidInput, ModelRejected
-from serving.manifest import ModelManifest
-from serving.prediction import Prediction
-from serving.preprocess import DEFAULT_MAX_PIXELS, preprocess
+from serving.runtime.prediction import Prediction, top_predictions
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "cuda")
 DEFAULT_TOP_K = 5
 ImageSource = str | Path | bytes | np.ndarray
-__all__ = ["DEVICES", "ImageSource", "Prediction", "Predictor", "available_cores", "select_top_k", "softmax"]
+__all__ = ["DEVICES", "ImageSource", "Predictor", "available_cores"]
 
 
 def available_cores() -> int:
@@ -34,21 +34,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (then float32): stable for any logit range."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=-1, keepdims=True)
-    return z.astype(np.float32)
-
-
-def select_top_k(probs: np.ndarray, k: int, labels: Sequence[str]) -> list[list[Prediction]]:
-    """The ``k`` most probable classes of each row, most probable first (ties: lower index first)."""
-    order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
-    return [[Prediction(labels[i], int(i), float(row[i])) for i in idx] for row, idx in zip(probs, order, strict=True)]
 
 
 def session_providers(device: str) -> list[str]:
@@ -183,5 +168,5 @@ class Predictor:
         results: list[list[Prediction]] = []
         for start in range(0, len(images), batch_size):
             x = np.stack([self.preprocess(img) for img in images[start:start + batch_size]])
-            results += select_top_k(softmax(self.run(x)), k, self.labels)
+            results += top_predictions(self.run(x), k, self.labels)
         return results

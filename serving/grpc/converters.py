@@ -16,13 +16,12 @@ from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import model_config_pb2 as config_pb2
 from serving.config import ServerConfig
-from serving.engine import ModelState, ServedModel
+from serving.contract import triton
+from serving.contract.manifest import ModelManifest
 from serving.errors import InvalidInput, NotReady
-from serving.manifest import ModelManifest
-from serving.prediction import Prediction
+from serving.runtime.prediction import Prediction
+from serving.runtime.registry import ModelState, ServedModel
 
-PLATFORM = "onnxruntime_onnx"
-BACKEND = "onnxruntime"
 _LENGTH = struct.Struct("<I")
 
 # ---- imageclassifier.v1 ------------------------------------------------------------------------------------------
@@ -191,29 +190,22 @@ def model_metadata(model: ServedModel) -> kserve_pb2.ModelMetadataResponse:
     m = _manifest(model)
     tensor = kserve_pb2.ModelMetadataResponse.TensorMetadata
     return kserve_pb2.ModelMetadataResponse(
-        name=model.name, versions=[str(model.version)], platform=PLATFORM,
+        name=model.name, versions=[str(model.version)], platform=triton.PLATFORM,
         inputs=[tensor(name=m.input_name, datatype="FP32", shape=[-1, *m.input_shape])],
         outputs=[tensor(name=m.output_name, datatype="FP32", shape=[-1, m.num_classes])],
     )
 
 
 def model_config(model: ServedModel, config: ServerConfig) -> kserve_pb2.ModelConfigResponse:
-    """Triton's view of the model: dims without the batch dimension, since max_batch_size > 0."""
-    m = _manifest(model)
+    """The exported ``config.pbtxt`` message, plus what only the running server knows."""
+    message = triton.model_config(_manifest(model), max_batch_size=config.max_batch)
     gpu = model.predictor is not None and model.predictor.device == "cuda"
     kind = config_pb2.ModelInstanceGroup.KIND_GPU if gpu else config_pb2.ModelInstanceGroup.KIND_CPU
-    return kserve_pb2.ModelConfigResponse(config=config_pb2.ModelConfig(
-        name=model.name, platform=PLATFORM, backend=BACKEND, max_batch_size=config.max_batch,
-        version_policy=config_pb2.ModelVersionPolicy(
-            specific=config_pb2.ModelVersionPolicy.Specific(versions=[model.version])),
-        input=[config_pb2.ModelInput(name=m.input_name, data_type=config_pb2.TYPE_FP32,
-                                     format=config_pb2.ModelInput.FORMAT_NCHW, dims=list(m.input_shape))],
-        output=[config_pb2.ModelOutput(name=m.output_name, data_type=config_pb2.TYPE_FP32, dims=[m.num_classes])],
-        dynamic_batching=config_pb2.ModelDynamicBatching(
-            max_queue_delay_microseconds=int(config.max_queue_delay_ms * 1000)),
-        instance_group=[config_pb2.ModelInstanceGroup(name=model.name, kind=kind, count=1)],
-        default_model_filename="model.onnx",
-    ))
+    message.name = model.name
+    message.version_policy.specific.versions.append(model.version)
+    message.dynamic_batching.max_queue_delay_microseconds = int(config.max_queue_delay_ms * 1000)
+    message.instance_group.append(config_pb2.ModelInstanceGroup(name=model.name, kind=kind, count=1))
+    return kserve_pb2.ModelConfigResponse(config=message)
 
 
 def model_ready(model: ServedModel) -> bool:

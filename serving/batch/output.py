@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.prediction import Prediction
+from serving.runtime.prediction import Prediction
 
 COLUMNS = ("path", "label", "probability", "top_k", "error")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}

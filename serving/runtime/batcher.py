@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serving.errors import DeadlineExceeded, NotReady, Overloaded
-from serving.metrics import Metrics
+from serving.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
-"""The model repository: ``ROOT/NAME/VERSION/`` folders written by ``python -m training export``.
+"""Loading one model version from the repository (``serving.contract.layout``) into a checked predictor.
 
-Loading one version is a chain of checks, each refusing the model with a reason (``ModelRejected``):
-1. ``model.json`` parses and is consistent (``serving.manifest``);
+Loading is a chain of checks, each refusing the model with a reason (``ModelRejected``):
+1. ``model.json`` parses and is consistent (``serving.contract.manifest``);
 2. the sha256 of ``model.onnx`` equals ``model.json``'s ``onnx_sha256`` — computed on the very bytes that are then
    handed to onnxruntime, so the file cannot change between the check and the load;
 3. the session's input/output names and shapes match ``model.json``;
@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import ModelNotFound, ModelRejected
-from serving.manifest import ModelManifest
-from serving.predictor import Predictor
-from serving.preprocess import DEFAULT_MAX_PIXELS
+from serving.contract.layout import select
+from serving.contract.manifest import ModelManifest
+from serving.contract.preprocess import DEFAULT_MAX_PIXELS
+from serving.errors import ModelRejected
+from serving.runtime.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -45,66 +46,6 @@ class LoadedModel:
     golden: GoldenResult
     path: Path
     verification: dict[str, Any] = field(default_factory=dict)
-
-
-def _is_number(text: str) -> bool:
-    """ASCII digits only: ``str.isdigit()`` also accepts '²' or '١', which ``int()`` refuses or reads differently."""
-    return text.isascii() and text.isdigit()
-
-
-def discover(root: str | Path) -> dict[str, list[int]]:
-    """Model name → its versions, ascending: integer folders holding a ``model.json``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"model repository {root} is not a directory")
-    found: dict[str, list[int]] = {}
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        versions = sorted(int(v.name) for v in model_dir.iterdir()
-                          if v.is_dir() and _is_number(v.name) and (v / "model.json").is_file())
-        if versions:
-            found[model_dir.name] = versions
-    return found
-
-
-def fingerprint(version_dir: str | Path) -> tuple[tuple[str, int, int], ...]:
-    """(name, size, mtime) of each file in a version folder: a refused version is retried only once it changed."""
-    try:
-        entries = sorted(Path(version_dir).iterdir())
-    except OSError:
-        return ()
-    found = []
-    for path in entries:
-        try:
-            st = path.stat()
-        except OSError:  # removed while we looked
-            continue
-        found.append((path.name, st.st_size, st.st_mtime_ns))
-    return tuple(found)
-
-
-def parse_selector(selector: str) -> tuple[str, int | None]:
-    """``NAME`` or ``NAME:VERSION`` (a pinned version)."""
-    name, sep, version = selector.partition(":")
-    if not name or (sep and not _is_number(version)):
-        raise ValueError(f"model selector must be NAME or NAME:VERSION, got {selector!r}")
-    return name, int(version) if sep else None
-
-
-def select(root: str | Path, selectors: list[str] | tuple[str, ...] = ()) -> dict[str, tuple[int, list[int]]]:
-    """Which version of which model to serve: name → (chosen version, all versions). Latest unless pinned."""
-    available = discover(root)
-    if not selectors:
-        return {name: (versions[-1], versions) for name, versions in available.items()}
-    chosen: dict[str, tuple[int, list[int]]] = {}
-    for selector in selectors:
-        name, version = parse_selector(selector)
-        if name not in available:
-            raise ModelNotFound(f"model {name!r} is not in {root} (found: {', '.join(available) or 'nothing'})")
-        versions = available[name]
-        if version is not None and version not in versions:
-            raise ModelNotFound(f"model {name!r} has no version {version} in {root} (found: {versions})")
-        chosen[name] = (version if version is not None else versions[-1], versions)
-    return chosen
 
 
 def read_verified_onnx(version_dir: Path, manifest: ModelManifest) -> bytes:

@@ -1,17 +1,10 @@
-"""The data plane: which models exist, which serve, and the async operations every transport calls.
-
-gRPC servicers translate protobuf to these calls and back; nothing here knows about protobuf. Images are decoded in a
-thread pool, tensors go through the model's :class:`~serving.batcher.DynamicBatcher`, and every problem is raised as
-a domain error from ``serving.errors``.
+"""The model registry: which models and versions the repository holds, which of them serve, and their lifecycle.
 
 Versions: each model serves the newest version that passes its load-time checks (or the pinned one). At start an
 unpinned model whose newest version is refused falls back to the next older one. ``rescan()`` (``--poll-s``,
 SIGHUP) loads models and versions added since; a newer version replaces the serving one only after it passed every
 check, the replaced version finishes the requests that hold it, and a refused version is retried only once its
 files change. Models or versions deleted from disk keep serving from memory until the next restart.
-
-Admission: a model handles at most ``config.max_admitted`` requests at once (decoding, queued, computing); one more
-is refused with ``Overloaded`` before any decoding, so overload costs the server almost nothing per request.
 """
 
 from __future__ import annotations
@@ -20,23 +13,19 @@ import asyncio
 import enum
 import functools
 import logging
-import math
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from serving import repository
-from serving.batcher import DynamicBatcher
 from serving.config import ServerConfig
-from serving.errors import InvalidInput, ModelNotFound, ModelRejected, NotReady, Overloaded, TooLarge
-from serving.manifest import ModelManifest
-from serving.metrics import Metrics
-from serving.predictor import ImageSource, Prediction, Predictor, available_cores, select_top_k, softmax
-from serving.repository import GoldenResult
+from serving.contract import layout
+from serving.contract.manifest import ModelManifest
+from serving.errors import InvalidInput, ModelNotFound, ModelRejected, NotReady
+from serving.runtime import loader
+from serving.runtime.batcher import DynamicBatcher
+from serving.runtime.loader import GoldenResult, LoadedModel
+from serving.runtime.metrics import Metrics
+from serving.runtime.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +61,7 @@ class _Attempt:
     version: int
     path: Path
     manifest: ModelManifest | None
-    loaded: repository.LoadedModel | None
+    loaded: LoadedModel | None
     reason: str = ""
 
 
@@ -87,19 +76,23 @@ def shown(text: str, limit: int = 64) -> str:
 
 
 def parse_version(version: str | int | None) -> int | None:
-    """'' / 0 / None → None (the served version); ASCII digits → int; anything else → ``ModelNotFound``."""
-    if version in (None, "", 0):
+    """A requested version: '' / '0' / 0 / None → None (the served version); a version folder's name → its number;
+    anything else → ``ModelNotFound``."""
+    if version in (None, "", "0", 0):
         return None
     if isinstance(version, int):
         if version < 0:
             raise ModelNotFound(f"no model version {version}")
         return version
-    if not (version.isascii() and version.isdigit()):  # str.isdigit() alone accepts '²', which int() refuses
+    number = layout.parse_version(version)
+    if number is None:
         raise ModelNotFound(f"no model version {shown(version)} (versions are integers)")
-    return int(version) or None
+    return number
 
 
-class InferenceEngine:
+class ModelRegistry:
+    """The served models by name; transports read it through :class:`~serving.runtime.dataplane.DataPlane`."""
+
     def __init__(self, config: ServerConfig, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics
@@ -107,13 +100,12 @@ class InferenceEngine:
         self.loading_done = False
         self.shutting_down = False
         self._listeners: list[StateListener] = []
-        self._decoder = ThreadPoolExecutor(config.decode_workers or available_cores(), thread_name_prefix="decode")
         self._lock = asyncio.Lock()  # one load or rescan at a time
         # (name, version) → (fingerprint of its files, reason) for versions that failed their checks
         self._refused: dict[tuple[str, int], tuple[tuple, str]] = {}
         self._retiring: dict[ServedModel, asyncio.Task[None]] = {}
-        self._pinned: dict[str, int | None] = dict(repository.parse_selector(s) for s in config.models)
-        chosen = repository.select(config.repository, list(config.models))
+        self._pinned: dict[str, int | None] = dict(layout.parse_selector(s) for s in config.models)
+        chosen = layout.select(config.repository, list(config.models))
         for name, (version, versions) in chosen.items():
             self.models[name] = ServedModel(name, version, versions, Path(config.repository) / name / str(version))
         if not self.models:
@@ -148,7 +140,7 @@ class InferenceEngine:
         loop = asyncio.get_running_loop()
         async with self._lock:
             try:
-                found = await loop.run_in_executor(None, repository.discover, self.config.repository)
+                found = await loop.run_in_executor(None, layout.discover, self.config.repository)
             except OSError as e:
                 log.warning("repository rescan failed: %s", e)
                 return
@@ -174,7 +166,7 @@ class InferenceEngine:
     def _refused_unchanged(self, name: str, version: int) -> bool:
         refused = self._refused.get((name, version))
         path = Path(self.config.repository) / name / str(version)
-        return refused is not None and refused[0] == repository.fingerprint(path)
+        return refused is not None and refused[0] == layout.fingerprint(path)
 
     async def _update(self, name: str, versions: list[int]) -> None:
         """Bring one model up to date: try its candidate versions, newest first, and serve the first that passes."""
@@ -212,10 +204,10 @@ class InferenceEngine:
     async def _try(self, name: str, version: int) -> _Attempt:
         """Load and check one version off the event loop; a refusal is logged and remembered with the files' state."""
         path = Path(self.config.repository) / name / str(version)
-        stamp = repository.fingerprint(path)
+        stamp = layout.fingerprint(path)
         manifest: ModelManifest | None = None
         try:
-            manifest = repository.read_manifest(path)
+            manifest = loader.read_manifest(path)
             loaded = await asyncio.get_running_loop().run_in_executor(None, self._load_version, path, manifest)
             self._refused.pop((name, version), None)
             return _Attempt(version, path, manifest, loaded)
@@ -229,8 +221,8 @@ class InferenceEngine:
         self._refused[(name, version)] = (stamp, reason)
         return _Attempt(version, path, manifest, None, reason)
 
-    def _load_version(self, path: Path, manifest: ModelManifest) -> repository.LoadedModel:
-        return repository.load_model(path, device=self.config.device, threads=self.config.threads,
+    def _load_version(self, path: Path, manifest: ModelManifest) -> LoadedModel:
+        return loader.load_model(path, device=self.config.device, threads=self.config.threads,
                                      max_pixels=self.config.max_pixels, manifest=manifest)
 
     async def _activate(self, old: ServedModel, attempt: _Attempt) -> None:
@@ -287,7 +279,6 @@ class InferenceEngine:
         for model in [*self.models.values(), *self._retiring]:
             if model.batcher is not None:
                 await model.batcher.close()
-        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     # ---- lookups ---------------------------------------------------------------------------------------------
     def find(self, name: str, version: str | int | None = None) -> ServedModel:
@@ -315,71 +306,3 @@ class InferenceEngine:
         if model.state is ModelState.NOT_SERVING:
             raise NotReady(f"model {name!r} is not serving: {model.reason}")
         return model
-
-    @contextmanager
-    def admit(self, name: str, version: str | int | None = None) -> Iterator[ServedModel]:
-        """The model, ready to answer, held for one request; ``Overloaded`` at once when it has too many."""
-        model = self.get(name, version)
-        if model.active >= self.config.max_admitted:
-            raise Overloaded(f"model {name!r}: queue full ({model.active} requests in progress); retry later")
-        model.active += 1
-        try:
-            yield model
-        finally:
-            model.active -= 1
-
-    # ---- operations ------------------------------------------------------------------------------------------
-    def _check_size(self, model: ServedModel, count: int) -> None:
-        """Refuse a request whose images would expand to a tensor above the message limit: a few MB of tiny PNGs
-        must not become gigabytes of float32."""
-        per_image = 4 * math.prod(_predictor(model).input_shape)
-        limit = self.config.max_message_bytes
-        if count * per_image > limit:
-            raise TooLarge(f"{count} images make a {count * per_image / 2**20:.1f} MiB input tensor for model "
-                           f"{model.name!r}, more than the {limit / 2**20:g} MiB limit (--max-message-mb); send at "
-                           f"most {limit // per_image} per request")
-
-    async def preprocess(self, model: ServedModel, images: Sequence[ImageSource]) -> np.ndarray:
-        """Decode and preprocess in the worker pool (tensors are only checked); (N, C, H, W) float32."""
-        if not images:
-            raise InvalidInput("no images in the request")
-        predictor = _predictor(model)
-        self._check_size(model, len(images))
-        loop = asyncio.get_running_loop()
-
-        async def one(i: int, image: ImageSource) -> np.ndarray:
-            try:
-                if isinstance(image, np.ndarray):
-                    return predictor.check_finite(predictor.check_tensor(image))
-                return await loop.run_in_executor(self._decoder, predictor.preprocess, image)
-            except InvalidInput as e:
-                raise InvalidInput(f"image {i}: {e}") from None
-
-        if len(images) == 1:
-            return (await one(0, images[0]))[None]
-        return np.stack(await asyncio.gather(*(one(i, img) for i, img in enumerate(images))))
-
-    async def infer(self, model: ServedModel, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """A checked (N, C, H, W) batch through the model's batcher; (N, K) logits."""
-        predictor = _predictor(model)
-        predictor.check_finite(predictor.check_batch(x))
-        assert model.batcher is not None  # set together with the predictor
-        return await model.batcher.submit(x, deadline)
-
-    async def classify(self, name: str, version: int | str | None, images: Sequence[ImageSource], k: int,
-                       deadline: float | None = None) -> tuple[ServedModel, list[list[Prediction]]]:
-        with self.admit(name, version) as model:
-            predictor = _predictor(model)
-            k = predictor.resolve_top_k(k)
-            logits = await self.infer(model, await self.preprocess(model, images), deadline)
-        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
-        if len(bad):  # finite but extreme tensor values can overflow inside the network
-            raise InvalidInput(f"image {', '.join(map(str, bad))}: the model's output is not finite (NaN or "
-                               "infinite logits); the input values are out of range")
-        return model, select_top_k(softmax(logits), k, predictor.labels)
-
-
-def _predictor(model: ServedModel) -> Predictor:
-    if model.predictor is None:
-        raise NotReady(f"model {model.name!r} is not serving")
-    return model.predictor

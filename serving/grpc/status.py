@@ -27,8 +27,8 @@ from serving.errors import (
     Overloaded,
     TooLarge,
 )
-from serving.logs import new_request_id, request_id_var
-from serving.metrics import Metrics
+from serving.runtime.logs import new_request_id, request_id_var
+from serving.runtime.metrics import Metrics
 
 log = logging.getLogger("serving.rpc")
 

@@ -1,6 +1,6 @@
 """A small Python client for the server's own API (imageclassifier.v1), no onnxruntime needed.
 
-    from serving.client import Client
+    from serving.grpc.client import Client
     with Client("localhost:8001", model="digits") as client:
         for top in client.classify(["three.png", open("seven.jpg", "rb").read()], top_k=3):
             print(top[0].label, top[0].probability)
@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
-from serving.prediction import Prediction
+from serving.runtime.prediction import Prediction
 
 ImageInput = str | Path | bytes | np.ndarray
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.contract.preprocess import PreprocessSpec, preprocess
 from serving.errors import InvalidInput
-from serving.preprocess import PreprocessSpec, preprocess
 
 Group = tuple[np.ndarray | None, list[str | None]]
 

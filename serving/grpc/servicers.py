@@ -1,8 +1,8 @@
-"""gRPC servicers: each method translates protobuf to an engine call and back, nothing more.
+"""gRPC servicers: each method translates protobuf to a data-plane call and back, nothing more.
 
 ``ImageClassifierServicer`` is the project's own API (imageclassifier.v1); ``InferenceServicer`` speaks the Open
 Inference Protocol (KServe v2, Triton's ``inference.GRPCInferenceService``). Errors are raised as domain exceptions
-and mapped to status codes by ``serving.grpc_errors.rpc``.
+and mapped to status codes by ``serving.grpc.status.rpc``.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from importlib.metadata import version as dist_version
 import grpc
 import numpy as np
 
-from serving import converters
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import grpc_service_pb2_grpc as kserve_grpc
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
 from serving.config import ServerConfig
-from serving.engine import InferenceEngine
-from serving.grpc_errors import _Recorder, deadline_of, rpc, status_for
-from serving.logs import request_id_var
-from serving.metrics import Metrics
+from serving.grpc import converters
+from serving.grpc.status import _Recorder, deadline_of, rpc, status_for
+from serving.runtime.dataplane import DataPlane
+from serving.runtime.logs import request_id_var
+from serving.runtime.metrics import Metrics
 
 Context = grpc.aio.ServicerContext
 SERVER_NAME = "resnet-serving"
@@ -37,19 +37,19 @@ except PackageNotFoundError:
     SERVER_VERSION = "0.0.0"
 
 
-def _make_recorder(engine: InferenceEngine, metrics: Metrics | None) -> _Recorder:
-    return _Recorder(metrics, lambda: engine.models)
+def _make_recorder(plane: DataPlane, metrics: Metrics | None) -> _Recorder:
+    return _Recorder(metrics, lambda: plane.registry.models)
 
 
 class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
-    def __init__(self, engine: InferenceEngine, metrics: Metrics | None = None) -> None:
-        self.engine = engine
-        self.recorder = _make_recorder(engine, metrics)
+    def __init__(self, plane: DataPlane, metrics: Metrics | None = None) -> None:
+        self.plane, self.registry = plane, plane.registry
+        self.recorder = _make_recorder(plane, metrics)
 
     async def _classify(self, request: ic_pb2.ClassifyRequest, deadline: float | None,
                         rid: str) -> ic_pb2.ClassifyResponse:
         images = converters.images_from_request(request)
-        model, results = await self.engine.classify(request.model, request.version, images, request.top_k, deadline)
+        model, results = await self.plane.classify(request.model, request.version, images, request.top_k, deadline)
         return converters.classify_response(model, results, request.request_id or rid)
 
     @rpc("Classify", lambda r: r.model)
@@ -84,13 +84,13 @@ class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
     async def ListModels(  # noqa: N802
         self, request: ic_pb2.ListModelsRequest, context: Context, rid: str,
     ) -> ic_pb2.ListModelsResponse:
-        return ic_pb2.ListModelsResponse(models=[converters.model_info(m) for m in self.engine.models.values()])
+        return ic_pb2.ListModelsResponse(models=[converters.model_info(m) for m in self.registry.models.values()])
 
     @rpc("GetModel", lambda r: r.name)
     async def GetModel(  # noqa: N802
         self, request: ic_pb2.GetModelRequest, context: Context, rid: str,
     ) -> ic_pb2.ModelInfo:
-        return converters.model_info(self.engine.find(request.name, request.version))
+        return converters.model_info(self.registry.find(request.name, request.version))
 
 
 async def _concurrent_answers(requests: AsyncIterator, answer) -> AsyncIterator:  # type: ignore[no-untyped-def]
@@ -122,10 +122,10 @@ async def _concurrent_answers(requests: AsyncIterator, answer) -> AsyncIterator:
 
 
 class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, engine: InferenceEngine, config: ServerConfig, metrics: Metrics | None = None) -> None:
-        self.engine = engine
+    def __init__(self, plane: DataPlane, config: ServerConfig, metrics: Metrics | None = None) -> None:
+        self.plane, self.registry = plane, plane.registry
         self.config = config
-        self.recorder = _make_recorder(engine, metrics)
+        self.recorder = _make_recorder(plane, metrics)
 
     @rpc("ServerLive")
     async def ServerLive(  # noqa: N802
@@ -137,7 +137,7 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(  # noqa: N802
         self, request: kserve_pb2.ServerReadyRequest, context: Context, rid: str,
     ) -> kserve_pb2.ServerReadyResponse:
-        return kserve_pb2.ServerReadyResponse(ready=self.engine.ready)
+        return kserve_pb2.ServerReadyResponse(ready=self.registry.ready)
 
     @rpc("ServerMetadata")
     async def ServerMetadata(  # noqa: N802
@@ -150,29 +150,29 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(  # noqa: N802
         self, request: kserve_pb2.ModelReadyRequest, context: Context, rid: str,
     ) -> kserve_pb2.ModelReadyResponse:
-        model = self.engine.find(request.name, request.version)
-        return kserve_pb2.ModelReadyResponse(ready=converters.model_ready(model) and not self.engine.shutting_down)
+        model = self.registry.find(request.name, request.version)
+        return kserve_pb2.ModelReadyResponse(ready=converters.model_ready(model) and not self.registry.shutting_down)
 
     @rpc("ModelMetadata", lambda r: r.name)
     async def ModelMetadata(  # noqa: N802
         self, request: kserve_pb2.ModelMetadataRequest, context: Context, rid: str,
     ) -> kserve_pb2.ModelMetadataResponse:
-        return converters.model_metadata(self.engine.find(request.name, request.version))
+        return converters.model_metadata(self.registry.find(request.name, request.version))
 
     @rpc("ModelConfig", lambda r: r.name)
     async def ModelConfig(  # noqa: N802
         self, request: kserve_pb2.ModelConfigRequest, context: Context, rid: str,
     ) -> kserve_pb2.ModelConfigResponse:
-        return converters.model_config(self.engine.find(request.name, request.version), self.config)
+        return converters.model_config(self.registry.find(request.name, request.version), self.config)
 
     async def _infer(self, request: kserve_pb2.ModelInferRequest, deadline: float | None,
                      rid: str) -> kserve_pb2.ModelInferResponse:
-        with self.engine.admit(request.model_name, request.model_version) as model:
+        with self.plane.admit(request.model_name, request.model_version) as model:
             assert model.manifest is not None  # a serving model has passed its checks
             converters.check_requested_outputs(request, model.manifest)
             data = converters.infer_inputs(request, model.manifest)
-            x = data if isinstance(data, np.ndarray) else await self.engine.preprocess(model, data)
-            logits = await self.engine.infer(model, x, deadline)
+            x = data if isinstance(data, np.ndarray) else await self.plane.preprocess(model, data)
+            logits = await self.plane.infer(model, x, deadline)
         return converters.infer_response(model, request.id or rid, logits)
 
     @rpc("ModelInfer", lambda r: r.model_name)

@@ -25,9 +25,10 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from serving._generated import grpc_service_pb2, grpc_service_pb2_grpc, imageclassifier_pb2, imageclassifier_pb2_grpc
 from serving._generated._pool import POOL
 from serving.config import ServerConfig
-from serving.engine import InferenceEngine, ModelState, ServedModel
-from serving.metrics import Metrics
-from serving.servicers import ImageClassifierServicer, InferenceServicer
+from serving.grpc.servicers import ImageClassifierServicer, InferenceServicer
+from serving.runtime.dataplane import DataPlane
+from serving.runtime.metrics import Metrics
+from serving.runtime.registry import ModelRegistry, ModelState, ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,13 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 
 class InferenceServer:
-    """One server instance: gRPC server, engine, health, metrics endpoint."""
+    """One server instance: gRPC server, model registry and data plane, health, metrics endpoint."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.engine = InferenceEngine(config, self.metrics)
+        self.registry = ModelRegistry(config, self.metrics)
+        self.plane = DataPlane(self.registry)
         self.health = health_aio.HealthServicer()
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -73,9 +75,9 @@ class InferenceServer:
         ]
         self.grpc = grpc.aio.server(options=options)
         imageclassifier_pb2_grpc.add_ImageClassifierServicer_to_server(
-            ImageClassifierServicer(self.engine, self.metrics), self.grpc)
+            ImageClassifierServicer(self.plane, self.metrics), self.grpc)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.engine, config, self.metrics), self.grpc)
+            InferenceServicer(self.plane, config, self.metrics), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         _reflection_pool()
         reflection.enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME),
@@ -92,26 +94,26 @@ class InferenceServer:
         self._poll_task: asyncio.Task[None] | None = None
         self._rescan = asyncio.Event()
         self._stopped = asyncio.Event()
-        self.engine.on_state_change(self._publish)
+        self.registry.on_state_change(self._publish)
 
     async def _publish(self, model: ServedModel | None) -> None:
         if model is not None:
-            serving = model.state is ModelState.SERVING and not self.engine.shutting_down
+            serving = model.state is ModelState.SERVING and not self.registry.shutting_down
             await self.health.set(model.name, _SERVING if serving else _NOT_SERVING)
-        overall = _SERVING if self.engine.ready else _NOT_SERVING
+        overall = _SERVING if self.registry.ready else _NOT_SERVING
         for service in ("", *SERVICE_NAMES):
             await self.health.set(service, overall)
 
     async def start(self, load_models: bool = True) -> None:
         """Open the port (everything NOT_SERVING), then load the models in the background unless told not to."""
-        for service in ("", *SERVICE_NAMES, *self.engine.models):
+        for service in ("", *SERVICE_NAMES, *self.registry.models):
             await self.health.set(service, _NOT_SERVING)
         if self.config.metrics_port is not None:  # first: a taken metrics port fails before gRPC is up
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
         await self.grpc.start()
         log.info("listening on %s:%d (%s), metrics on %s; loading %s", self.config.host, self.port,
                  "TLS" if self.config.tls_cert else "plaintext", self.metrics_port or "-",
-                 ", ".join(f"{m.name}:{m.version}" for m in self.engine.models.values()),
+                 ", ".join(f"{m.name}:{m.version}" for m in self.registry.models.values()),
                  extra={"port": self.port, "metrics_port": self.metrics_port})
         if load_models:
             self.load()
@@ -123,11 +125,11 @@ class InferenceServer:
         return self._load_task
 
     async def _load(self) -> None:
-        await self.engine.load_all()
-        states = {m.name: m.state.value for m in self.engine.models.values()}
-        log.info("models loaded: %s; server %s", states, "SERVING" if self.engine.ready else "NOT_SERVING",
+        await self.registry.load_all()
+        states = {m.name: m.state.value for m in self.registry.models.values()}
+        log.info("models loaded: %s; server %s", states, "SERVING" if self.registry.ready else "NOT_SERVING",
                  extra={"models": states})
-        if not self.engine.shutting_down:
+        if not self.registry.shutting_down:
             self._poll_task = asyncio.get_running_loop().create_task(self._poll(), name="repository-poll")
 
     def reload(self) -> None:
@@ -142,7 +144,7 @@ class InferenceServer:
                 await asyncio.wait_for(self._rescan.wait(), period)
             self._rescan.clear()
             try:
-                await self.engine.rescan()
+                await self.registry.rescan()
             except Exception:
                 log.exception("repository rescan failed")
 
@@ -151,7 +153,7 @@ class InferenceServer:
         if self._load_task is None:
             raise RuntimeError("the models are not loading: start() the server, or call load()")
         await asyncio.wait_for(asyncio.shield(self._load_task), timeout)
-        return self.engine.ready
+        return self.registry.ready
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new RPCs, finish in-flight ones for up to ``grace`` seconds (default: config), release all."""
@@ -159,14 +161,15 @@ class InferenceServer:
             return
         grace = self.config.grace_s if grace is None else grace
         log.info("shutting down (grace %.1f s)", grace)
-        self.engine.shutting_down = True
+        self.registry.shutting_down = True
         await self.health.enter_graceful_shutdown()
         for task in (self._load_task, self._poll_task):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await self.grpc.stop(grace)
-        await self.engine.close()
+        await self.registry.close()
+        self.plane.close()
         self.metrics.close()
         self._stopped.set()
         log.info("stopped")

@@ -1,0 +1,1 @@
+"""``python -m serving batch``: inputs → decoding workers → local or remote runner → CSV/JSONL rows, with progress."""

@@ -1,0 +1,1 @@
+"""What training writes and serving reads: repository folders, model.json, preprocessing, Triton's config."""

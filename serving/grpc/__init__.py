@@ -1,0 +1,1 @@
+"""The gRPC front end: servicers, protobuf converters, the one error → status mapping, server and client."""
