@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.archs import EXPANSION
 from models.scratch.layers import ReLU, Sequential, Shape, channels_of, conv_norm
 from models.scratch.state import StateReader
 
@@ -62,7 +63,7 @@ def _projection(state: StateReader, prefix: str, path: Sequential, *, stride: in
 
 
 class BasicBlock(ResidualBlock):
-    expansion = 1
+    expansion = EXPANSION["basic"]
 
     @classmethod
     def from_state(cls, state: StateReader, prefix: str, *, stride: int, in_channels: int, norm: bool = True,
@@ -81,7 +82,7 @@ class BasicBlock(ResidualBlock):
 
 
 class Bottleneck(ResidualBlock):
-    expansion = 4
+    expansion = EXPANSION["bottleneck"]
 
     @classmethod
     def from_state(cls, state: StateReader, prefix: str, *, stride: int, in_channels: int, norm: bool = True,

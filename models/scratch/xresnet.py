@@ -71,7 +71,7 @@ class XResNetNumpy(Network):
     @classmethod
     def from_state_dict(cls, config: Mapping[str, Any], state_dict: Mapping[str, Any], *,
                         dtype: type = np.float32, fold_bn: bool = False) -> XResNetNumpy:
-        """``config`` holds ``expansion`` and ``layers`` (``models.scratch.archs.XRESNET_SPECS``) and the
+        """``config`` holds ``expansion`` and ``layers`` (``models.archs.XRESNET_SPECS``) and the
         checkpoint kwargs; ``stem_szs``, ``ks`` and ``stride`` follow fastai's defaults when absent."""
         unknown = sorted(set(config) - _SUPPORTED_KWARGS)
         if unknown:
