@@ -53,7 +53,26 @@ def _norm(planes: int, norm: bool) -> nn.Module:
     return nn.BatchNorm2d(planes) if norm else nn.Identity()
 
 
-class BasicBlock(nn.Module):
+class _ResidualBlock(nn.Module):
+    """What both blocks share: relu(branch(x) + shortcut(x)); a plain block (``skip=False``) adds nothing."""
+
+    expansion: int
+
+    def _set_shortcut(self, downsample: nn.Module | None, skip: bool, stride: int) -> None:
+        # Registered after the branch's layers, so that the state_dict keys come in torchvision's order.
+        self.downsample, self.skip, self.stride = downsample, skip, stride
+
+    def branch(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.branch(x)
+        if self.skip:
+            out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
+class BasicBlock(_ResidualBlock):
     expansion = EXPANSION["basic"]
 
     def __init__(
@@ -66,28 +85,13 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes, bias=not norm)
         self.bn2 = _norm(planes, norm)
-        self.downsample = downsample
-        self.skip = skip
-        self.stride = stride
+        self._set_shortcut(downsample, skip, stride)
 
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x
-
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-
-        out = self.conv2(out)
-        out = self.bn2(out)
-
-        if self.skip:
-            if self.downsample is not None:
-                identity = self.downsample(x)
-            out += identity
-        return self.relu(out)
+    def branch(self, x: Tensor) -> Tensor:
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     expansion = EXPANSION["bottleneck"]
 
     def __init__(
@@ -103,22 +107,12 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(planes, planes * self.expansion, bias=not norm)
         self.bn3 = _norm(planes * self.expansion, norm)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.skip = skip
-        self.stride = stride
+        self._set_shortcut(downsample, skip, stride)
 
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x
-
+    def branch(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-
-        if self.skip:
-            if self.downsample is not None:
-                identity = self.downsample(x)
-            out += identity
-        return self.relu(out)
+        return self.bn3(self.conv3(out))
 
 
 Block = type[BasicBlock] | type[Bottleneck]
@@ -202,10 +196,8 @@ class ResNet(nn.Module):
         if zero_init_residual and norm:
             # Each residual branch starts as zero, so every block starts as the identity (Goyal et al. 2017).
             for m in self.modules():
-                if isinstance(m, Bottleneck):
-                    nn.init.zeros_(m.bn3.weight)
-                elif isinstance(m, BasicBlock):
-                    nn.init.zeros_(m.bn2.weight)
+                if isinstance(m, _ResidualBlock):
+                    nn.init.zeros_((m.bn3 if isinstance(m, Bottleneck) else m.bn2).weight)
 
     def _make_layer(self, block: Block, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None
