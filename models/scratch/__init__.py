@@ -13,7 +13,7 @@ from models.scratch.conv import conv2d, conv2d_naive
 from models.scratch.fold import fold_bn_linear, fold_conv_bn, fold_linear_bn
 from models.scratch.linear import flatten, linear
 from models.scratch.network import Network
-from models.scratch.norm import BatchNorm, batch_norm1d, batch_norm2d
+from models.scratch.norm import BatchNorm, batch_norm1d, batch_norm2d, bn_scale_shift
 from models.scratch.pooling import (
     adaptive_avg_pool2d,
     adaptive_max_pool2d,
@@ -36,6 +36,7 @@ __all__ = [
     "avg_pool2d",
     "batch_norm1d",
     "batch_norm2d",
+    "bn_scale_shift",
     "conv2d",
     "conv2d_naive",
     "flatten",
