@@ -54,13 +54,22 @@ def _norm(planes: int, norm: bool) -> nn.Module:
 
 
 class _ResidualBlock(nn.Module):
-    """What both blocks share: relu(branch(x) + shortcut(x)); a plain block (``skip=False``) adds nothing."""
+    """What both blocks share: the constructor, and relu(branch(x) + shortcut(x)); a plain block
+    (``skip=False``) adds nothing."""
 
     expansion: int
 
-    def _set_shortcut(self, downsample: nn.Module | None, skip: bool, stride: int) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+        skip: bool = True, norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self._branch_layers(inplanes, planes, stride, norm)
         # Registered after the branch's layers, so that the state_dict keys come in torchvision's order.
         self.downsample, self.skip, self.stride = downsample, skip, stride
+
+    def _branch_layers(self, inplanes: int, planes: int, stride: int, norm: bool) -> None:
+        raise NotImplementedError
 
     def branch(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -75,17 +84,12 @@ class _ResidualBlock(nn.Module):
 class BasicBlock(_ResidualBlock):
     expansion = EXPANSION["basic"]
 
-    def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-        skip: bool = True, norm: bool = True,
-    ) -> None:
-        super().__init__()
+    def _branch_layers(self, inplanes: int, planes: int, stride: int, norm: bool) -> None:
         self.conv1 = conv3x3(inplanes, planes, stride, bias=not norm)
         self.bn1 = _norm(planes, norm)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes, bias=not norm)
         self.bn2 = _norm(planes, norm)
-        self._set_shortcut(downsample, skip, stride)
 
     def branch(self, x: Tensor) -> Tensor:
         return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
@@ -94,11 +98,7 @@ class BasicBlock(_ResidualBlock):
 class Bottleneck(_ResidualBlock):
     expansion = EXPANSION["bottleneck"]
 
-    def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-        skip: bool = True, norm: bool = True,
-    ) -> None:
-        super().__init__()
+    def _branch_layers(self, inplanes: int, planes: int, stride: int, norm: bool) -> None:
         # The stride sits on the 3×3 convolution (ResNet v1.5, as torchvision does).
         self.conv1 = conv1x1(inplanes, planes, bias=not norm)
         self.bn1 = _norm(planes, norm)
@@ -107,7 +107,6 @@ class Bottleneck(_ResidualBlock):
         self.conv3 = conv1x1(planes, planes * self.expansion, bias=not norm)
         self.bn3 = _norm(planes * self.expansion, norm)
         self.relu = nn.ReLU(inplace=True)
-        self._set_shortcut(downsample, skip, stride)
 
     def branch(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))

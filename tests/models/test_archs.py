@@ -63,7 +63,9 @@ def test_public_names_read_the_table() -> None:
         archs.spec("resnet19")
 
 
-def test_importing_models_archs_imports_neither_torch_nor_numpy() -> None:
-    code = "import sys, models.archs; sys.exit(1 if {'torch', 'numpy'} & set(sys.modules) else 0)"
+@pytest.mark.parametrize(("module", "unwanted"), [("models.archs", {"torch", "numpy"}), ("models.scratch", {"torch"})])
+def test_light_modules_stay_light(module: str, unwanted: set[str]) -> None:
+    """The table imports neither torch nor NumPy; the NumPy reference does not import torch."""
+    code = f"import sys, {module}; sys.exit(1 if {unwanted!r} & set(sys.modules) else 0)"
     root = Path(__file__).resolve().parents[2]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, timeout=60).returncode == 0
