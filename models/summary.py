@@ -182,7 +182,7 @@ class _Walker:
         return self.leaf(name, m, st)
 
     def resnet(self, name: str, m: nn.Module, st: _State) -> _State:
-        # Execution order of forward(); the project's ResNet registers maxpool before bn1, so module order lies.
+        # By name, in forward()'s order, with the flatten that forward() does functionally.
         stages = getattr(m, "stages", [s for s in ("layer1", "layer2", "layer3", "layer4") if hasattr(m, s)])
         for child in ("conv1", "bn1", "relu", "maxpool", *stages, "avgpool"):
             st = self.visit(_join(name, child), getattr(m, child), st)
