@@ -219,10 +219,14 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def summarize_model(model: nn.Module, input_chw: tuple[int, int, int], arch: str = "") -> Summary:
-    """Summary of any model built from the modules the walker knows (ResNets, xresnets, Sequentials)."""
+def _check_input(input_chw: tuple[int, int, int]) -> None:
     if len(input_chw) != 3 or min(input_chw) < 1:
         raise ValueError(f"input must be C,H,W with every size >= 1, got {','.join(map(str, input_chw))}")
+
+
+def summarize_model(model: nn.Module, input_chw: tuple[int, int, int], arch: str = "") -> Summary:
+    """Summary of any model built from the modules the walker knows (ResNets, xresnets, Sequentials)."""
+    _check_input(input_chw)
     walker = _Walker()
     try:
         walker.visit("", model, _State(tuple(input_chw), (1, 1), (1, 1)))
@@ -235,8 +239,7 @@ def summarize(arch: str, input_chw: tuple[int, int, int], num_classes: int = 100
     """Summary of ``models.registry.create(arch, num_classes, C)`` for a (C, H, W) input."""
     from models import registry
 
-    if len(input_chw) != 3 or min(input_chw) < 1:
-        raise ValueError(f"input must be C,H,W with every size >= 1, got {','.join(map(str, input_chw))}")
+    _check_input(input_chw)  # before building the model
     if num_classes < 1:
         raise ValueError(f"--classes must be >= 1, got {num_classes}")
     with warnings.catch_warnings():
