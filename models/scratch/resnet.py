@@ -9,8 +9,8 @@ resnet18/34/50 (same module names), in eval mode:
 
 Nothing about the geometry is stored in a state_dict, so stems and strides come from ``models.archs`` (the
 table the PyTorch model is built from), paddings from ``models.shapes``, and the widths, groups and class count
-from the weights' shapes. He et al. 2015, "Deep
-Residual Learning for Image Recognition"; torchvision ``models/resnet.py``.
+from the weights' shapes. He et al. 2015, "Deep Residual Learning for Image Recognition"; torchvision
+``models/resnet.py``.
 """
 
 from __future__ import annotations
