@@ -1,6 +1,7 @@
 """Every architecture the trainer accepts, built from plain values, and checkpoints that store those values.
 
-Families:
+The names, families and geometry come from ``models.archs`` (re-exported here: ``ARCHS``, ``family``,
+``downsampling``); this module builds them:
 - the project's own ResNets (``models.resnet``): resnet18/34/50, resnet20/32/56 and the ``plain`` twins;
 - fastai's xresnet18/34/50 (bag-of-tricks ResNet);
 - torchvision's resnet18/34/50 as ``tv_resnet18`` … (random init: nothing is ever downloaded).
@@ -18,28 +19,13 @@ import torch
 from torch import nn
 
 from models import resnet
+from models.archs import ARCHS, TORCHVISION_SPECS, XRESNET_SPECS, downsampling, family
 
-XRESNETS = ("xresnet18", "xresnet34", "xresnet50")
-TORCHVISION = ("tv_resnet18", "tv_resnet34", "tv_resnet50")
-ARCHS: tuple[str, ...] = resnet.ARCHS + XRESNETS + TORCHVISION
+__all__ = ["ARCHS", "TORCHVISION", "XRESNETS", "create", "downsampling", "family", "load_checkpoint",
+           "save_checkpoint"]
 
-
-def family(arch: str) -> str:
-    """'project', 'xresnet' or 'torchvision'."""
-    if arch in resnet.ARCHS:
-        return "project"
-    if arch in XRESNETS:
-        return "xresnet"
-    if arch in TORCHVISION:
-        return "torchvision"
-    raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-
-
-def downsampling(arch: str) -> int:
-    """Total stride of the network's body: the smallest input side that still leaves a 1×1 feature map."""
-    if family(arch) == "project" and resnet.stem(arch) == "cifar":
-        return 4
-    return 32
+XRESNETS: tuple[str, ...] = tuple(XRESNET_SPECS)
+TORCHVISION: tuple[str, ...] = tuple(TORCHVISION_SPECS)
 
 
 def create(arch: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -> nn.Module:

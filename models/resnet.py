@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from models.archs import EXPANSION, RESNET_SPECS, STEMS, stage_stride
 from models.shapes import symmetric_padding
 
 __all__ = [
@@ -52,48 +53,52 @@ def _norm(planes: int, norm: bool) -> nn.Module:
     return nn.BatchNorm2d(planes) if norm else nn.Identity()
 
 
-class BasicBlock(nn.Module):
-    expansion = 1
+class _ResidualBlock(nn.Module):
+    """What both blocks share: the constructor, and relu(branch(x) + shortcut(x)); a plain block
+    (``skip=False``) adds nothing."""
+
+    expansion: int
 
     def __init__(
         self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
         skip: bool = True, norm: bool = True,
     ) -> None:
         super().__init__()
+        self._branch_layers(inplanes, planes, stride, norm)
+        # Registered after the branch's layers, so that the state_dict keys come in torchvision's order.
+        self.downsample, self.skip, self.stride = downsample, skip, stride
+
+    def _branch_layers(self, inplanes: int, planes: int, stride: int, norm: bool) -> None:
+        raise NotImplementedError
+
+    def branch(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.branch(x)
+        if self.skip:
+            out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
+class BasicBlock(_ResidualBlock):
+    expansion = EXPANSION["basic"]
+
+    def _branch_layers(self, inplanes: int, planes: int, stride: int, norm: bool) -> None:
         self.conv1 = conv3x3(inplanes, planes, stride, bias=not norm)
         self.bn1 = _norm(planes, norm)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes, bias=not norm)
         self.bn2 = _norm(planes, norm)
-        self.downsample = downsample
-        self.skip = skip
-        self.stride = stride
 
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x
-
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-
-        out = self.conv2(out)
-        out = self.bn2(out)
-
-        if self.skip:
-            if self.downsample is not None:
-                identity = self.downsample(x)
-            out += identity
-        return self.relu(out)
+    def branch(self, x: Tensor) -> Tensor:
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
 
-class Bottleneck(nn.Module):
-    expansion = 4
+class Bottleneck(_ResidualBlock):
+    expansion = EXPANSION["bottleneck"]
 
-    def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-        skip: bool = True, norm: bool = True,
-    ) -> None:
-        super().__init__()
+    def _branch_layers(self, inplanes: int, planes: int, stride: int, norm: bool) -> None:
         # The stride sits on the 3×3 convolution (ResNet v1.5, as torchvision does).
         self.conv1 = conv1x1(inplanes, planes, bias=not norm)
         self.bn1 = _norm(planes, norm)
@@ -102,27 +107,15 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(planes, planes * self.expansion, bias=not norm)
         self.bn3 = _norm(planes * self.expansion, norm)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.skip = skip
-        self.stride = stride
 
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x
-
+    def branch(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-
-        if self.skip:
-            if self.downsample is not None:
-                identity = self.downsample(x)
-            out += identity
-        return self.relu(out)
+        return self.bn3(self.conv3(out))
 
 
 Block = type[BasicBlock] | type[Bottleneck]
-
-STEMS = ("imagenet", "cifar")
+BLOCKS: dict[str, Block] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 POOLS = ("avg", "max")
 
 
@@ -148,13 +141,13 @@ class ResNet(nn.Module):
         pool_size: int = 1,
     ) -> None:
         super().__init__()
-        blocks: dict[str, Block] = {"basic": BasicBlock, "bottleneck": Bottleneck}
-        if block not in blocks:
-            raise ValueError(f"block must be one of {sorted(blocks)}, got {block!r}")
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {block!r}")
         if stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+            raise ValueError(f"stem must be one of {tuple(STEMS)}, got {stem!r}")
+        stem_spec = STEMS[stem]
         if widths is None:
-            widths = [64, 128, 256, 512] if stem == "imagenet" else [16, 32, 64]
+            widths = list(stem_spec.widths)
         if len(widths) != len(layers) or not layers or min(layers) < 1:
             raise ValueError(f"need one width per stage and >= 1 block per stage, got layers={layers} widths={widths}")
         if num_classes < 1 or in_chans < 1:
@@ -168,24 +161,23 @@ class ResNet(nn.Module):
             widths=list(widths), skip=skip, norm=norm, zero_init_residual=zero_init_residual,
             pool=pool, pool_size=pool_size,
         )
-        block_cls = blocks[block]
+        block_cls = BLOCKS[block]
         self.skip, self.norm = skip, norm
         self.inplanes = widths[0]
 
         # Registration order = forward order (conv1, bn1, relu, maxpool), as in torchvision, so that
         # nn.Sequential(*model.children()) and fastai's create_body rebuild the same network.
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_chans, self.inplanes, 7, stride=2, padding=symmetric_padding(7), bias=not norm)
-        else:
-            self.conv1 = conv3x3(in_chans, self.inplanes, bias=not norm)
+        k = stem_spec.kernel
+        self.conv1 = nn.Conv2d(in_chans, self.inplanes, k, stride=stem_spec.stride, padding=symmetric_padding(k),
+                               bias=not norm)
         self.bn1 = _norm(self.inplanes, norm)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
+        self.maxpool: nn.Module = nn.MaxPool2d(*stem_spec.pool) if stem_spec.pool else nn.Identity()
 
         self.stages: list[str] = []
         for i, (width, depth) in enumerate(zip(widths, layers, strict=True)):
             name = f"layer{i + 1}"
-            setattr(self, name, self._make_layer(block_cls, width, depth, stride=1 if i == 0 else 2))
+            setattr(self, name, self._make_layer(block_cls, width, depth, stride=stage_stride(i)))
             self.stages.append(name)
         # Named ``avgpool`` whatever the pooling: torchvision's name, which the summary walker looks for.
         self.avgpool: nn.Module = (nn.AdaptiveAvgPool2d if pool == "avg" else nn.AdaptiveMaxPool2d)(
@@ -203,10 +195,8 @@ class ResNet(nn.Module):
         if zero_init_residual and norm:
             # Each residual branch starts as zero, so every block starts as the identity (Goyal et al. 2017).
             for m in self.modules():
-                if isinstance(m, Bottleneck):
-                    nn.init.zeros_(m.bn3.weight)
-                elif isinstance(m, BasicBlock):
-                    nn.init.zeros_(m.bn2.weight)
+                if isinstance(m, _ResidualBlock):
+                    nn.init.zeros_((m.bn3 if isinstance(m, Bottleneck) else m.bn2).weight)
 
     def _make_layer(self, block: Block, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None
@@ -236,32 +226,11 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-# name -> (block, layers, stem, skip)
-_SPECS: dict[str, tuple[str, list[int], str, bool]] = {}
-for _skip, _prefix in ((True, "resnet"), (False, "plain")):
-    _SPECS.update({
-        f"{_prefix}18": ("basic", [2, 2, 2, 2], "imagenet", _skip),
-        f"{_prefix}34": ("basic", [3, 4, 6, 3], "imagenet", _skip),
-        f"{_prefix}50": ("bottleneck", [3, 4, 6, 3], "imagenet", _skip),
-        # CIFAR-style: depth 6n+2, three stages of n basic blocks at 16/32/64 filters.
-        f"{_prefix}20": ("basic", [3, 3, 3], "cifar", _skip),
-        f"{_prefix}32": ("basic", [5, 5, 5], "cifar", _skip),
-        f"{_prefix}56": ("basic", [9, 9, 9], "cifar", _skip),
-    })
-
-ARCHS: tuple[str, ...] = tuple(_SPECS)
-
-
-def stem(arch: str) -> str:
-    """'imagenet' or 'cifar': which stem (and so which total stride) ``arch`` has."""
-    if arch not in _SPECS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    return _SPECS[arch][2]
+ARCHS: tuple[str, ...] = tuple(RESNET_SPECS)
 
 
 def build(arch: str, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> ResNet:
-    """Build one of ``ARCHS`` (resnet18/34/50, resnet20/32/56 and their ``plain`` twins)."""
-    if arch not in _SPECS:
+    """Build one of ``ARCHS`` (resnet18/34/50, resnet20/32/56 and their ``plain`` twins; see ``models.archs``)."""
+    if arch not in RESNET_SPECS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    block, layers, stem, skip = _SPECS[arch]
-    return ResNet(block, layers, num_classes=num_classes, in_chans=in_chans, stem=stem, skip=skip, **kwargs)
+    return ResNet(**RESNET_SPECS[arch].config(), num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -130,6 +130,34 @@ def padding_pairs(padding: int | tuple[int, int] | Pad2d) -> Pad2d:
     return pairs
 
 
+IntPair = int | tuple[int, int]
+Padding = int | tuple[int, int] | Pad2d | str
+
+
+def pair(value: IntPair, name: str = "value") -> tuple[int, int]:
+    """``k`` → ``(k, k)``; a pair is returned as a tuple of ints."""
+    if isinstance(value, numbers.Integral):
+        return int(value), int(value)
+    if len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def resolve_padding(padding: Padding, kernel: tuple[int, int], dilation: tuple[int, int],
+                    stride: tuple[int, int] = (1, 1)) -> Pad2d:
+    """Any accepted padding form (int, (ph, pw), ((top, bottom), (left, right)), "same", "valid") as pairs."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0), (0, 0)
+        if padding == "same":
+            # PyTorch allows "same" only at stride 1, where the total padding is d·(k−1), the extra pixel after.
+            if stride != (1, 1):
+                raise ValueError("padding='same' is only defined for stride 1")
+            return same_padding(kernel[0], 1, dilation[0]), same_padding(kernel[1], 1, dilation[1])
+        raise ValueError(f"padding string must be 'same' or 'valid', got {padding!r}")
+    return padding_pairs(padding)
+
+
 def pool_output_size(
     size: int,
     kernel: int,

@@ -26,8 +26,10 @@ from models.shapes import (
     adaptive_pool_bins,
     conv_output_size,
     extend_receptive_field,
+    padding_pairs,
+    pair,
     pool_output_size,
-    same_padding,
+    resolve_padding,
 )
 
 __all__ = ["Row", "Summary", "format_summary", "summarize", "summarize_model"]
@@ -84,10 +86,6 @@ class _State:
         return self.shape  # type: ignore[return-value]
 
 
-def _pair(v: int | tuple[int, ...]) -> Pair:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def _params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters(recurse=False))
 
@@ -115,13 +113,8 @@ class _Walker:
         c, h, w = st.spatial(name)
         if c != m.in_channels:
             raise ValueError(f"{name} expects {m.in_channels} channels, gets {c}")
-        k, s, d = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
-        if isinstance(m.padding, str):
-            pads = ((0, 0), (0, 0)) if m.padding == "valid" else (same_padding(k[0], 1, d[0]),
-                                                                    same_padding(k[1], 1, d[1]))
-        else:
-            ph, pw = _pair(m.padding)
-            pads = ((ph, ph), (pw, pw))
+        k, s, d = pair(m.kernel_size), pair(m.stride), pair(m.dilation)
+        pads = resolve_padding(m.padding, k, d, s)
         out = (conv_output_size(h, k[0], s[0], pads[0], d[0]), conv_output_size(w, k[1], s[1], pads[1], d[1]))
         macs = m.out_channels * out[0] * out[1] * (m.in_channels // m.groups) * k[0] * k[1]
         new = self.window(st, k, s, d, out, m.out_channels)
@@ -129,13 +122,13 @@ class _Walker:
 
     def pool(self, name: str, m: nn.MaxPool2d | nn.AvgPool2d, st: _State) -> _State:
         c, h, w = st.spatial(name)
-        k = _pair(m.kernel_size)
-        s = k if m.stride is None else _pair(m.stride)
-        p = _pair(m.padding)
-        d = _pair(getattr(m, "dilation", 1))
+        k = pair(m.kernel_size)
+        s = k if m.stride is None else pair(m.stride)
+        p = pair(m.padding)
+        d = pair(getattr(m, "dilation", 1))
         out = tuple(pool_output_size((h, w)[a], k[a], s[a], p[a], d[a], m.ceil_mode) for a in (0, 1))
         new = self.window(st, k, s, d, out, c)  # type: ignore[arg-type]
-        return self.emit(name, m, new, kernel=k, stride=s, padding=((p[0], p[0]), (p[1], p[1])), dilation=d)
+        return self.emit(name, m, new, kernel=k, stride=s, padding=padding_pairs(p), dilation=d)
 
     def adaptive(self, name: str, m: nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d, st: _State) -> _State:
         c, h, w = st.spatial(name)
@@ -189,7 +182,7 @@ class _Walker:
         return self.leaf(name, m, st)
 
     def resnet(self, name: str, m: nn.Module, st: _State) -> _State:
-        # Execution order of forward(); the project's ResNet registers maxpool before bn1, so module order lies.
+        # By name, in forward()'s order, with the flatten that forward() does functionally.
         stages = getattr(m, "stages", [s for s in ("layer1", "layer2", "layer3", "layer4") if hasattr(m, s)])
         for child in ("conv1", "bn1", "relu", "maxpool", *stages, "avgpool"):
             st = self.visit(_join(name, child), getattr(m, child), st)
@@ -226,10 +219,14 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def summarize_model(model: nn.Module, input_chw: tuple[int, int, int], arch: str = "") -> Summary:
-    """Summary of any model built from the modules the walker knows (ResNets, xresnets, Sequentials)."""
+def _check_input(input_chw: tuple[int, int, int]) -> None:
     if len(input_chw) != 3 or min(input_chw) < 1:
         raise ValueError(f"input must be C,H,W with every size >= 1, got {','.join(map(str, input_chw))}")
+
+
+def summarize_model(model: nn.Module, input_chw: tuple[int, int, int], arch: str = "") -> Summary:
+    """Summary of any model built from the modules the walker knows (ResNets, xresnets, Sequentials)."""
+    _check_input(input_chw)
     walker = _Walker()
     try:
         walker.visit("", model, _State(tuple(input_chw), (1, 1), (1, 1)))
@@ -242,8 +239,7 @@ def summarize(arch: str, input_chw: tuple[int, int, int], num_classes: int = 100
     """Summary of ``models.registry.create(arch, num_classes, C)`` for a (C, H, W) input."""
     from models import registry
 
-    if len(input_chw) != 3 or min(input_chw) < 1:
-        raise ValueError(f"input must be C,H,W with every size >= 1, got {','.join(map(str, input_chw))}")
+    _check_input(input_chw)  # before building the model
     if num_classes < 1:
         raise ValueError(f"--classes must be >= 1, got {num_classes}")
     with warnings.catch_warnings():

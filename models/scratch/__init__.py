@@ -2,18 +2,18 @@
 
 One concept per file — ``conv`` (naive and im2col convolution), ``norm`` (batch norm), ``pooling``,
 ``activations``, ``linear``, ``fold`` (BatchNorm folding), ``blocks`` (residual blocks), ``resnet`` /
-``xresnet`` (whole networks from a state_dict), ``checkpoint`` (from a registry checkpoint). NumPy is the only
-numeric dependency; torch is never imported here (``bench`` imports it inside its function only).
+``xresnet`` (whole networks from a state_dict), ``checkpoint`` (from a registry checkpoint). The architecture
+table is ``models.archs``, the one the PyTorch models are built from. NumPy is the only numeric dependency;
+torch is never imported here (``bench`` imports it inside its function only).
 """
 
 from models.scratch.activations import log_softmax, relu, softmax
-from models.scratch.archs import SUPPORTED_ARCHS
-from models.scratch.checkpoint import from_checkpoint
+from models.scratch.checkpoint import SUPPORTED_ARCHS, from_checkpoint
 from models.scratch.conv import conv2d, conv2d_naive
 from models.scratch.fold import fold_bn_linear, fold_conv_bn, fold_linear_bn
 from models.scratch.linear import flatten, linear
 from models.scratch.network import Network
-from models.scratch.norm import BatchNorm, batch_norm1d, batch_norm2d
+from models.scratch.norm import BatchNorm, batch_norm1d, batch_norm2d, bn_scale_shift
 from models.scratch.pooling import (
     adaptive_avg_pool2d,
     adaptive_max_pool2d,
@@ -36,6 +36,7 @@ __all__ = [
     "avg_pool2d",
     "batch_norm1d",
     "batch_norm2d",
+    "bn_scale_shift",
     "conv2d",
     "conv2d_naive",
     "flatten",

@@ -17,9 +17,9 @@ import numpy as np
 __all__ = ["log_softmax", "relu", "softmax"]
 
 
-def relu(x: np.ndarray) -> np.ndarray:
-    """max(x, 0), elementwise (Nair & Hinton 2010)."""
-    return np.maximum(x, 0, dtype=x.dtype)
+def relu(x: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """max(x, 0), elementwise (Nair & Hinton 2010); ``inplace`` overwrites ``x``, like F.relu(inplace=True)."""
+    return np.maximum(x, 0, out=x if inplace else None, dtype=x.dtype)
 
 
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -1,11 +1,10 @@
 """Benchmark: the NumPy ResNet forward against PyTorch eager on the same model, input and thread count.
 
-This is the one file under models/scratch that uses torch, and only inside ``time_numpy_vs_torch`` (the import is
-local), so ``import models.scratch`` stays torch-free. Called by the lead's ``make bench``; not a test.
+The one file under models/scratch that uses torch, imported inside ``time_numpy_vs_torch`` only, so
+``import models.scratch`` stays torch-free. Run by ``make bench``; not a test.
 
-Thread counts matter more than anything else here: NumPy's OpenBLAS starts one thread per core by default, and on
-a shared 2-core machine its spinning threads made a small ResNet forward 20–40× slower. Both sides are therefore
-pinned to ``threads`` (threadpoolctl for BLAS, ``torch.set_num_threads`` for PyTorch).
+Both sides are pinned to ``threads`` (threadpoolctl for BLAS, ``torch.set_num_threads``): OpenBLAS's default of
+one spinning thread per core slows a small forward many times over on a busy machine.
 """
 
 from __future__ import annotations

@@ -11,12 +11,16 @@ with torchvision's names (``conv1``, ``bn1``, ``downsample.0``, ``downsample.1``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Self
+
 import numpy as np
 
-from models.scratch.layers import ReLU, Sequential, Shape, channels_of, conv_norm
+from models.archs import EXPANSION
+from models.scratch.layers import Layer, ReLU, Sequential, Shape, channels_of, conv_norm
 from models.scratch.state import StateReader
 
-__all__ = ["BasicBlock", "Bottleneck", "ResidualBlock"]
+__all__ = ["BasicBlock", "Bottleneck", "ResidualBlock", "conv_path"]
 
 
 class ResidualBlock:
@@ -47,6 +51,24 @@ class ResidualBlock:
         return channels_of(self.path.layers, -1)
 
 
+def conv_path(state: StateReader, keys: Sequence[tuple[str, str | None]], *, stride: int, strided: int,
+              in_channels: int, fold_bn: bool) -> Sequential:
+    """A residual branch: conv → BN pairs (``keys``: conv prefix, BN prefix or None) with a ReLU between two
+    pairs and none after the last; pair ``strided`` (0-based) carries the block's stride.
+
+    Each convolution is told its input width, so it reads its groups from the weight (torchvision's ResNeXt).
+    """
+    layers: list[Layer] = []
+    channels = in_channels
+    for i, (conv, norm) in enumerate(keys):
+        if layers:
+            layers.append(ReLU())
+        layers += conv_norm(state, conv, norm, stride=stride if i == strided else 1, in_channels=channels,
+                            fold_bn=fold_bn).layers
+        channels = channels_of(layers, channels)
+    return Sequential(layers)
+
+
 def _projection(state: StateReader, prefix: str, path: Sequential, *, stride: int, in_channels: int, norm: bool,
                 skip: bool, fold_bn: bool) -> Sequential | None:
     if not skip:
@@ -61,41 +83,28 @@ def _projection(state: StateReader, prefix: str, path: Sequential, *, stride: in
                      in_channels=in_channels, fold_bn=fold_bn, padding=0)
 
 
-class BasicBlock(ResidualBlock):
-    expansion = 1
+class _TorchvisionBlock(ResidualBlock):
+    """A block read by torchvision's key names: ``conv1``/``bn1`` … ``conv{convs}``/``bn{convs}``."""
+
+    expansion: int
+    convs: int  # how many conv → BN pairs the branch has
+    strided: int  # which of them (0-based) carries the block's stride
 
     @classmethod
     def from_state(cls, state: StateReader, prefix: str, *, stride: int, in_channels: int, norm: bool = True,
-                   skip: bool = True, fold_bn: bool = False) -> BasicBlock:
-        def bn(name: str) -> str | None:
-            return prefix + name if norm else None
-
-        conv1 = conv_norm(state, prefix + "conv1.", bn("bn1."), stride=stride, in_channels=in_channels,
-                          fold_bn=fold_bn)
-        width = conv1.layers[0].out_channels  # type: ignore[attr-defined]
-        conv2 = conv_norm(state, prefix + "conv2.", bn("bn2."), in_channels=width, fold_bn=fold_bn)
-        path = Sequential([*conv1.layers, ReLU(), *conv2.layers])
+                   skip: bool = True, fold_bn: bool = False) -> Self:
+        keys = [(f"{prefix}conv{i}.", f"{prefix}bn{i}." if norm else None) for i in range(1, cls.convs + 1)]
+        path = conv_path(state, keys, stride=stride, strided=cls.strided, in_channels=in_channels, fold_bn=fold_bn)
         shortcut = _projection(state, prefix, path, stride=stride, in_channels=in_channels, norm=norm, skip=skip,
                                fold_bn=fold_bn)
         return cls(path, shortcut, skip)
 
 
-class Bottleneck(ResidualBlock):
-    expansion = 4
+class BasicBlock(_TorchvisionBlock):
+    expansion = EXPANSION["basic"]
+    convs, strided = 2, 0
 
-    @classmethod
-    def from_state(cls, state: StateReader, prefix: str, *, stride: int, in_channels: int, norm: bool = True,
-                   skip: bool = True, fold_bn: bool = False) -> Bottleneck:
-        def bn(name: str) -> str | None:
-            return prefix + name if norm else None
 
-        conv1 = conv_norm(state, prefix + "conv1.", bn("bn1."), in_channels=in_channels, fold_bn=fold_bn)
-        width = conv1.layers[0].out_channels  # type: ignore[attr-defined]
-        # in_channels lets the 3×3 read its groups from the weight (torchvision's ResNeXt variants).
-        conv2 = conv_norm(state, prefix + "conv2.", bn("bn2."), stride=stride, in_channels=width, fold_bn=fold_bn)
-        width2 = conv2.layers[0].out_channels  # type: ignore[attr-defined]
-        conv3 = conv_norm(state, prefix + "conv3.", bn("bn3."), in_channels=width2, fold_bn=fold_bn)
-        path = Sequential([*conv1.layers, ReLU(), *conv2.layers, ReLU(), *conv3.layers])
-        shortcut = _projection(state, prefix, path, stride=stride, in_channels=in_channels, norm=norm, skip=skip,
-                               fold_bn=fold_bn)
-        return cls(path, shortcut, skip)
+class Bottleneck(_TorchvisionBlock):
+    expansion = EXPANSION["bottleneck"]
+    convs, strided = 3, 1  # the stride on the 3×3 (ResNet v1.5)

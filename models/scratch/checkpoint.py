@@ -11,12 +11,23 @@ from typing import Any
 
 import numpy as np
 
-from models.scratch.archs import XRESNET_SPECS, arch_config
+from models.archs import ARCHS, family, spec
 from models.scratch.network import Network
 from models.scratch.resnet import ResNetNumpy
 from models.scratch.xresnet import XResNetNumpy
 
-__all__ = ["from_checkpoint"]
+__all__ = ["SUPPORTED_ARCHS", "arch_config", "from_checkpoint"]
+
+# The NumPy reference runs every registered architecture.
+SUPPORTED_ARCHS: tuple[str, ...] = ARCHS
+
+
+def arch_config(arch: str, kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A checkpoint's kwargs merged with what its arch fixes (``models.archs``): the ``config`` of
+    ``from_state_dict``."""
+    if arch not in SUPPORTED_ARCHS:
+        raise NotImplementedError(f"the NumPy reference does not run {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
+    return {**(kwargs or {}), **spec(arch).config(), "arch": arch}
 
 
 def from_checkpoint(header_or_arch: Mapping[str, Any] | str, kwargs: Mapping[str, Any] | None = None,
@@ -37,5 +48,5 @@ def from_checkpoint(header_or_arch: Mapping[str, Any] | str, kwargs: Mapping[str
     if state_dict is None:
         raise ValueError("from_checkpoint needs a state_dict (argument, or the checkpoint's 'state_dict')")
     config = arch_config(arch, kw)
-    cls = XResNetNumpy if arch in XRESNET_SPECS else ResNetNumpy
+    cls = XResNetNumpy if family(arch) == "xresnet" else ResNetNumpy
     return cls.from_state_dict(config, state_dict, dtype=dtype, fold_bn=fold_bn)

@@ -1,6 +1,6 @@
 """Folding an eval-mode BatchNorm into the neighbouring convolution or linear layer.
 
-In eval mode BatchNorm is an affine map per channel (``models.scratch.norm``):
+In eval mode BatchNorm is an affine map per channel (``models.scratch.norm.bn_scale_shift``):
 
     BN(z)_c = γ_c · (z_c − μ_c) / sqrt(σ²_c + ε) + β_c = a_c · z_c + t_c,
     a_c = γ_c / sqrt(σ²_c + ε),   t_c = β_c − a_c · μ_c
@@ -24,19 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bn_scale_shift", "fold_bn_linear", "fold_conv_bn", "fold_linear_bn"]
+from models.scratch.norm import bn_scale_shift
 
-
-def bn_scale_shift(gamma: np.ndarray | None, beta: np.ndarray | None, mean: np.ndarray, var: np.ndarray,
-                   eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Eval-mode BN as (a, t) with BN(z) = a·z + t; computed in float64. ``None`` γ/β mean affine=False."""
-    a = 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
-    if gamma is not None:
-        a = a * np.asarray(gamma, dtype=np.float64)
-    t = -np.asarray(mean, dtype=np.float64) * a
-    if beta is not None:
-        t = t + np.asarray(beta, dtype=np.float64)
-    return a, t
+__all__ = ["fold_bn_linear", "fold_conv_bn", "fold_linear_bn"]
 
 
 def fold_conv_bn(w: np.ndarray, b: np.ndarray | None, gamma: np.ndarray | None, beta: np.ndarray | None,

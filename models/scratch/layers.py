@@ -14,8 +14,10 @@ from typing import Protocol
 
 import numpy as np
 
+from models.scratch.activations import relu
 from models.scratch.conv import conv2d_nhwc
 from models.scratch.fold import fold_conv_bn
+from models.scratch.linear import linear
 from models.scratch.norm import BatchNorm
 from models.scratch.pooling import avg_pool2d, max_pool2d
 from models.scratch.state import StateReader
@@ -24,7 +26,6 @@ from models.shapes import conv_output_size, pool_output_size, symmetric_padding
 __all__ = [
     "AvgPool2d",
     "Conv2d",
-    "Identity",
     "Layer",
     "Linear",
     "MaxPool2d",
@@ -51,22 +52,11 @@ def _numel(shape: Shape) -> int:
     return shape[0] * shape[1] * shape[2]
 
 
-class Identity:
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return x
-
-    def out_shape(self, shape: Shape) -> Shape:
-        return shape
-
-    def scratch(self, shape: Shape) -> int:
-        return 0
-
-
 class ReLU:
     """In place: every array it sees is a fresh intermediate owned by the network."""
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.maximum(x, 0, out=x)
+        return relu(x, inplace=True)
 
     def out_shape(self, shape: Shape) -> Shape:
         return shape
@@ -197,10 +187,7 @@ class Linear:
         return cls(weight, state.optional(prefix + "bias"))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = x @ self.weight.T
-        if self.bias is not None:
-            y += self.bias
-        return y
+        return linear(x, self.weight, self.bias)
 
 
 @dataclass

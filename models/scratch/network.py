@@ -14,6 +14,7 @@ import numpy as np
 
 from models.scratch.layers import Linear, Sequential
 from models.scratch.layout import to_nhwc
+from models.scratch.pooling import global_avg_pool2d
 
 __all__ = ["DEFAULT_MAX_BYTES", "Network"]
 
@@ -33,8 +34,7 @@ class Network:
         return self.body(x_nhwc)
 
     def forward_head(self, features_nhwc: np.ndarray) -> np.ndarray:
-        pooled = features_nhwc.mean(axis=(1, 2), dtype=np.float64).astype(self.dtype)
-        return self.fc(pooled)
+        return self.fc(global_avg_pool2d(features_nhwc, keepdims=False, channels_last=True))
 
     def batch_size_for(self, height: int, width: int, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
         """Largest chunk whose intermediate arrays fit in ``max_bytes`` (at least 1)."""

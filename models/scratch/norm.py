@@ -20,7 +20,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BatchNorm", "batch_norm", "batch_norm1d", "batch_norm2d"]
+__all__ = ["BatchNorm", "batch_norm", "batch_norm1d", "batch_norm2d", "bn_scale_shift"]
+
+
+def bn_scale_shift(gamma: np.ndarray | None, beta: np.ndarray | None, mean: np.ndarray, var: np.ndarray,
+                   eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """BN with fixed statistics as a per-channel affine map, BN(z) = scale·z + shift, computed in float64:
+
+        scale = γ / sqrt(σ² + ε),   shift = β − μ · scale
+
+    ``None`` for γ or β (``affine=False``) means 1 or 0. Every BN in ``models.scratch`` (the functional form,
+    the eval-mode layer, the folding) computes its scale and shift here.
+    """
+    scale = 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
+    if gamma is not None:
+        scale = scale * np.asarray(gamma, dtype=np.float64)
+    shift = -np.asarray(mean, dtype=np.float64) * scale
+    if beta is not None:
+        shift = shift + np.asarray(beta, dtype=np.float64)
+    return scale, shift
 
 
 def batch_norm(
@@ -54,17 +72,12 @@ def batch_norm(
             running_mean += momentum * mean64
             running_var *= 1.0 - momentum
             running_var += momentum * var64 * count / (count - 1)
-        mean, var = mean64.astype(x.dtype), var64.astype(x.dtype)
+        mean, var = mean64, var64
     else:
         if running_mean is None or running_var is None:
             raise ValueError("eval-mode batch norm needs running_mean and running_var")
         mean, var = running_mean, running_var
-    scale = 1.0 / np.sqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias
+    scale, shift = bn_scale_shift(weight, bias, mean, var, eps)
     return (x * scale.reshape(bshape).astype(x.dtype) + shift.reshape(bshape).astype(x.dtype)).astype(x.dtype)
 
 
@@ -112,14 +125,8 @@ class BatchNorm:
         )
 
     def scale_shift(self) -> tuple[np.ndarray, np.ndarray]:
-        """The eval-mode layer as y = x·scale + shift, per channel."""
-        scale = 1.0 / np.sqrt(self.running_var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = -self.running_mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias
-        return scale, shift
+        """The eval-mode layer as y = x·scale + shift, per channel (float64, ``bn_scale_shift``)."""
+        return bn_scale_shift(self.weight, self.bias, self.running_mean, self.running_var, self.eps)
 
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         momentum = self.momentum

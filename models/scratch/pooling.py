@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from models.scratch.conv import IntPair, pad2d, pair
-from models.shapes import adaptive_pool_bins, effective_kernel, pool_output_size
+from models.scratch.conv import pad2d
+from models.shapes import IntPair, adaptive_pool_bins, effective_kernel, pair, pool_output_size
 
 __all__ = [
     "adaptive_avg_pool2d",

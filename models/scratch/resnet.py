@@ -7,9 +7,10 @@ resnet18/34/50 (same module names), in eval mode:
     stages: layer1 … layerK of Basic/Bottleneck blocks; the first block of every stage but the first has stride 2
     head:   global average pool → fc
 
-Nothing about the geometry is stored in a state_dict, so strides and paddings come from these rules (and
-``models.shapes``), and the widths, groups and class count from the weights' shapes. He et al. 2015, "Deep
-Residual Learning for Image Recognition"; torchvision ``models/resnet.py``.
+Nothing about the geometry is stored in a state_dict, so stems and strides come from ``models.archs`` (the
+table the PyTorch model is built from), paddings from ``models.shapes``, and the widths, groups and class count
+from the weights' shapes. He et al. 2015, "Deep Residual Learning for Image Recognition"; torchvision
+``models/resnet.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from models.archs import STEMS, stage_stride
 from models.scratch.blocks import BasicBlock, Bottleneck
 from models.scratch.layers import Layer, Linear, MaxPool2d, ReLU, Sequential, channels_of, conv_norm
 from models.scratch.network import Network
@@ -27,7 +29,6 @@ from models.scratch.state import StateReader
 __all__ = ["ResNetNumpy"]
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
-_STEMS = {"imagenet": (7, 2), "cifar": (3, 1)}  # kernel, stride of conv1
 
 
 class ResNetNumpy(Network):
@@ -52,8 +53,8 @@ class ResNetNumpy(Network):
             raise NotImplementedError(f"the NumPy ResNet implements the global-average-pool head only, got "
                                       f"pool={config.get('pool')!r}, pool_size={config.get('pool_size')}")
         block_name, stem = config["block"], config.get("stem", "imagenet")
-        if block_name not in _BLOCKS or stem not in _STEMS:
-            raise ValueError(f"block must be one of {sorted(_BLOCKS)} and stem one of {sorted(_STEMS)}, "
+        if block_name not in _BLOCKS or stem not in STEMS:
+            raise ValueError(f"block must be one of {sorted(_BLOCKS)} and stem one of {sorted(STEMS)}, "
                              f"got {block_name!r}, {stem!r}")
         norm, skip = bool(config.get("norm", True)), bool(config.get("skip", True))
         state = StateReader(state_dict, dtype)
@@ -61,21 +62,22 @@ class ResNetNumpy(Network):
         if config.get("in_chans", in_chans) != in_chans:
             raise ValueError(f"config says in_chans={config['in_chans']}, conv1.weight takes {in_chans}")
 
-        kernel, stride = _STEMS[stem]
+        stem_spec = STEMS[stem]
+        kernel = stem_spec.kernel
         if state.shape("conv1.weight")[2:] != (kernel, kernel):
             raise ValueError(f"a {stem} stem has a {kernel}×{kernel} conv1, the state_dict's is "
                              f"{state.shape('conv1.weight')[2:]}")
-        layers: list[Layer] = [*conv_norm(state, "conv1.", "bn1." if norm else None, stride=stride,
+        layers: list[Layer] = [*conv_norm(state, "conv1.", "bn1." if norm else None, stride=stem_spec.stride,
                                           in_channels=in_chans, fold_bn=fold_bn).layers, ReLU()]
-        if stem == "imagenet":
-            layers.append(MaxPool2d(kernel=3, stride=2, padding=1))
+        if stem_spec.pool:
+            layers.append(MaxPool2d(*stem_spec.pool))
         channels = channels_of(layers, in_chans)
 
         block_cls = _BLOCKS[block_name]
         for i, depth in enumerate(config["layers"]):
             for j in range(depth):
                 block = block_cls.from_state(
-                    state, f"layer{i + 1}.{j}.", stride=2 if i > 0 and j == 0 else 1, in_channels=channels,
+                    state, f"layer{i + 1}.{j}.", stride=stage_stride(i) if j == 0 else 1, in_channels=channels,
                     norm=norm, skip=skip, fold_bn=fold_bn,
                 )
                 layers.append(block)

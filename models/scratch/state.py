@@ -33,17 +33,18 @@ class StateReader:
     def keys(self) -> list[str]:
         return list(self._state)
 
-    def shape(self, key: str) -> tuple[int, ...]:
+    def _get(self, key: str) -> Any:
         if key not in self._state:
             raise ValueError(f"state_dict has no {key!r}; is it a checkpoint of this architecture?")
-        return tuple(np.shape(self._state[key]))
+        return self._state[key]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(np.shape(self._get(key)))
 
     def array(self, key: str) -> np.ndarray:
         """The entry as a fresh array of ``dtype``; a missing key is a ValueError naming it."""
-        if key not in self._state:
-            raise ValueError(f"state_dict has no {key!r}; is it a checkpoint of this architecture?")
+        value = self._get(key)
         self._used.add(key)
-        value = self._state[key]
         if hasattr(value, "detach"):  # a torch tensor: np.asarray reads it without importing torch here
             value = value.detach().cpu()
         return np.array(value, dtype=self.dtype)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from models.scratch.blocks import ResidualBlock
+from models.scratch.blocks import BasicBlock, Bottleneck, ResidualBlock, conv_path
 from models.scratch.layers import AvgPool2d, Layer, Linear, MaxPool2d, ReLU, Sequential, channels_of, conv_norm
 from models.scratch.network import Network
 from models.scratch.state import StateReader
@@ -45,14 +45,11 @@ def _conv_layer(state: StateReader, prefix: str, *, stride: int, in_channels: in
 
 def _res_block(state: StateReader, prefix: str, *, expansion: int, stride: int, in_channels: int,
                fold_bn: bool) -> ResidualBlock:
-    n_convs = 2 if expansion == 1 else 3
-    strided = 0 if expansion == 1 else 1
-    path: list[Layer] = []
-    channels = in_channels
-    for i in range(n_convs):
-        path += _conv_layer(state, f"{prefix}convpath.{i}.", stride=stride if i == strided else 1,
-                            in_channels=channels, act=i < n_convs - 1, fold_bn=fold_bn)
-        channels = channels_of(path, channels)
+    # fastai's convpath has the branch of the torchvision blocks: expansion 1 the basic one, else the bottleneck.
+    like = BasicBlock if expansion == 1 else Bottleneck
+    keys = [(f"{prefix}convpath.{i}.0.", f"{prefix}convpath.{i}.1.") for i in range(like.convs)]
+    path = conv_path(state, keys, stride=stride, strided=like.strided, in_channels=in_channels, fold_bn=fold_bn)
+    channels = channels_of(path.layers, in_channels)
     shortcut: list[Layer] = []
     if stride != 1:
         shortcut.append(AvgPool2d(kernel=stride, stride=stride, padding=0, ceil_mode=True))
@@ -62,7 +59,7 @@ def _res_block(state: StateReader, prefix: str, *, expansion: int, stride: int, 
     elif channels != in_channels:
         raise ValueError(f"block {prefix!r} changes the width ({in_channels} → {channels}) but the state_dict has "
                          f"no {conv_at}0.weight")
-    return ResidualBlock(Sequential(path), Sequential(shortcut) if shortcut else None)
+    return ResidualBlock(path, Sequential(shortcut) if shortcut else None)
 
 
 class XResNetNumpy(Network):
@@ -71,7 +68,7 @@ class XResNetNumpy(Network):
     @classmethod
     def from_state_dict(cls, config: Mapping[str, Any], state_dict: Mapping[str, Any], *,
                         dtype: type = np.float32, fold_bn: bool = False) -> XResNetNumpy:
-        """``config`` holds ``expansion`` and ``layers`` (``models.scratch.archs.XRESNET_SPECS``) and the
+        """``config`` holds ``expansion`` and ``layers`` (``models.archs.XRESNET_SPECS``) and the
         checkpoint kwargs; ``stem_szs``, ``ks`` and ``stride`` follow fastai's defaults when absent."""
         unknown = sorted(set(config) - _SUPPORTED_KWARGS)
         if unknown:

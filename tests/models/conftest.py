@@ -13,8 +13,8 @@ from torch import nn
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    # OpenBLAS spinning on a busy 2-core machine made NumPy forwards 20-40x slower; torch likewise. Module scope:
-    # the limits end with each module here, so tests elsewhere in the session keep their own thread counts.
+    # One thread: spinning BLAS/torch threads slow the forwards many times over on a busy 2-core machine.
+    # Module scope, so tests outside tests/models keep their own thread counts.
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     with threadpool_limits(limits=1, user_api="blas"):

@@ -31,6 +31,19 @@ def _bn_args(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple:
     return arr(bn.weight), arr(bn.bias), arr(bn.running_mean), arr(bn.running_var), bn.eps
 
 
+@pytest.mark.parametrize("affine", [True, False])
+def test_bn_scale_shift_is_the_eval_mode_layer(affine: bool) -> None:
+    rng = np.random.default_rng(0)
+    bn = nn.BatchNorm2d(5, eps=1e-3, affine=affine)
+    _random_bn(bn, rng)
+    x = rng.standard_normal((2, 5, 3, 3)).astype(np.float32)
+    scale, shift = scratch.bn_scale_shift(*_bn_args(bn))
+    assert scale.dtype == shift.dtype == np.float64
+    with torch.no_grad():
+        expected = bn(torch.from_numpy(x)).numpy()
+    assert np.abs(x * scale[:, None, None] + shift[:, None, None] - expected).max() <= 1e-5
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**16), bias=st.booleans(), affine=st.booleans(), groups=st.sampled_from([1, 2]),
        stride=st.integers(1, 2), eps=st.sampled_from([1e-5, 1e-3]))

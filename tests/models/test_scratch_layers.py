@@ -255,3 +255,6 @@ def test_softmax_and_log_softmax_are_stable(scale: float) -> None:
 def test_relu_matches_torch() -> None:
     x = np.random.default_rng(8).standard_normal((2, 3, 4)).astype(np.float32)
     assert _max_diff(scratch.relu(x), F.relu(torch.from_numpy(x))) == 0.0
+    y = x.copy()
+    assert scratch.relu(y, inplace=True) is y
+    assert _max_diff(y, F.relu(torch.from_numpy(x))) == 0.0

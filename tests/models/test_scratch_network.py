@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +11,6 @@ import torch
 from torch import nn
 
 from models import registry, resnet, scratch
-from models.scratch.archs import RESNET_SPECS, SUPPORTED_ARCHS, TORCHVISION_SPECS
 from models.scratch.blocks import BasicBlock, Bottleneck
 from models.scratch.layout import to_nchw, to_nhwc
 from models.scratch.state import StateReader
@@ -171,19 +168,3 @@ def test_unsupported_archs_and_options_say_what_is_supported(make_model: MakeMod
         scratch.from_checkpoint("xresnet18", {"sa": True}, sd)
     with pytest.raises(NotImplementedError, match="dilated"):
         scratch.from_checkpoint("tv_resnet50", {"replace_stride_with_dilation": [False, True, True]}, sd)
-
-
-def test_arch_tables_mirror_models_resnet_and_registry() -> None:
-    assert set(SUPPORTED_ARCHS) == set(registry.ARCHS)
-    for arch, (block, layers, stem, skip) in resnet._SPECS.items():
-        assert RESNET_SPECS[arch] == dict(block=block, layers=layers, stem=stem, skip=skip)
-    for arch, spec in TORCHVISION_SPECS.items():
-        tv = registry.create(arch, 3, 3)
-        assert [len(getattr(tv, f"layer{i}")) for i in range(1, 5)] == spec["layers"]
-        assert type(tv.layer1[0]).__name__ == {"basic": "BasicBlock", "bottleneck": "Bottleneck"}[spec["block"]]
-
-
-def test_importing_models_scratch_does_not_import_torch() -> None:
-    code = "import sys, models.scratch; sys.exit(1 if 'torch' in sys.modules else 0)"
-    root = Path(__file__).resolve().parents[2]
-    assert subprocess.run([sys.executable, "-c", code], cwd=root, timeout=60).returncode == 0
