@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
+from typing import Any
 
 import grpc
 import numpy as np
@@ -62,22 +63,18 @@ class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
     async def ClassifyStream(  # noqa: N802
         self, requests: AsyncIterator[ic_pb2.ClassifyRequest], context: Context, rid: str,
     ) -> AsyncIterator[ic_pb2.ClassifyStreamResponse]:
-        async def answer(seq: int, request: ic_pb2.ClassifyRequest) -> ic_pb2.ClassifyStreamResponse:
-            message_id = request.request_id or f"{rid}-{seq}"
-            token = request_id_var.set(message_id)
-            started, code = time.perf_counter(), grpc.StatusCode.OK
-            try:
-                response = await self._classify(request, deadline_of(context), message_id)
-                return ic_pb2.ClassifyStreamResponse(request_id=message_id, response=response)
-            except Exception as e:
-                code, message = status_for(e, message_id)
-                return converters.stream_error(message_id, code.value[0], message)
-            finally:
-                self.recorder.done("ClassifyStream", self.recorder.model_label(request.model), code,
-                                   time.perf_counter() - started)
-                request_id_var.reset(token)
+        async def respond(request: ic_pb2.ClassifyRequest, deadline: float | None,
+                          message_id: str) -> ic_pb2.ClassifyStreamResponse:
+            response = await self._classify(request, deadline, message_id)
+            return ic_pb2.ClassifyStreamResponse(request_id=message_id, response=response)
 
-        async for response in _concurrent_answers(requests, answer):
+        def fail(request: ic_pb2.ClassifyRequest, message_id: str, code: grpc.StatusCode,
+                 message: str) -> ic_pb2.ClassifyStreamResponse:
+            return converters.stream_error(message_id, code.value[0], message)
+
+        async for response in _answer_stream(
+                "ClassifyStream", self.recorder, requests, context, rid, respond, fail,
+                message_id=lambda r: r.request_id, model=lambda r: r.model):
             yield response
 
     @rpc("ListModels")
@@ -91,6 +88,29 @@ class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
         self, request: ic_pb2.GetModelRequest, context: Context, rid: str,
     ) -> ic_pb2.ModelInfo:
         return converters.model_info(self.registry.find(request.name, request.version))
+
+
+async def _answer_stream(method: str, recorder: _Recorder, requests: AsyncIterator, context: Context, rid: str,
+                         respond: Callable[[Any, float | None, str], Awaitable[Any]],
+                         fail: Callable[[Any, str, grpc.StatusCode, str], Any], *,
+                         message_id: Callable[[Any], str], model: Callable[[Any], str]) -> AsyncIterator:
+    """A bidirectional stream: each message answered on its own (its id, or the stream's id + its number; an error
+    becomes an error message in the stream, not the end of it) and recorded in the metrics as one request."""
+    async def answer(seq: int, request: Any) -> Any:
+        mid = message_id(request) or f"{rid}-{seq}"
+        token = request_id_var.set(mid)
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            return await respond(request, deadline_of(context), mid)
+        except Exception as e:
+            code, message = status_for(e, mid)
+            return fail(request, mid, code, message)
+        finally:
+            recorder.done(method, recorder.model_label(model(request)), code, time.perf_counter() - started)
+            request_id_var.reset(token)
+
+    async for response in _concurrent_answers(requests, answer):
+        yield response
 
 
 async def _concurrent_answers(requests: AsyncIterator, answer) -> AsyncIterator:  # type: ignore[no-untyped-def]
@@ -185,23 +205,18 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(  # noqa: N802
         self, requests: AsyncIterator[kserve_pb2.ModelInferRequest], context: Context, rid: str,
     ) -> AsyncIterator[kserve_pb2.ModelStreamInferResponse]:
-        async def answer(seq: int, request: kserve_pb2.ModelInferRequest) -> kserve_pb2.ModelStreamInferResponse:
-            message_id = request.id or f"{rid}-{seq}"
-            token = request_id_var.set(message_id)
-            started, code = time.perf_counter(), grpc.StatusCode.OK
-            try:
-                response = await self._infer(request, deadline_of(context), message_id)
-                return kserve_pb2.ModelStreamInferResponse(infer_response=response)
-            except Exception as e:
-                code, message = status_for(e, message_id)
-                # Triton's stream carries only a message; keep the request id so the client can match it.
-                return kserve_pb2.ModelStreamInferResponse(
-                    error_message=f"{code.name}: {message}",
-                    infer_response=kserve_pb2.ModelInferResponse(model_name=request.model_name, id=message_id))
-            finally:
-                self.recorder.done("ModelStreamInfer", self.recorder.model_label(request.model_name), code,
-                                   time.perf_counter() - started)
-                request_id_var.reset(token)
+        async def respond(request: kserve_pb2.ModelInferRequest, deadline: float | None,
+                          message_id: str) -> kserve_pb2.ModelStreamInferResponse:
+            return kserve_pb2.ModelStreamInferResponse(infer_response=await self._infer(request, deadline, message_id))
 
-        async for response in _concurrent_answers(requests, answer):
+        def fail(request: kserve_pb2.ModelInferRequest, message_id: str, code: grpc.StatusCode,
+                 message: str) -> kserve_pb2.ModelStreamInferResponse:
+            # Triton's stream carries only a message; keep the request id so the client can match it.
+            return kserve_pb2.ModelStreamInferResponse(
+                error_message=f"{code.name}: {message}",
+                infer_response=kserve_pb2.ModelInferResponse(model_name=request.model_name, id=message_id))
+
+        async for response in _answer_stream(
+                "ModelStreamInfer", self.recorder, requests, context, rid, respond, fail,
+                message_id=lambda r: r.id, model=lambda r: r.model_name):
             yield response

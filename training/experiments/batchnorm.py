@@ -19,7 +19,7 @@ from training.experiments.runner import (
     data_line,
     epochs_to_target,
     seconds_to_target,
-    seed_list,
+    training_line,
     trains_threshold,
 )
 from training.experiments.stats import Comparison, compare, fmt_values, mean_std
@@ -111,12 +111,7 @@ def analyse(s: Settings, results: list[RunResult], out: Path) -> Report:
                 _lr_finding(largest, sorted(s.lrs)),
                 _accuracy_finding(comparisons[0])]
 
-    figures.curves(out / "curves.png", [
-        ("Validation accuracy", "accuracy", {v: [[h["accuracy"] for h in r.history] for r in rs]
-                                             for v, rs in main.items()}),
-        ("Validation loss", "cross-entropy", {v: [[h["valid_loss"] for h in r.history] for r in rs]
-                                              for v, rs in main.items()}),
-    ], log_y=(False, True), title=f"{first.spec.arch}, peak lr {lr:g}, mean ± std over seeds")
+    figures.validation_curves(out / "curves.png", main, f"{first.spec.arch}, peak lr {lr:g}, mean ± std over seeds")
     window = max(1, first.iters_per_epoch // 2)
     figures.curves(out / "train_loss.png", [
         ("Training loss (per batch, smoothed)", "cross-entropy",
@@ -132,8 +127,7 @@ def analyse(s: Settings, results: list[RunResult], out: Path) -> Report:
                   "a bias), same data, same schedule, same seeds."),
         setup=[data_line(s, first),
                f"Network: {first.spec.arch} (Kaiming-normal initialisation in both variants).",
-               f"Main runs: {epochs} epochs, fastai one-cycle with peak lr {lr:g}, batch {s.bs}, Adam, weight decay "
-               f"0.01, {seed_list(s.seeds)}."
+               f"Main runs: {training_line(s, epochs, lr)}"
                + (" The default peak lr is low enough for the network without BN to train as well, so that the time "
                   "to the target compares speed, not success." if s.lr == DEFAULTS["lr"] else ""),
                f"Sweep: peak lr in {', '.join(f'{x:g}' for x in sorted(s.lrs))}, {s.sweep_epochs} epoch(s) each, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -79,6 +80,15 @@ def curves(path: Path, panels: Sequence[tuple[str, str, Series]], xlabel: str = 
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def validation_curves(path: Path, runs: Mapping[str, Sequence[Any]], title: str) -> Path:
+    """Validation accuracy and loss per epoch of each variant's runs (``RunResult``s), mean ± std over seeds."""
+    def series(key: str) -> Series:
+        return {name: [[h[key] for h in r.history] for r in rs] for name, rs in runs.items()}
+
+    return curves(path, [("Validation accuracy", "accuracy", series("accuracy")),
+                         ("Validation loss", "cross-entropy", series("valid_loss"))], log_y=(False, True), title=title)
 
 
 def sweep(path: Path, accuracy: Mapping[str, Mapping[float, Sequence[float]]], threshold: float,

@@ -73,12 +73,7 @@ def analyse(s: Settings, results: list[RunResult], out: Path) -> Report:
         ("Training loss (per batch, smoothed)", "cross-entropy",
          {n: [figures.smooth(r.batch_losses, window) for r in rs] for n, rs in main.items()}),
     ], xlabel="iteration", log_y=(False, True))
-    figures.curves(out / "curves.png", [
-        ("Validation accuracy", "accuracy", {n: [[h["accuracy"] for h in r.history] for r in rs]
-                                             for n, rs in main.items()}),
-        ("Validation loss", "cross-entropy", {n: [[h["valid_loss"] for h in r.history] for r in rs]
-                                              for n, rs in main.items()}),
-    ], log_y=(False, True), title=f"{first.spec.arch}, peak lr {lr:g}, mean ± std over seeds")
+    figures.validation_curves(out / "curves.png", main, f"{first.spec.arch}, peak lr {lr:g}, mean ± std over seeds")
 
     return Report(
         name=NAME, title=TITLE,

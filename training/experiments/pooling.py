@@ -15,7 +15,15 @@ import torch
 from models import registry
 from training.experiments import figures
 from training.experiments.report import Report, Table
-from training.experiments.runner import ExperimentError, RunResult, RunSpec, Settings, by_variant, data_line, seed_list
+from training.experiments.runner import (
+    ExperimentError,
+    RunResult,
+    RunSpec,
+    Settings,
+    by_variant,
+    data_line,
+    training_line,
+)
 from training.experiments.stats import Comparison, compare, fmt_values, mean_std
 
 NAME = "pooling"
@@ -96,12 +104,7 @@ def analyse(s: Settings, results: list[RunResult], out: Path) -> Report:
     findings = [_finding(f"{avg} vs {mx}", comparisons[0], comparisons[2]),
                 _finding(f"{avg} vs {flat}", comparisons[1], comparisons[3])]
 
-    figures.curves(out / "curves.png", [
-        ("Validation accuracy", "accuracy", {n: [[h["accuracy"] for h in r.history] for r in rs]
-                                             for n, rs in main.items()}),
-        ("Validation loss", "cross-entropy", {n: [[h["valid_loss"] for h in r.history] for r in rs]
-                                              for n, rs in main.items()}),
-    ], log_y=(False, True), title=f"{first.spec.arch}, peak lr {lr:g}, mean ± std over seeds")
+    figures.validation_curves(out / "curves.png", main, f"{first.spec.arch}, peak lr {lr:g}, mean ± std over seeds")
     figures.bars(out / "shift.png", [
         ("valid accuracy", {n: values(n, "valid_accuracy") for n in names}),
         (f"accuracy, input shifted {shift} px", {n: values(n, "shifted_accuracy") for n in names}),
@@ -113,8 +116,7 @@ def analyse(s: Settings, results: list[RunResult], out: Path) -> Report:
                   "average pooling (the ResNet default), global max pooling, and no global pooling at all — the "
                   "last feature map flattened into the classifier."),
         setup=[data_line(s, first),
-               f"Network: {first.spec.arch}; only the head differs. {epochs} epochs, fastai one-cycle with peak lr "
-               f"{lr:g}, batch {s.bs}, Adam, weight decay 0.01, {seed_list(s.seeds)}.",
+               f"Network: {first.spec.arch}; only the head differs. {training_line(s, epochs, lr)}",
                f"Shift test: the validation images moved by {shift} px up, down, left and right (edge pixels repeated "
                "into the border); the accuracy is averaged over the four shifts."],
         tables=[table], comparisons=comparisons, findings=findings,

@@ -318,3 +318,9 @@ def data_line(settings: Settings, r: RunResult) -> str:
 
 def seed_list(n: int) -> str:
     return "seed 0" if n == 1 else f"seeds 0–{n - 1}"
+
+
+def training_line(settings: Settings, epochs: int, lr: float) -> str:
+    """How every run of an experiment was trained, as the reports state it."""
+    return (f"{epochs} epochs, fastai one-cycle with peak lr {lr:g}, batch {settings.bs}, Adam, weight decay 0.01, "
+            f"{seed_list(settings.seeds)}.")

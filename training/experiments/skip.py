@@ -13,7 +13,7 @@ from pathlib import Path
 
 from training.experiments import figures
 from training.experiments.report import Report, Table
-from training.experiments.runner import RunResult, RunSpec, Settings, by_variant, data_line, seed_list
+from training.experiments.runner import RunResult, RunSpec, Settings, by_variant, data_line, training_line
 from training.experiments.stats import Comparison, compare, fmt_values, mean_std
 
 NAME = "skip"
@@ -94,8 +94,7 @@ def analyse(s: Settings, results: list[RunResult], out: Path) -> Report:
                   "plus shortcuts (identity, or 1×1 projection where the shape changes)."),
         setup=[data_line(s, first),
                f"Networks: CIFAR-style depth 6n+2 ({', '.join(map(str, depths))}), three stages of 16/32/64 filters.",
-               f"Training: {epochs} epochs, fastai one-cycle with peak lr {lr:g}, batch {s.bs}, Adam, weight decay "
-               f"0.01, {seed_list(s.seeds)}; the same settings for every network.",
+               f"Training: {training_line(s, epochs, lr)} The same settings for every network.",
                "He et al. trained 64k iterations on CIFAR-10; this is a few hundred on a small data set, so it tests "
                "how quickly each network can be optimised rather than its final accuracy."],
         tables=[table], comparisons=comparisons, findings=findings,
