@@ -78,6 +78,8 @@ def generate(out_dir: Path) -> list[Path]:
             raise RuntimeError("protoc failed: " + " ".join(args))
         written = []
         for src in sorted(Path(raw).iterdir()):
+            if src.name.endswith("_pb2_grpc.py") and "\nclass " not in src.read_text():
+                continue  # a proto without services (model_config.proto): the plugin's file would hold no code
             dst = out_dir / src.name
             dst.write_text(_postprocess(src.name, src.read_text()))
             written.append(dst)
