@@ -6,7 +6,8 @@ rate. A callback records, after each epoch, the wall time since training started
 stops at the first epoch that reaches the target (one-cycle's schedule is fixed by the budget up front, so stopping
 early changes nothing before that point) or when the budget is spent ("not reached"). A wall-clock cap per run
 (``MAX_SECONDS``) keeps ``make bench`` bounded on a machine much slower than 2 idle cores; a run cut by it is
-reported as such. The one-cycle run judges the accuracy target (``digits_accuracy``): met when it reaches 98.5 %.
+reported as such. The one-cycle run judges the accuracy target (``digits_accuracy``): met when it reaches 98.5 %,
+not met when its epoch budget ends below, not measured when the cap cut it first.
 """
 
 from __future__ import annotations
@@ -82,10 +83,15 @@ def run(ctx: Context) -> list[Row]:
 
     one, const = seconds("one-cycle"), seconds("constant")
     ratio = const.median / one.median if one and const else None
-    met = one is not None
-    verdict = (f"{TARGET_ACCURACY:.1%} reached at epoch {found['one-cycle']['reached']['epoch']} "
-               f"({one.median:.1f} s)" if one else
-               f"{TARGET_ACCURACY:.1%} not reached in {len(found['one-cycle']['epochs'])} epochs")
+    cycle = found["one-cycle"]
+    # A run cut by the wall-clock cap says nothing about the accuracy the trainer reaches: not measured, not failed.
+    met = True if one else (None if cycle["cut_at_s"] else False)
+    if one:
+        verdict = f"{TARGET_ACCURACY:.1%} reached at epoch {cycle['reached']['epoch']} ({one.median:.1f} s)"
+    elif cycle["cut_at_s"]:
+        verdict = f"cut by the {MAX_SECONDS:.0f} s cap after {len(cycle['epochs'])} epochs"
+    else:
+        verdict = f"{TARGET_ACCURACY:.1%} not reached in {len(cycle['epochs'])} epochs"
     return [Row("training", f"digits to {TARGET_ACCURACY:.1%} validation accuracy: one-cycle vs constant lr "
                 f"(lr {LR:g}, budget {EPOCHS} epochs, {ctx.threads} threads)",
                 label("constant"), const, label("one-cycle"), one, ratio,
