@@ -4,6 +4,9 @@ The candidate is the CLI's public entry point (``serving.batch.run`` with the ar
 FOLDER --repository DIR --model digits --output F.csv`` would parse), timed end to end: model load and golden
 check, walking the folder, reading and decoding every PNG, onnxruntime, the CSV. The baseline is the same Predictor
 running the same images, already decoded, in batches of the same size — the model's own ceiling. Repeats alternate.
+
+The project's batch-CLI target (``batch_cli`` in ``benchmarks/targets.py``) is set on realistic JPEGs; this row's
+small PNGs, where decoding costs as much as the model, are reported but do not judge it.
 """
 
 from __future__ import annotations
@@ -16,10 +19,9 @@ import time
 import numpy as np
 
 from benchmarks import assets
-from benchmarks.core import Context, Row, Stat, judge
+from benchmarks.core import Context, Row, Stat
 
 BATCH_SIZE = 32
-TARGET = 0.8
 DISTINCT = 64  # distinct pictures, written under many names: generating thousands of drawings is not the point
 
 
@@ -80,11 +82,9 @@ def run(ctx: Context) -> list[Row]:
         raise RuntimeError(f"the batch CLI wrote {rows_written} rows for {count} files")
     cli, base = Stat.of(cli_s, "s").rate(count, "img/s"), Stat.of(base_s, "s").rate(count, "img/s")
     ratio = cli.median / base.median
-    met, verdict = judge(ratio, TARGET)
     return [Row("batch", f"digits: batch CLI (local, {count} PNGs, batch {BATCH_SIZE}) vs in-process ORT on "
                 "pre-decoded batches", f"in-process ORT, batch {BATCH_SIZE}, pre-decoded", base,
-                "python -m serving batch --repository (end to end)", cli, ratio, target="batch_cli", met=met,
-                verdict=verdict,
+                "python -m serving batch --repository (end to end)", cli, ratio,
                 details={"images": count, "batch_size": BATCH_SIZE, "threads": ctx.threads,
                          "cli_job_only_img_s": Stat.of(job_rates, "img/s").median if job_rates else None,
                          "cli_includes": "model load + golden check, folder walk, PNG decode, CSV writing"})]

@@ -1,4 +1,4 @@
-"""What every benchmark family shares: statistics of repeats, result rows, DESIGN's targets, interleaved timing.
+"""What every benchmark family shares: statistics of repeats, result rows, interleaved timing.
 
 A :class:`Row` compares a *candidate* with its *baseline*, both measured in this run. ``ratio`` is oriented so
 that it reads as "how many times the baseline's speed the candidate reaches" (> 1: the candidate is faster):
@@ -16,22 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# ---- DESIGN.md "Targets (measured by make bench)" ----------------------------------------------------------------
-
-TARGETS: dict[str, str] = {
-    "ort_vs_torch": "onnxruntime (folded, optimized) vs PyTorch eager, ResNet-18 224 px, batch 1, 2 threads: >= 2x",
-    "server_vs_inproc": "server throughput with dynamic batching vs in-process onnxruntime, ResNet-18 224 px, "
-                        "FP32 tensors, concurrency 8: >= 0.9x",
-    "server_p50": "server p50 latency at concurrency 1 vs in-process onnxruntime batch 1: at most +1 ms",
-    "digits_server": "digits: server requests/s at concurrency 8 >= 0.7x min(bare grpc.aio echo, in-process "
-                     "onnxruntime at batch 8), same client and payload",
-    "int8_speed": "INT8 static quantization vs FP32 onnxruntime: >= 1.8x faster",
-    "int8_accuracy": "INT8 vs FP32 top-1 accuracy drop on digits: <= 0.5 points",
-    "train_time": "digits to >= 98.5 % validation accuracy: <= 20 s of training on 2 CPU cores",
-    "cold_start": "server ready (health SERVING) <= 1.5 s after start, digits model",
-    "memory": "server resident memory <= 150 MB",
-    "batch_cli": "batch CLI, local mode, folder of PNGs: >= 0.8x in-process onnxruntime at the same batch size",
-}
+from benchmarks.targets import TARGETS
 
 
 @dataclass(frozen=True)
@@ -88,7 +73,7 @@ class Row:
     candidate_stat: Stat | None
     ratio: float | None
     ratio_label: str = "speed ratio (candidate / baseline; > 1: candidate faster)"
-    target: str | None = None          # a key of TARGETS
+    target: str | None = None          # a key of benchmarks.targets.TARGETS
     met: bool | None = None            # None: no target, or not measurable in this run
     verdict: str = ""                  # how the target was judged, e.g. "1.93x < 2x"
     details: dict[str, Any] = field(default_factory=dict)

@@ -3,10 +3,10 @@
 Two graphs of the same network, from the same exporter, differing only in BatchNorm: "kept" (the eval-mode model
 exported as is: Conv → BatchNormalization) and "folded" (``training.fold.fold_batchnorm`` first: Conv with adjusted
 weights). The TorchScript exporter is used for both, with constant folding off and training mode preserved,
-because the dynamo exporter's optimizer folds conv→BN by itself (DESIGN.md, known pitfalls): with it there would be
-no "kept" graph to compare. Each graph runs with all of onnxruntime's graph optimizations (what the server does)
-and with none (what a runtime without a Conv+BN fusion would see); the node counts say what each graph holds
-before and after onnxruntime's own rewrites.
+because the dynamo exporter's optimizer folds conv→BN by itself: with it there would be no "kept" graph to
+compare. Each graph runs with all of onnxruntime's graph optimizations (what the server does) and with none (what
+a runtime without a Conv+BN fusion would see); the node counts say what each graph holds before and after
+onnxruntime's own rewrites.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.core import TARGETS, Row
+from benchmarks.core import Row
+from benchmarks.targets import TARGETS
 
 SCHEMA = "resnet-serving-bench/1"
 PACKAGES = ("torch", "onnxruntime", "grpcio", "numpy", "onnx", "fastai", "pillow", "protobuf")
@@ -44,7 +45,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def targets_summary(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """Each DESIGN target once: met if every row judging it met it, unmeasured if no row judged it."""
+    """Each of the project's targets once: met if every row judging it met it, unmeasured if no row judged it."""
     found = []
     for key, text in TARGETS.items():
         judged = [r for r in rows if r.target == key and r.met is not None]
@@ -102,10 +103,10 @@ def text_table(doc: dict[str, Any], rows: Sequence[Row]) -> str:
             lines.append(f"          latency p50/p90/p99 {d['p50_ms']:.2f}/{d['p90_ms']:.2f}/{d['p99_ms']:.2f} ms"
                          + (f", server CPU {cpu:.0f} us/request" if cpu else "")
                          + (f", echo {d['echo_req_s']:.0f} req/s" if "echo_req_s" in d else ""))
-    lines += ["", "Targets (DESIGN.md):"]
+    lines += ["", "Targets (benchmarks/targets.py):"]
     for t in doc["targets"]:
-        state = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
-        lines.append(f"  [{state:>12}] {t['text']}")
+        state = {True: "met", False: "NOT MET", None: "not measured yet"}[t["met"]]
+        lines.append(f"  [{state:>16}] {t['text']}")
     for note in doc.get("notes", []):
         lines.append(f"note: {note}")
     for name, fam in doc.get("families", {}).items():
@@ -136,9 +137,9 @@ def markdown(doc: dict[str, Any], rows: Sequence[Row]) -> str:
     lines += ["| benchmark | baseline | candidate | ratio | target |", "|---|---|---|---:|---|"]
     for row in rows:
         lines.append("| " + " | ".join(_md(c) for c in _cells(row)) + " |")
-    lines += ["", "| DESIGN target | status |", "|---|---|"]
+    lines += ["", "| target (benchmarks/targets.py) | status |", "|---|---|"]
     for t in doc["targets"]:
-        state = {True: "met", False: "**not met**", None: "not measured"}[t["met"]]
+        state = {True: "met", False: "**not met**", None: "not measured yet"}[t["met"]]
         verdicts = "; ".join(r["verdict"] for r in t["rows"] if r["verdict"])
         lines.append(f"| {_md(t['text'])} | {state}{f' ({_md(verdicts)})' if verdicts else ''} |")
     if doc.get("notes"):

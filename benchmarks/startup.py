@@ -18,8 +18,8 @@ import numpy as np
 from benchmarks import assets, procs
 from benchmarks.core import Context, Row, Stat
 from benchmarks.server import payloads
+from benchmarks.targets import COLD_START_S, MEMORY_MB
 
-READY_LIMIT_S, MEMORY_LIMIT_MB = 1.5, 150.0
 WARMUP_REQUESTS = 200
 
 
@@ -59,17 +59,17 @@ def run(ctx: Context) -> list[Row]:
         echo_rss = echo.memory()["VmRSS"]
     ready_s, import_s = Stat.of(ready, "s"), Stat.of(imports, "s")
     rss_mb = Stat.of(rss, "MB")
-    ready_met, rss_met = ready_s.median <= READY_LIMIT_S, rss_mb.median <= MEMORY_LIMIT_MB
+    ready_met, rss_met = ready_s.median <= COLD_START_S, rss_mb.median <= MEMORY_MB
     return [
         Row("startup", "digits: server cold start to health SERVING", "python -c 'import serving.grpc.server' (imports "
             "only)", import_s, "python -m serving serve → SERVING", ready_s, import_s.median / ready_s.median,
             target="cold_start", met=ready_met,
-            verdict=f"{ready_s.median:.2f} s {'<=' if ready_met else '>'} {READY_LIMIT_S} s",
+            verdict=f"{ready_s.median:.2f} s {'<=' if ready_met else '>'} {COLD_START_S} s",
             details={"includes": "interpreter, imports, model load, sha256, golden self-check, port open",
                      "threads": ctx.threads}),
         Row("startup", f"digits: server resident memory after {count} requests", "bare grpc.aio echo process",
             Stat.one(echo_rss, "MB"), "server (VmRSS)", rss_mb, rss_mb.median / echo_rss,
             ratio_label="memory ratio (server / echo)", target="memory", met=rss_met,
-            verdict=f"{rss_mb.median:.0f} MB {'<=' if rss_met else '>'} {MEMORY_LIMIT_MB:.0f} MB",
+            verdict=f"{rss_mb.median:.0f} MB {'<=' if rss_met else '>'} {MEMORY_MB:.0f} MB",
             details={"peak_VmHWM_mb": Stat.of(hwm, "MB").median}),
     ]

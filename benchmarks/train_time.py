@@ -5,8 +5,9 @@ peak learning rate and the same epoch budget, differing only in the schedule: fa
 rate. A callback records, after each epoch, the wall time since training started and the validation accuracy; a run
 stops at the first epoch that reaches the target (one-cycle's schedule is fixed by the budget up front, so stopping
 early changes nothing before that point) or when the budget is spent ("not reached"). A wall-clock cap per run
-(``MAX_SECONDS``) keeps ``make bench`` bounded on a machine much slower than the 2 idle cores the target assumes;
-a run cut by it is reported as such.
+(``MAX_SECONDS``) keeps ``make bench`` bounded on a machine much slower than 2 idle cores; a run cut by it is
+reported as such. The one-cycle run judges the accuracy target (``digits_accuracy``): met when it reaches 98.5 %,
+not met when its epoch budget ends below, not measured when the cap cut it first.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ import time
 from typing import Any
 
 from benchmarks.core import Context, Row, Stat
+from benchmarks.targets import DIGITS_ACCURACY as TARGET_ACCURACY
 
-TARGET_ACCURACY = 0.985
-TIME_LIMIT_S = 20.0
 EPOCHS, LR = 8, 1e-2
 MAX_SECONDS = 120.0
 
@@ -83,13 +83,18 @@ def run(ctx: Context) -> list[Row]:
 
     one, const = seconds("one-cycle"), seconds("constant")
     ratio = const.median / one.median if one and const else None
-    met = one is not None and one.median <= TIME_LIMIT_S
-    verdict = (f"{one.median:.1f} s {'<=' if met else '>'} {TIME_LIMIT_S:g} s (epoch "
-               f"{found['one-cycle']['reached']['epoch']})" if one else
-               f"98.5 % not reached in {len(found['one-cycle']['epochs'])} epochs")
+    cycle = found["one-cycle"]
+    # A run cut by the wall-clock cap says nothing about the accuracy the trainer reaches: not measured, not failed.
+    met = True if one else (None if cycle["cut_at_s"] else False)
+    if one:
+        verdict = f"{TARGET_ACCURACY:.1%} reached at epoch {cycle['reached']['epoch']} ({one.median:.1f} s)"
+    elif cycle["cut_at_s"]:
+        verdict = f"cut by the {MAX_SECONDS:.0f} s cap after {len(cycle['epochs'])} epochs"
+    else:
+        verdict = f"{TARGET_ACCURACY:.1%} not reached in {len(cycle['epochs'])} epochs"
     return [Row("training", f"digits to {TARGET_ACCURACY:.1%} validation accuracy: one-cycle vs constant lr "
                 f"(lr {LR:g}, budget {EPOCHS} epochs, {ctx.threads} threads)",
                 label("constant"), const, label("one-cycle"), one, ratio,
                 ratio_label="time-to-target ratio (constant / one-cycle; > 1: one-cycle faster)",
-                target="train_time", met=met, verdict=verdict,
+                target="digits_accuracy", met=met, verdict=verdict,
                 details={schedule: v for schedule, v in found.items()})]
