@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from export_fixtures import randomize_batchnorm
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from models import registry
+from tests.support.runs import body_and_head, random_model, randomize_batchnorm
 from training.fold import Affine, fold_batchnorm, fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
 
 
@@ -22,15 +22,6 @@ def _bn(n: int, dim: int = 2, seed: int = 0) -> _BatchNorm:
         bn.running_mean.copy_(torch.randn(n, generator=gen))
         bn.running_var.copy_(0.1 + torch.rand(n, generator=gen))
     return bn.eval()
-
-
-def body_and_head(classes: int = 5) -> nn.Module:
-    """A fastai ``vision_learner``-style model: a torchvision ResNet body + ``create_head`` (BN1d → Linear)."""
-    from fastai.vision.learner import create_head
-
-    tv = registry.create("tv_resnet18", classes, 3)
-    body = nn.Sequential(*list(tv.children())[:-2])
-    return nn.Sequential(body, create_head(512, classes))
 
 
 def _no_batchnorm(model: nn.Module) -> bool:
@@ -79,8 +70,7 @@ FAMILIES = [
 
 @pytest.mark.parametrize(("arch", "in_chans", "size", "pairs"), FAMILIES)
 def test_fold_every_family(arch: str, in_chans: int, size: int, pairs: int) -> None:
-    torch.manual_seed(0)
-    model = randomize_batchnorm(registry.create(arch, 7, in_chans), in_chans, size)
+    model = random_model(arch, 7, in_chans, size)
     x = torch.randn(5, in_chans, size, size)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     folded, report = fold_batchnorm(model, x)
