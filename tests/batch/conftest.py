@@ -1,4 +1,4 @@
-"""Fixtures for the batch CLI tests; the helpers behind them are in batch_fixtures.py."""
+"""Fixtures of the batch CLI tests: an image tree to classify, and a server on the shared repository."""
 
 from __future__ import annotations
 
@@ -6,14 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from batch_fixtures import Tree, build_repository, make_tree
 
-from tests.serving.serving_fixtures import ServerThread, base_config
-
-
-@pytest.fixture(scope="session")
-def batch_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_repository(tmp_path_factory.mktemp("batch"))
+from tests.support.batch import Tree, make_tree
+from tests.support.repositories import Repo
+from tests.support.servers import ServerThread, base_config
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +30,7 @@ def in_trees(tree_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def batch_server(batch_repository: Path) -> Iterator[ServerThread]:
-    thread = ServerThread(base_config(batch_repository, max_queue_delay_ms=2.0)).start()
+def batch_server(repository: Repo) -> Iterator[ServerThread]:
+    thread = ServerThread(base_config(repository.path, max_queue_delay_ms=2.0)).start()
     yield thread
     thread.close()

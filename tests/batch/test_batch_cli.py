@@ -5,45 +5,47 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from batch_fixtures import MODEL, ROOT, Tree, drop_root_privileges, make_pngs, read_rows
 
 from serving import cli
 from serving.batch.job import EXIT_FAILED, EXIT_OK, EXIT_ROW_ERRORS, EXIT_USAGE
 from serving.runtime import loader
-from tests.serving.serving_fixtures import copy_version, tamper_golden
+from tests.support.batch import MODEL, Tree, read_rows
+from tests.support.images import make_pngs
+from tests.support.paths import ROOT
+from tests.support.processes import descendants, drop_root_privileges, running
+from tests.support.repositories import Repo, add_version, tamper_golden
+from tests.support.servers import wait_until
 
 
 def batch(*args: str | Path) -> int:
     return cli.main(["batch", *map(str, args)])
 
 
-def local(repository_dir: Path, *args: str | Path) -> int:
-    return batch(*args, "--repository", repository_dir, "--model", MODEL)
+def local(repository: Repo, *args: str | Path) -> int:
+    return batch(*args, "--repository", repository.path, "--model", MODEL)
 
 
-def reference(repository_dir: Path, paths: list[str], k: int) -> list[list]:
-    predictor = loader.load(repository_dir, MODEL).predictor
+def reference(repository: Repo, paths: list[str], k: int) -> list[list]:
+    predictor = loader.load(repository.path, MODEL).predictor
     return predictor.classify(paths, top_k=k)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
-def test_rows_and_error_rows(batch_repository: Path, tree: Tree, in_trees: Path, tmp_path: Path, suffix: str,
+def test_rows_and_error_rows(repository: Repo, tree: Tree, in_trees: Path, tmp_path: Path, suffix: str,
                              capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / f"out{suffix}"
-    assert local(batch_repository, "imgs", "--output", out, "--top-k", "3", "--batch-size", "3") == EXIT_ROW_ERRORS
+    assert local(repository, "imgs", "--output", out, "--top-k", "3", "--batch-size", "3") == EXIT_ROW_ERRORS
     rows = read_rows(out)
     assert [r["path"] for r in rows] == tree.all  # every input once, sorted; .txt and hidden files skipped
-    expected = dict(zip(tree.good, reference(batch_repository, tree.good, 3), strict=True))
+    expected = dict(zip(tree.good, reference(repository, tree.good, 3), strict=True))
     for row in rows:
         if row["path"] in tree.bad:
             assert row["error"].startswith(tree.bad[row["path"]]), row
@@ -64,9 +66,9 @@ def test_rows_and_error_rows(batch_repository: Path, tree: Tree, in_trees: Path,
     assert "batch: 11/11 files (100.0%)" in captured.err  # not a terminal: plain progress lines
 
 
-def test_remote_gives_the_same_rows_as_local(batch_repository: Path, batch_server, tree: Tree,  # type: ignore
+def test_remote_gives_the_same_rows_as_local(repository: Repo, batch_server, tree: Tree,  # type: ignore
                                              in_trees: Path, tmp_path: Path) -> None:
-    assert local(batch_repository, "imgs", "-o", tmp_path / "local.jsonl", "-q") == EXIT_ROW_ERRORS
+    assert local(repository, "imgs", "-o", tmp_path / "local.jsonl", "-q") == EXIT_ROW_ERRORS
     assert batch("imgs", "--server", batch_server.address, "--model", MODEL, "-o", tmp_path / "remote.jsonl",
                  "--batch-size", "4", "--workers", "3", "-q") == EXIT_ROW_ERRORS
     here, there = read_rows(tmp_path / "local.jsonl"), read_rows(tmp_path / "remote.jsonl")
@@ -74,39 +76,39 @@ def test_remote_gives_the_same_rows_as_local(batch_repository: Path, batch_serve
     assert [r["probability"] for r in here] == pytest.approx([r["probability"] for r in there], abs=1e-5)
 
 
-def test_exit_code_zero_when_every_file_is_classified(batch_repository: Path, tree: Tree, in_trees: Path,
+def test_exit_code_zero_when_every_file_is_classified(repository: Repo, tree: Tree, in_trees: Path,
                                                       tmp_path: Path) -> None:
-    assert local(batch_repository, "imgs/nested", "imgs/a.png", "-o", tmp_path / "o.csv", "-q") == EXIT_OK
+    assert local(repository, "imgs/nested", "imgs/a.png", "-o", tmp_path / "o.csv", "-q") == EXIT_OK
     assert [r["path"] for r in read_rows(tmp_path / "o.csv")] == [
         "imgs/nested/d.JPG", "imgs/nested/deeper/c.png", "imgs/nested/rgba.png", "imgs/a.png"]
 
 
-def test_stdin_list_no_recursive_and_duplicates(batch_repository: Path, tree: Tree, in_trees: Path, tmp_path: Path,
+def test_stdin_list_no_recursive_and_duplicates(repository: Repo, tree: Tree, in_trees: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     listed = "imgs/ünï cödé ✓.webp\n\nimgs/missing.png\nimgs/nested\n"
     monkeypatch.setattr(sys, "stdin", io.StringIO(listed))
     out = tmp_path / "o.jsonl"
-    assert local(batch_repository, "-", "imgs/nested/d.JPG", "--no-recursive", "-o", out, "-q") == EXIT_ROW_ERRORS
+    assert local(repository, "-", "imgs/nested/d.JPG", "--no-recursive", "-o", out, "-q") == EXIT_ROW_ERRORS
     rows = read_rows(out)
     assert [r["path"] for r in rows] == ["imgs/ünï cödé ✓.webp", "imgs/missing.png", "imgs/nested/d.JPG",
                                          "imgs/nested/rgba.png"]
     assert rows[1]["error"] == "cannot read file: No such file or directory"
 
 
-def test_resume_skips_rows_already_done(batch_repository: Path, tree: Tree, in_trees: Path, tmp_path: Path,
+def test_resume_skips_rows_already_done(repository: Repo, tree: Tree, in_trees: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "o.csv"
-    assert local(batch_repository, "imgs/nested", "-o", out, "-q") == EXIT_OK
+    assert local(repository, "imgs/nested", "-o", out, "-q") == EXIT_OK
     first = out.read_bytes()
     capsys.readouterr()
-    assert local(batch_repository, "imgs", "-o", out, "--resume", "-q") == EXIT_ROW_ERRORS
+    assert local(repository, "imgs", "-o", out, "--resume", "-q") == EXIT_ROW_ERRORS
     assert out.read_bytes().startswith(first)  # appended, the earlier rows untouched
     assert sorted(r["path"] for r in read_rows(out)) == sorted(tree.all)
     summary = capsys.readouterr().out
     assert "resumed: 3 rows were already there" in summary
     assert "this run: 8 files" in summary
     # --overwrite starts again
-    assert local(batch_repository, "imgs/a.png", "-o", out, "--overwrite", "-q") == EXIT_OK
+    assert local(repository, "imgs/a.png", "-o", out, "--overwrite", "-q") == EXIT_OK
     assert [r["path"] for r in read_rows(out)] == ["imgs/a.png"]
 
 
@@ -122,13 +124,13 @@ def test_resume_skips_rows_already_done(batch_repository: Path, tree: Tree, in_t
     (["imgs", "-o", "{tmp}/o.csv", "--top-k", "9"], "top_k must be between 1 and 4 (the number of classes), got 9"),
     (["imgs", "-o", "{tmp}/o.csv", "--version", "7"], "model 'rgb' has no version 7"),
 ])
-def test_usage_errors_exit_2_before_any_work(batch_repository: Path, tree: Tree, in_trees: Path, tmp_path: Path,
+def test_usage_errors_exit_2_before_any_work(repository: Repo, tree: Tree, in_trees: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str], args: list[str],
                                              message: str) -> None:
     (tmp_path / "exists.csv").write_text("path,label,probability,top_k,error\n")
     (tmp_path / "dir.csv").mkdir()
     args = [a.format(tmp=tmp_path) for a in args]
-    assert local(batch_repository, *args) == EXIT_USAGE
+    assert local(repository, *args) == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("error: ")
     assert message.format(tmp=tmp_path) in err
@@ -136,24 +138,23 @@ def test_usage_errors_exit_2_before_any_work(batch_repository: Path, tree: Tree,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.csv", "exists.csv"]  # and nothing was written
 
 
-def test_unknown_model_and_argument_conflicts_are_usage_errors(batch_repository: Path, tree: Tree, in_trees: Path,
+def test_unknown_model_and_argument_conflicts_are_usage_errors(repository: Repo, tree: Tree, in_trees: Path,
                                                                tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    assert batch("imgs", "--repository", batch_repository, "--model", "nope", "-o", tmp_path / "o.csv") == EXIT_USAGE
+    assert batch("imgs", "--repository", repository.path, "--model", "nope", "-o", tmp_path / "o.csv") == EXIT_USAGE
     assert "model 'nope' is not in" in capsys.readouterr().err
     for extra in (["--resume", "--overwrite"], ["--server", "127.0.0.1:1"]):
         with pytest.raises(SystemExit) as exc:
-            local(batch_repository, "imgs", "-o", tmp_path / "o.csv", *extra)
+            local(repository, "imgs", "-o", tmp_path / "o.csv", *extra)
         assert exc.value.code == EXIT_USAGE
         assert "not allowed with argument" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
 
 
-def test_rejected_model_and_unreachable_server_exit_1(batch_repository: Path, tree: Tree, in_trees: Path,
+def test_rejected_model_and_unreachable_server_exit_1(repository: Repo, tree: Tree, in_trees: Path,
                                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     repo = tmp_path / "repo"
-    shutil.copytree(batch_repository, repo)
-    tamper_golden(copy_version(repo, (MODEL, 1), ("tampered", 1)))
+    add_version(repo, repository.path / MODEL / "1", "tampered", 1, tamper_golden)
     assert batch("imgs", "--repository", repo, "--model", "tampered", "-o", tmp_path / "o.csv") == EXIT_FAILED
     assert "error: model 'tampered' refused: golden self-check failed" in capsys.readouterr().err
     with socket.socket() as s:  # a port nobody listens on
@@ -179,47 +180,25 @@ def spawn(args: list[str | Path], cwd: Path, prefix: list[str] = ()) -> subproce
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux /proc)."""
-    found = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        for child in map(int, children.read_text().split()):
-            found += [child, *descendants(child)]
-    return found
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie waiting for whoever adopted it to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to find the child processes")
-def test_sigkill_then_resume_gives_every_input_exactly_once(batch_repository: Path, tmp_path: Path) -> None:
+def test_sigkill_then_resume_gives_every_input_exactly_once(repository: Repo, tmp_path: Path) -> None:
     n = 800
     make_pngs(tmp_path / "many", n, size=(16, 16))
     out = tmp_path / "out.csv"
-    args = ["many", "--repository", batch_repository, "--model", MODEL, "-o", out, "--batch-size", "4",
+    args = ["many", "--repository", repository.path, "--model", MODEL, "-o", out, "--batch-size", "4",
             "--workers", "1", "--threads", "1"]
     proc = spawn(args, tmp_path)
-    deadline = time.monotonic() + 60
-    try:  # kill it once some rows are on disk: they were flushed as they completed
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and out.read_bytes().count(b"\n") > 12:
-                break
-            time.sleep(0.002)
+    try:  # kill it once some rows are on disk: they were flushed as they completed (a file has no event to wait on)
+        wait_until(lambda: proc.poll() is not None or (out.exists() and out.read_bytes().count(b"\n") > 12), 60,
+                   "rows on disk", interval=0.002)
         helpers = descendants(proc.pid)  # the decoding processes (and multiprocessing's own helpers)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(10)
     assert proc.returncode == -signal.SIGKILL, f"the job ended by itself before it could be killed: {proc.stderr}"
     assert helpers, "the job had no decoding processes"
-    deadline = time.monotonic() + 10
-    while (alive := [pid for pid in helpers if running(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert alive == [], "decoding processes outlived the killed job"
+    # They are not our children: no wait() tells when they end, /proc does.
+    wait_until(lambda: not any(running(pid) for pid in helpers), 10, "the decoding processes to end after the job")
     killed = out.read_bytes()
     done = killed.count(b"\n") - 1
     assert 12 <= done < n
@@ -236,12 +215,12 @@ def test_sigkill_then_resume_gives_every_input_exactly_once(batch_repository: Pa
     assert paths == [f"many/{i:05d}.png" for i in range(n)]  # each once, in order, no fragment left
 
 
-def test_read_only_output_folder_fails_fast(batch_repository: Path, tree: Tree, tmp_path: Path) -> None:
+def test_read_only_output_folder_fails_fast(repository: Repo, tree: Tree, tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        proc = spawn([tree.root, "--repository", batch_repository, "--model", MODEL, "-o", locked / "o.csv"],
+        proc = spawn([tree.root, "--repository", repository.path, "--model", MODEL, "-o", locked / "o.csv"],
                      tmp_path, drop_root_privileges())
         stdout, stderr = proc.communicate(timeout=60)
     finally:
@@ -252,10 +231,10 @@ def test_read_only_output_folder_fails_fast(batch_repository: Path, tree: Tree, 
     assert list(locked.iterdir()) == []
 
 
-def test_probabilities_are_float32_exact(batch_repository: Path, tree: Tree, in_trees: Path, tmp_path: Path) -> None:
+def test_probabilities_are_float32_exact(repository: Repo, tree: Tree, in_trees: Path, tmp_path: Path) -> None:
     """What is written reads back as the very float32 the model produced (shortest repr, no rounding loss)."""
-    assert local(batch_repository, "imgs/a.png", "-o", tmp_path / "o.csv", "--top-k", "4", "-q") == EXIT_OK
-    (want,) = reference(batch_repository, ["imgs/a.png"], 4)
+    assert local(repository, "imgs/a.png", "-o", tmp_path / "o.csv", "--top-k", "4", "-q") == EXIT_OK
+    (want,) = reference(repository, ["imgs/a.png"], 4)
     (row,) = read_rows(tmp_path / "o.csv")
     got = np.array([p["probability"] for p in row["top_k"]], dtype=np.float32)
     np.testing.assert_array_equal(got, np.array([p.probability for p in want], dtype=np.float32))

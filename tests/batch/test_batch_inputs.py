@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from batch_fixtures import ROOT, drop_root_privileges
 
 from serving.batch.inputs import InputError, expand_inputs, read_path_list
+from tests.support.paths import ROOT
+from tests.support.processes import drop_root_privileges
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Fixtures of the container tests; helpers in deploy_fixtures.py, checks in deploy/check.py."""
+"""Fixtures of the container tests; helpers in tests/support/containers.py, checks in deploy/check.py."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_fixtures import ROOT, StandIn, WriteWatch, ensure_serve_venv, run, stand_in
 
 from deploy import check
 from deploy.dockerfile import Dockerfile
-from tests.imagegen import make_image_folder
+from tests.support.containers import StandIn, WriteWatch, ensure_serve_venv, run, stand_in
+from tests.support.images import make_image_folder
+from tests.support.paths import ROOT
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_fixtures import ROOT
 
 from deploy import check
 from deploy.dockerfile import Dockerfile
+from tests.support.paths import ROOT
 
 Compose = dict[str, Any]
 

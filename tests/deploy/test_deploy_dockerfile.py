@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from deploy_fixtures import ROOT
 
 from deploy import check
 from deploy.dockerfile import Dockerfile, DockerfileError, DockerIgnore, expand
+from tests.support.paths import ROOT
 
 
 def test_hadolint_passes_the_dockerfile() -> None:

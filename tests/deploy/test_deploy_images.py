@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_fixtures import ROOT, StandIn, WriteWatch, free_port, run, stand_in, terminate, wait_for
 
 from deploy import check
 from deploy.dockerfile import Dockerfile
+from tests.support.containers import StandIn, WriteWatch, run, stand_in, terminate, wait_for
+from tests.support.paths import ROOT
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_fixtures import ROOT
 
 from deploy import check
 from deploy.dockerfile import Dockerfile
+from tests.support.paths import ROOT
 
 FOLDER = ROOT / "deploy" / "kubernetes"
 Doc = dict[str, Any]

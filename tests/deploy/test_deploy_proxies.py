@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from deploy_fixtures import ROOT
 
 from deploy import check
+from tests.support.paths import ROOT
 
 Doc = dict[str, Any]
 

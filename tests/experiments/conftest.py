@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.experiments.experiment_fixtures import SEEDS, TINY
-from tests.imagegen import make_image_folder
+from tests.support.experiments import SEEDS, TINY
+from tests.support.images import make_image_folder
 from training.experiments import Settings, run_experiment
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from models import registry
-from tests.experiments.experiment_fixtures import tiny_argv
+from tests.support.experiments import tiny_argv
 from training.__main__ import main
 from training.experiments import EXPERIMENTS, rewrite_report
 

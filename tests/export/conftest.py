@@ -1,4 +1,4 @@
-"""Fixtures of the export tests; the RUN builders live in export_fixtures.py so test modules can import them."""
+"""Fixtures of the export tests: one torch thread, and RUN folders made once per set of arguments."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from export_fixtures import randomize_batchnorm, write_run
 
-from models import registry
+from tests.support.runs import make_run
+
+MakeRun = Callable[..., Path]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -20,21 +21,16 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-MakeRun = Callable[..., Path]
-
-
 @pytest.fixture(scope="session")
-def make_run(tmp_path_factory: pytest.TempPathFactory) -> MakeRun:
-    """``make_run(arch, classes, in_chans, size, **kw)`` → a RUN directory (cached per arguments)."""
+def run_of(tmp_path_factory: pytest.TempPathFactory) -> MakeRun:
+    """``run_of(arch, classes, in_chans, size)`` → a RUN folder from random weights (made once per arguments;
+    treat as read-only)."""
     cache: dict[tuple, Path] = {}
 
-    def make(arch: str, classes: int = 10, in_chans: int = 1, size: int = 16, **kw) -> Path:
-        key = (arch, classes, in_chans, size, tuple(sorted(kw.items())))
+    def make(arch: str, classes: int = 10, in_chans: int = 1, size: int = 16) -> Path:
+        key = (arch, classes, in_chans, size)
         if key not in cache:
-            torch.manual_seed(0)
-            model = randomize_batchnorm(registry.create(arch, classes, in_chans), in_chans, size)
-            cache[key] = write_run(tmp_path_factory.mktemp(f"run-{arch}"), model, arch, classes, in_chans, size,
-                                   **kw)
+            cache[key] = make_run(tmp_path_factory.mktemp(f"run-{arch}"), arch, classes, in_chans, size)
         return cache[key]
 
     return make

@@ -9,8 +9,8 @@ import pytest
 main = pytest.importorskip("training.__main__").main
 
 
-def test_cli_exit_codes(make_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run = make_run("resnet20", 10, 1, 16)
+def test_cli_exit_codes(run_of, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = run_of("resnet20", 10, 1, 16)
     repo = tmp_path / "repo"
     assert main(["export", str(run), "--repository", str(repo), "--name", "digits"]) == 0
     assert capsys.readouterr().out.strip().endswith(str(repo / "digits" / "1"))

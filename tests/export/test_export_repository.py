@@ -12,14 +12,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from export_fixtures import randomize_batchnorm
 from google.protobuf import text_format
-from test_fold import body_and_head
 
 from serving._generated import model_config_pb2 as config_pb2
 from serving.contract import triton
 from serving.contract.manifest import ModelManifest
 from serving.contract.preprocess import PreprocessSpec
+from tests.support.runs import body_and_head, randomize_batchnorm
 from training import export as ex
 from training.export import ExportError, VerificationFailed, export, export_run, load_run
 from training.verify import torch_runner
@@ -46,14 +45,14 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(make_run, repository: Path) -> dict[str, Path]:
+def exported(run_of, repository: Path) -> dict[str, Path]:
     """One published version per family (exported once for the whole module)."""
     out = {}
     for name, (arch, chans, size) in FAMILIES.items():
-        out[name] = export(make_run(arch, 10, chans, size), repository, name, log=_quiet)
+        out[name] = export(run_of(arch, 10, chans, size), repository, name, log=_quiet)
     # fastai vision_learner-style: a torchvision body + create_head (BatchNorm1d before Linear). The registry
     # cannot rebuild it from a checkpoint, so it goes through export_run with the module itself.
-    base = load_run(make_run("tv_resnet18", 5, 3, 32))
+    base = load_run(run_of("tv_resnet18", 5, 3, 32))
     torch.manual_seed(1)
     model = randomize_batchnorm(body_and_head(5), 3, 32)
     run = dataclasses.replace(base, model=model, arch="tv_resnet18+create_head", checkpoint=None)
@@ -170,8 +169,8 @@ def test_model_json_metadata_and_golden(exported: dict[str, Path], family: str) 
     assert meta["golden_atol"] >= 1e-4
 
 
-def test_next_version_and_no_overwrite(make_run, tmp_path: Path) -> None:
-    run = make_run("resnet20", 10, 1, 16)
+def test_next_version_and_no_overwrite(run_of, tmp_path: Path) -> None:
+    run = run_of("resnet20", 10, 1, 16)
     assert export(run, tmp_path, "m", log=_quiet).name == "1"
     assert export(run, tmp_path, "m", version=5, log=_quiet).name == "5"
     assert export(run, tmp_path, "m", log=_quiet).name == "6"
@@ -182,17 +181,17 @@ def test_next_version_and_no_overwrite(make_run, tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "5", "6", "config.pbtxt"]
 
 
-def test_forced_failure_leaves_nothing(make_run, tmp_path: Path) -> None:
-    run = make_run("resnet20", 10, 1, 16)
+def test_forced_failure_leaves_nothing(run_of, tmp_path: Path) -> None:
+    run = run_of("resnet20", 10, 1, 16)
     with pytest.raises(VerificationFailed, match=r"max_abs_diff [0-9.e-]+ > atol 0"):
         export(run, tmp_path, "strict", atol=0.0, log=_quiet)
     assert not (tmp_path / "strict").exists()
     assert list(tmp_path.iterdir()) == []
 
 
-def test_tampered_onnx_is_caught(make_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tampered_onnx_is_caught(run_of, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """If the exported graph computes something else, the onnxruntime comparison fails and names the gap."""
-    run = make_run("resnet20", 10, 1, 16)
+    run = run_of("resnet20", 10, 1, 16)
     export(run, tmp_path, "keep", log=_quiet)  # an earlier good version must survive a failed one
     real = ex.to_onnx
 
@@ -211,8 +210,8 @@ def test_tampered_onnx_is_caught(make_run, tmp_path: Path, monkeypatch: pytest.M
     assert sorted(p.name for p in (tmp_path / "keep").iterdir()) == ["1", "config.pbtxt"]
 
 
-def test_bad_inputs(make_run, tmp_path: Path) -> None:
-    run = make_run("resnet20", 10, 1, 16)
+def test_bad_inputs(run_of, tmp_path: Path) -> None:
+    run = run_of("resnet20", 10, 1, 16)
     with pytest.raises(ExportError, match="does not exist"):
         export(tmp_path / "nope", tmp_path, "m", log=_quiet)
     with pytest.raises(ExportError, match="model name"):
@@ -233,10 +232,10 @@ def test_bad_inputs(make_run, tmp_path: Path) -> None:
     assert not (tmp_path / "m").exists()
 
 
-def test_missing_image_is_an_export_error(make_run, tmp_path: Path) -> None:
+def test_missing_image_is_an_export_error(run_of, tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    src = make_run("resnet20", 10, 1, 16)
+    src = run_of("resnet20", 10, 1, 16)
     for f in ("model.pth", "spec.json", "metrics.json"):
         (run / f).write_bytes((src / f).read_bytes())
     data = json.loads((src / "data.json").read_text())
@@ -247,10 +246,10 @@ def test_missing_image_is_an_export_error(make_run, tmp_path: Path) -> None:
     assert list((tmp_path / "repo").iterdir()) == []
 
 
-def test_slow_runner_limited_to_the_first_samples(make_run) -> None:
+def test_slow_runner_limited_to_the_first_samples(run_of) -> None:
     from training import verify
 
-    run = load_run(make_run("resnet20", 10, 1, 16))
+    run = load_run(run_of("resnet20", 10, 1, 16))
     calls: list[int] = []
 
     def counting(x: np.ndarray) -> np.ndarray:
@@ -267,8 +266,8 @@ def test_slow_runner_limited_to_the_first_samples(make_run) -> None:
     assert cmp.batch_sizes == [1, 16]
 
 
-def test_optimized_copy(make_run, tmp_path: Path) -> None:
-    folder = export(make_run("resnet20", 10, 1, 16), tmp_path, "opt", optimize=True, log=_quiet)
+def test_optimized_copy(run_of, tmp_path: Path) -> None:
+    folder = export(run_of("resnet20", 10, 1, 16), tmp_path, "opt", optimize=True, log=_quiet)
     meta = json.loads((folder / "model.json").read_text())
     opt = folder / meta["optimized"]["file"]
     assert meta["optimized"]["sha256"] == ex.sha256(opt)
@@ -277,8 +276,8 @@ def test_optimized_copy(make_run, tmp_path: Path) -> None:
         assert np.abs(got - golden["logits"]).max() <= meta["golden_atol"]
 
 
-def test_int8_version(make_run, tmp_path: Path) -> None:
-    run = make_run("resnet20", 10, 1, 16)
+def test_int8_version(run_of, tmp_path: Path) -> None:
+    run = run_of("resnet20", 10, 1, 16)
     # Random weights and random labels: top-1 flips on near-ties are expected, so allow any drop here; the
     # refusal rule itself is tested below on a run whose labels are the FP32 model's own predictions.
     folder = export(run, tmp_path, "q", quantize="int8", max_int8_drop=1.0, log=_quiet)
@@ -302,9 +301,9 @@ def test_int8_version(make_run, tmp_path: Path) -> None:
         assert np.abs(got - golden["logits"]).max() <= meta["golden_atol"]
 
 
-def test_int8_refused_when_accuracy_drops(make_run, tmp_path: Path) -> None:
+def test_int8_refused_when_accuracy_drops(run_of, tmp_path: Path) -> None:
     """Labels = the FP32 model's predictions, so every INT8 top-1 flip is an accuracy drop; max drop 0 refuses."""
-    loaded = load_run(make_run("resnet18", 10, 3, 32))
+    loaded = load_run(run_of("resnet18", 10, 3, 32))
 
     predictions = []
     for x, _ in loaded.valid.batches(loaded.spec):

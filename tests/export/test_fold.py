@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from export_fixtures import randomize_batchnorm
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from models import registry
+from tests.support.runs import body_and_head, random_model, randomize_batchnorm
 from training.fold import Affine, fold_batchnorm, fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
 
 
@@ -24,31 +24,14 @@ def _bn(n: int, dim: int = 2, seed: int = 0) -> _BatchNorm:
     return bn.eval()
 
 
-def body_and_head(classes: int = 5) -> nn.Module:
-    """A fastai ``vision_learner``-style model: a torchvision ResNet body + ``create_head`` (BN1d → Linear)."""
-    from fastai.vision.learner import create_head
-
-    tv = registry.create("tv_resnet18", classes, 3)
-    body = nn.Sequential(*list(tv.children())[:-2])
-    return nn.Sequential(body, create_head(512, classes))
-
-
 def _no_batchnorm(model: nn.Module) -> bool:
     return not any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_fuse_conv_bn_matches_conv_then_bn(bias: bool) -> None:
-    conv, bn = nn.Conv2d(3, 6, 3, stride=2, padding=1, bias=bias), _bn(6)
-    x = torch.randn(2, 3, 9, 9)
-    expected = bn(conv(x))
-    fuse_conv_bn(conv, bn)
-    torch.testing.assert_close(conv(x), expected, atol=1e-5, rtol=1e-5)
-
-
-def test_fuse_grouped_conv_bn() -> None:
-    conv, bn = nn.Conv2d(4, 8, 3, groups=4, padding=1, bias=False), _bn(8)
-    x = torch.randn(2, 4, 6, 6)
+@pytest.mark.parametrize(("groups", "bias"), [(1, False), (1, True), (4, False)])
+def test_fuse_conv_bn_matches_conv_then_bn(groups: int, bias: bool) -> None:
+    conv, bn = nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=groups, bias=bias), _bn(8)
+    x = torch.randn(2, 4, 9, 9)
     expected = bn(conv(x))
     fuse_conv_bn(conv, bn)
     torch.testing.assert_close(conv(x), expected, atol=1e-5, rtol=1e-5)
@@ -79,8 +62,7 @@ FAMILIES = [
 
 @pytest.mark.parametrize(("arch", "in_chans", "size", "pairs"), FAMILIES)
 def test_fold_every_family(arch: str, in_chans: int, size: int, pairs: int) -> None:
-    torch.manual_seed(0)
-    model = randomize_batchnorm(registry.create(arch, 7, in_chans), in_chans, size)
+    model = random_model(arch, 7, in_chans, size)
     x = torch.randn(5, in_chans, size, size)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     folded, report = fold_batchnorm(model, x)
@@ -181,26 +163,30 @@ def test_same_weights_as_numpy_folding() -> None:
     fold_linear_bn = getattr(scratch, "fold_linear_bn", None)
     if fold_conv_bn is None or fold_bn_linear is None or fold_linear_bn is None:
         pytest.skip("models.scratch does not define fold_conv_bn/fold_bn_linear/fold_linear_bn")
+
+    def stats(bn: _BatchNorm) -> list:
+        """γ, β, running mean and variance as NumPy arrays, then ε: the NumPy folders' BatchNorm arguments."""
+        p = {k: v.detach().numpy().copy() for k, v in bn.state_dict().items() if v.dtype.is_floating_point}
+        return [p["weight"], p["bias"], p["running_mean"], p["running_var"], bn.eps]
+
+    def weight(m: nn.Module) -> np.ndarray:
+        return m.weight.detach().numpy().copy()
+
+    def assert_same(folded: tuple[np.ndarray, np.ndarray], fused: nn.Module) -> None:
+        np.testing.assert_allclose(folded[0], fused.weight.detach().numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(folded[1], fused.bias.detach().numpy(), rtol=1e-6, atol=1e-6)
+
     conv, bn = nn.Conv2d(3, 4, 3, bias=False), _bn(4)
-    params = {k: v.detach().numpy().copy() for k, v in bn.state_dict().items() if v.dtype.is_floating_point}
-    w_np, b_np = fold_conv_bn(conv.weight.detach().numpy().copy(), None, params["weight"], params["bias"],
-                              params["running_mean"], params["running_var"], bn.eps)
+    folded = fold_conv_bn(weight(conv), None, *stats(bn))
     fuse_conv_bn(conv, bn)
-    np.testing.assert_allclose(w_np, conv.weight.detach().numpy(), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(b_np, conv.bias.detach().numpy(), rtol=1e-6, atol=1e-6)
+    assert_same(folded, conv)
 
     bn1, lin = _bn(4, dim=1, seed=5), nn.Linear(4, 2)
-    p1 = {k: v.detach().numpy().copy() for k, v in bn1.state_dict().items() if v.dtype.is_floating_point}
-    w_np, b_np = fold_bn_linear(p1["weight"], p1["bias"], p1["running_mean"], p1["running_var"], bn1.eps,
-                                lin.weight.detach().numpy().copy(), lin.bias.detach().numpy().copy())
+    folded = fold_bn_linear(*stats(bn1), weight(lin), lin.bias.detach().numpy().copy())
     fuse_bn_linear(bn1, lin)
-    np.testing.assert_allclose(w_np, lin.weight.detach().numpy(), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(b_np, lin.bias.detach().numpy(), rtol=1e-6, atol=1e-6)
+    assert_same(folded, lin)
 
     lin, bn2 = nn.Linear(5, 4, bias=False), _bn(4, dim=1, seed=6)
-    p2 = {k: v.detach().numpy().copy() for k, v in bn2.state_dict().items() if v.dtype.is_floating_point}
-    w_np, b_np = fold_linear_bn(lin.weight.detach().numpy().copy(), None, p2["weight"], p2["bias"],
-                                p2["running_mean"], p2["running_var"], bn2.eps)
+    folded = fold_linear_bn(weight(lin), None, *stats(bn2))
     fuse_linear_bn(lin, bn2)
-    np.testing.assert_allclose(w_np, lin.weight.detach().numpy(), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(b_np, lin.bias.detach().numpy(), rtol=1e-6, atol=1e-6)
+    assert_same(folded, lin)

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from export_fixtures import randomize_batchnorm
 from PIL import Image
 
-from models import registry
 from serving.contract.preprocess import PreprocessSpec, preprocess
+from tests.support.runs import random_model
 
 fastai_vision = pytest.importorskip("fastai.vision.all")
 
@@ -100,8 +99,7 @@ def test_trainer_dataloaders_give_the_same_tensor(files: list[Path], mode: str) 
 def test_learn_predict_gives_the_same_probabilities(files: list[Path], mode: str) -> None:
     fv = fastai_vision
     spec = _spec(mode)
-    torch.manual_seed(0)
-    model = randomize_batchnorm(registry.create("resnet20", len(spec.labels), spec.channels), spec.channels, 12)
+    model = random_model("resnet20", len(spec.labels), spec.channels, 12)
     learn = fv.Learner(_stock_dataloaders(spec, files), model, loss_func=fv.CrossEntropyLossFlat())
     x = torch.from_numpy(_serving(spec, files))
     with torch.no_grad():

@@ -1,6 +1,6 @@
 """Security: nothing on the serving path unpickles (by reading the code, and by planting live pickles in a
-repository and watching the server with a Python audit hook); mutual TLS refuses certificates from another CA;
-message sizes are bounded both ways; dependency versions are pinned.
+repository and watching the server with a Python audit hook); message sizes are bounded both ways; dependency
+versions are pinned. (Mutual TLS refusing certificates from another CA: tests/serving/test_serving_tls.py.)
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import ast
 import os
 import pickle
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,22 +20,16 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from reliability_fixtures import (
-    ROOT,
-    ServerProcess,
-    add_version,
-    classify_request,
-    png_bytes,
-    seed_images,
-    wait_until,
-)
 
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import grpc_service_pb2_grpc
 from serving._generated import imageclassifier_pb2 as ic_pb2
-from serving.grpc.client import Client
 from serving.grpc.converters import encode_bytes_elements
-from tests.serving.serving_fixtures import ServerThread, base_config
+from tests.support.hostile import seed_images
+from tests.support.images import encode
+from tests.support.paths import ROOT
+from tests.support.repositories import Repo, add_version
+from tests.support.servers import ServerProcess, ServerThread, base_config, classify_request
 
 # ---- the code never unpickles --------------------------------------------------------------------------------------
 
@@ -157,10 +150,10 @@ def test_the_planted_payloads_are_live_and_the_audit_hook_sees_them(tmp_path: Pa
     assert "open" in log.read_text()  # the payload reduces to open(): find_class('io', 'open') was audited
 
 
-def test_planted_pickles_are_never_executed(rel_repo: Path, tmp_path: Path) -> None:
+def test_planted_pickles_are_never_executed(repository: Repo, tmp_path: Path) -> None:
     marker, log = tmp_path / "marker", tmp_path / "audit.log"
     repo = tmp_path / "repository"
-    plant(repo, rel_repo / "digits" / "1", marker)
+    plant(repo, repository.path / "digits" / "1", marker)
     refused = "model evil version 1 refused: cannot read golden.npz: Object arrays cannot be loaded when " \
               "allow_pickle=False"
     server = ServerProcess(repo, launcher=SERVE_UNDER_AUDIT, env={"PICKLE_AUDIT_LOG": str(log)})
@@ -173,72 +166,25 @@ def test_planted_pickles_are_never_executed(rel_repo: Path, tmp_path: Path) -> N
         # Changed files are read again on a rescan (SIGHUP): still refused, still nothing unpickled.
         (repo / "evil" / "1" / "export.pkl").write_bytes(pickle.dumps(Payload(marker)) + b"\n")
         server.signal(signal.SIGHUP)
-        wait_until(lambda: len(server.entries(lambda e: e.get("msg") == refused)) == 2, 15, "a second refusal")
+        first = server.wait_log(lambda e: e.get("msg") == refused, 5)
+        server.wait_log(lambda e: e.get("msg") == refused and e is not first, 15)  # the rescan's refusal
     finally:
         assert server.stop() == 0
     assert not marker.exists(), "a planted pickle was executed"
     assert not log.exists(), f"the server unpickled something: {log.read_text()}"
 
 
-# ---- mutual TLS ----------------------------------------------------------------------------------------------------
-
-EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-
-def openssl(cwd: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def make_ca(cwd: Path, ca: str) -> None:
-    openssl(cwd, "req", "-x509", *EC, "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-subj", f"/CN={ca}", "-days", "2")
-
-
-def issue(cwd: Path, ca: str, name: str, extensions: str) -> None:
-    openssl(cwd, "req", *EC, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-    (cwd / f"{name}.ext").write_text(extensions)
-    openssl(cwd, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
-            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
-
-
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
-def test_mutual_tls_refuses_certificates_from_another_ca(rel_repo: Path, tmp_path: Path) -> None:
-    """(tests/serving/test_serving_tls.py covers TLS, and mTLS with no client certificate.)"""
-    d = tmp_path
-    make_ca(d, "ca")
-    make_ca(d, "rogue-ca")  # same subject layout, different key: a certificate it signs proves nothing to us
-    issue(d, "ca", "server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-    issue(d, "ca", "client", "extendedKeyUsage=clientAuth\n")
-    issue(d, "rogue-ca", "intruder", "extendedKeyUsage=clientAuth\n")
-    server = ServerThread(base_config(rel_repo, models=("digits",), tls_cert=d / "server.crt",
-                                      tls_key=d / "server.key", tls_client_ca=d / "ca.crt")).start()
-    target = f"localhost:{server.port}"
-    try:
-        with Client(target, tls_ca=d / "ca.crt", tls_cert=d / "client.crt", tls_key=d / "client.key") as good:
-            assert good.health() == "SERVING"
-        with Client(target, tls_ca=d / "ca.crt", tls_cert=d / "intruder.crt", tls_key=d / "intruder.key",
-                    timeout=3) as intruder, pytest.raises(grpc.RpcError) as refused:
-            intruder.health()
-        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        # The client checks the server too: a server certificate from a CA it does not trust is refused.
-        with Client(target, tls_ca=d / "rogue-ca.crt", tls_cert=d / "client.crt", tls_key=d / "client.key",
-                    timeout=3) as fooled, pytest.raises(grpc.RpcError) as untrusted:
-            fooled.health()
-        assert untrusted.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        server.close()
-
-
 # ---- message sizes, both directions --------------------------------------------------------------------------------
 
-def test_message_size_limits_in_both_directions(rel_repo: Path) -> None:
+def test_message_size_limits_in_both_directions(repository: Repo,
+                                                make_server: Callable[..., ServerThread]) -> None:
     """Requests: gRPC refuses one over ``--max-message-mb`` (RESOURCE_EXHAUSTED), and the data plane refuses one whose
     images would expand past it. Responses: a ModelInfer answer holds N × K float32 logits for N inputs of C·H·W
     float32 values, each input bounded by the limit; K ≤ C·H·W for every model served, so no answer can exceed it.
     Classify answers hold at most K predictions per image."""
-    server = ServerThread(base_config(rel_repo, max_message_mb=1)).start()
+    server = make_server(base_config(repository.path, max_message_mb=1))
     limit = 1 << 20
-    try:
-        channel = grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 8 << 20)])
+    with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
         infer = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         tensor = kserve_pb2.ModelInferRequest.InferInputTensor
         over = np.zeros((335, 1, 28, 28), np.float32)  # 1,050,560 bytes of data
@@ -249,7 +195,7 @@ def test_message_size_limits_in_both_directions(rel_repo: Path) -> None:
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert re.search(r"[Rr]eceived message larger than max \(\d+ vs\. 1048576\)", e.value.details())
         most = limit // (4 * 28 * 28)
-        tiny = png_bytes(Image.new("L", (1, 1), 255))
+        tiny = encode(Image.new("L", (1, 1), 255), "PNG")
         request = kserve_pb2.ModelInferRequest(
             model_name="digits", inputs=[tensor(name="input", datatype="BYTES", shape=[most])],
             raw_input_contents=[encode_bytes_elements([tiny] * most)])
@@ -259,8 +205,6 @@ def test_message_size_limits_in_both_directions(rel_repo: Path) -> None:
         for name, loaded in server.server.registry.models.items():
             c, h, w = loaded.manifest.input_shape
             assert loaded.manifest.num_classes <= c * h * w, name
-    finally:
-        server.close()
 
 
 # ---- pinned dependencies -------------------------------------------------------------------------------------------

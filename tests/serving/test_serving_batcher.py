@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,13 +17,16 @@ from serving.runtime.metrics import Metrics
 
 
 class Model:
-    """Row sums, recording every batch it was called with; ``gate`` can hold a call until released."""
+    """Row sums, recording every batch it was called with; ``gate`` can hold a call until released, and ``entered``
+    is set once a call is inside (holding the batcher's compute thread)."""
 
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.batches: list[int] = []
         self.gate = gate
+        self.entered = threading.Event()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.entered.set()
         if self.gate is not None:
             self.gate.wait(5)
         self.batches.append(len(x))
@@ -79,9 +81,10 @@ def test_without_delay_requests_arriving_during_a_call_form_the_next_batch() -> 
         batcher = DynamicBatcher(model, name="m", max_batch=16, max_delay_s=0.0)
         batcher.start()
         first = asyncio.ensure_future(batcher.submit(sample(1)))
-        await asyncio.sleep(0.05)  # the first call is now blocked in the model
+        await asyncio.to_thread(model.entered.wait, 5)  # the first call is now blocked in the model
         rest = [asyncio.ensure_future(batcher.submit(sample(i))) for i in range(5)]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one loop pass: the five submits run up to their wait (a yield, not a wait for time)
+        assert batcher.depth == 5
         gate.set()
         await asyncio.gather(first, *rest)
         await batcher.close()
@@ -95,11 +98,11 @@ def test_full_queue_is_refused_at_once() -> None:
         batcher = DynamicBatcher(Model(), name="m", max_batch=8, max_delay_s=0.5, max_queue=2)
         batcher.start()
         waiting = [asyncio.ensure_future(batcher.submit(sample(i))) for i in range(2)]
-        await asyncio.sleep(0)
-        started = time.perf_counter()
+        await asyncio.sleep(0)  # one loop pass: both queued
+        assert batcher.depth == 2
         with pytest.raises(Overloaded, match=r"model 'm': queue full \(2 requests waiting\)"):
             await batcher.submit(sample(9))
-        assert time.perf_counter() - started < 0.05
+        assert not any(w.done() for w in waiting)  # refused at once, not after the 0.5 s window
         await asyncio.gather(*waiting)
         await batcher.close()
 
@@ -117,7 +120,8 @@ def test_cancelled_and_expired_requests_are_never_computed() -> None:
         cancelled = asyncio.ensure_future(batcher.submit(sample(1)))
         expiring = asyncio.ensure_future(batcher.submit(sample(2), deadline=loop.time() + 0.05))
         kept = asyncio.ensure_future(batcher.submit(sample(3)))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # one loop pass: all three queued
+        assert batcher.depth == 3
         cancelled.cancel()
         np.testing.assert_array_equal(await kept, [[12.0]])
         with pytest.raises(DeadlineExceeded, match="deadline passed while the request was queued"):
@@ -159,7 +163,8 @@ def test_close_answers_queued_requests_and_refuses_new_ones() -> None:
         batcher = DynamicBatcher(Model(), name="m", max_batch=8, max_delay_s=5.0)
         batcher.start()
         queued = asyncio.ensure_future(batcher.submit(sample(1)))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # one loop pass: queued, inside its 5 s window
+        assert batcher.depth == 1
         await batcher.close()
         with pytest.raises(NotReady, match="shutting down"):
             await queued
@@ -202,17 +207,20 @@ def test_requests_one_loop_pass_apart_share_a_call() -> None:
 
 
 def test_under_load_the_next_batch_waits_briefly_for_more(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batcher_module, "BUSY_WAIT_S", 0.5)  # wide, so that the test does not race the window
+    # A 60 s wait that max_batch (3) ends early: the batch of three can only form if the consumer waited for the
+    # late request, and the test cannot race the window.
+    monkeypatch.setattr(batcher_module, "BUSY_WAIT_S", 60.0)
     gate = threading.Event()
     model = Model(gate)
 
     async def main() -> None:
-        batcher = DynamicBatcher(model, name="m", max_batch=8)
+        batcher = DynamicBatcher(model, name="m", max_batch=3)
         batcher.start()
         first = asyncio.ensure_future(batcher.submit(sample(1)))
-        await asyncio.sleep(0.05)  # computing, held by the gate
+        await asyncio.to_thread(model.entered.wait, 5)  # computing, held by the gate
         during = [asyncio.ensure_future(batcher.submit(sample(i))) for i in range(2)]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one loop pass: both queued while the first computes (a yield, not a wait)
+        assert batcher.depth == 2
         gate.set()
         await first
         late = asyncio.ensure_future(batcher.submit(sample(9)))  # after the call ended, within the wait
@@ -224,19 +232,16 @@ def test_under_load_the_next_batch_waits_briefly_for_more(monkeypatch: pytest.Mo
 
 
 def test_a_lone_client_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batcher_module, "BUSY_WAIT_S", 5.0)  # would be obvious if a request ever waited for it
+    # A 60 s wait: had any of the 20 requests waited for it, the 30 s guard below would fail the test.
+    monkeypatch.setattr(batcher_module, "BUSY_WAIT_S", 60.0)
     model = Model()
 
-    async def main() -> float:
+    async def main() -> None:
         batcher = DynamicBatcher(model, name="m", max_batch=8)
         batcher.start()
-        started = time.perf_counter()
         for i in range(20):
             await batcher.submit(sample(i))
-        elapsed = time.perf_counter() - started
         await batcher.close()
-        return elapsed
 
-    elapsed = asyncio.run(asyncio.wait_for(main(), 30))
+    asyncio.run(asyncio.wait_for(main(), 30))
     assert model.batches == [1] * 20
-    assert elapsed < 2.0

@@ -4,8 +4,6 @@ under load, settings from environment variables."""
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
 import signal
 import subprocess
@@ -17,68 +15,21 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serving_fixtures import Repo
 
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
 from serving.runtime import loader
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class ServeProcess:
-    """``python -m serving serve`` in a subprocess; its JSON log lines are collected by a reader thread."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving", "serve", *args], cwd=ROOT, text=True,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **env})
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[dict] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        listening = self.wait_for(lambda entry: "port" in entry, 60)
-        self.port = int(listening["port"])
-        self.metrics_port = listening["metrics_port"]
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.put(line)
-
-    def wait_for(self, predicate, timeout: float) -> dict:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            entry = json.loads(line)
-            self.log.append(entry)
-            if predicate(entry):
-                return entry
-        raise AssertionError(f"server log never matched; exit code {self.proc.poll()}; log: {self.log[-5:]}")
-
-    def drain_log(self) -> list[dict]:
-        while True:
-            try:
-                self.log.append(json.loads(self.lines.get(timeout=0.5)))
-            except queue.Empty:
-                return self.log
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
+from tests.support.paths import ROOT
+from tests.support.repositories import Repo
+from tests.support.servers import ServerProcess
 
 
 @pytest.fixture
-def serve_process(repo: Repo) -> Iterator[ServeProcess]:
+def serve_process(serving_repo: Repo) -> Iterator[ServerProcess]:
+    """``serve`` configured the way containers do it: settings in SERVING_* variables, only a few flags."""
     env = {"SERVING_MODELS": "digits,rgb", "SERVING_MAX_QUEUE_DELAY_MS": "2", "SERVING_THREADS": "1"}
-    process = ServeProcess(["--repository", str(repo.path), "--host", "127.0.0.1", "--port", "0",
-                            "--metrics-port", "0", "--decode-workers", "1", "--grace-s", "10"], env)
+    process = ServerProcess(serving_repo.path, "--grace-s", "10", env=env, settings=("--decode-workers", "1"),
+                            wait_ready=False)
     yield process
     process.stop()
 
@@ -88,25 +39,11 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
                           timeout=timeout)
 
 
-def wait_serving(address: str, timeout: float = 30) -> float:
-    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
-    serving = health_pb2.HealthCheckResponse.SERVING
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == serving:
-                return time.perf_counter()
-        except grpc.RpcError:
-            pass
-        time.sleep(0.02)
-    raise AssertionError("server never became SERVING")
-
-
 @pytest.mark.slow
-def test_serve_health_classify_and_sigterm_under_load(serve_process: ServeProcess, repo: Repo,
+def test_serve_health_classify_and_sigterm_under_load(serve_process: ServerProcess, serving_repo: Repo,
                                                       image_files: dict[str, Path]) -> None:
-    address = f"127.0.0.1:{serve_process.port}"
-    wait_serving(address)
+    address = serve_process.address
+    serve_process.wait_serving()
     # health: exit 0 iff SERVING (Docker HEALTHCHECK)
     ok = run_cli("health", "--server", address)
     assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING")
@@ -118,7 +55,7 @@ def test_serve_health_classify_and_sigterm_under_load(serve_process: ServeProces
     out = run_cli("classify", "--server", address, "--model", "digits", "--top-k", "2", "--json", *map(str, paths))
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
-    expected = loader.load(repo.path, "digits", threads=1).predictor.classify(paths, top_k=2)
+    expected = loader.load(serving_repo.path, "digits", threads=1).predictor.classify(paths, top_k=2)
     assert [line["image"] for line in lines] == list(map(str, paths))
     for line, preds in zip(lines, expected, strict=True):
         assert [p["index"] for p in line["predictions"]] == [p.index for p in preds]
@@ -133,6 +70,7 @@ def test_serve_health_classify_and_sigterm_under_load(serve_process: ServeProces
     request = ic_pb2.ClassifyRequest(model="digits", images=[ic_pb2.Image(encoded=paths[0].read_bytes())])
     outcomes: list[tuple[str, str]] = []
     lock = threading.Lock()
+    busy = threading.Event()  # set by the clients once 50 answers came back: the server is under load
 
     def client() -> None:
         for _ in range(2000):
@@ -143,20 +81,21 @@ def test_serve_health_classify_and_sigterm_under_load(serve_process: ServeProces
                 result = (e.code().name, e.details() or "")
             with lock:
                 outcomes.append(result)
+                if sum(o[0] == "OK" for o in outcomes) >= 50:
+                    busy.set()
             if result[0] != "OK":
                 return
 
     threads = [threading.Thread(target=client) for _ in range(6)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 20
-    while sum(o[0] == "OK" for o in outcomes) < 50 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert busy.wait(60), f"only {len(outcomes)} answers under load"
     signalled = time.perf_counter()
-    serve_process.proc.send_signal(signal.SIGTERM)
+    serve_process.signal(signal.SIGTERM)
+    # A hang guard, not a speed target: draining takes milliseconds; exit 0 within the grace period (--grace-s 10).
     assert serve_process.proc.wait(20) == 0
     drain_s = time.perf_counter() - signalled
-    assert drain_s < 10.0  # exit 0 within the grace period (--grace-s 10)
+    assert drain_s < 10.0
     for t in threads:
         t.join(30)
     assert sum(code == "OK" for code, _ in outcomes) >= 50
@@ -167,7 +106,8 @@ def test_serve_health_classify_and_sigterm_under_load(serve_process: ServeProces
     # gRPC core but no handler yet — core's known shutdown behaviour (grpc/grpc#41785), never our handlers.
     assert all(code == "UNAVAILABLE" or (code, details) == ("CANCELLED", "CANCELLED") for code, details in failures)
     assert not [d for _, d in failures if "shutting down" in d]
-    log = serve_process.drain_log()
+    assert serve_process.stop() == 0
+    log = serve_process.entries()  # the whole log: stop() read it to the end
     # Every call that reached a handler finished OK: the handler logs any other outcome (CANCELLED included).
     handled = [e for e in log if e.get("method") == "Classify" and e.get("code") not in ("OK", "NOT_FOUND")]
     assert not handled, handled[:3]
@@ -185,8 +125,8 @@ def test_serve_refuses_a_missing_repository(tmp_path: Path) -> None:
     assert re.search(r"error: model repository .*nothing is not a directory", result.stderr)
 
 
-def test_serve_refuses_an_unknown_model(repo: Repo) -> None:
-    result = run_cli("serve", "--repository", str(repo.path), "--models", "nope", "--port", "0")
+def test_serve_refuses_an_unknown_model(repository: Repo) -> None:
+    result = run_cli("serve", "--repository", str(repository.path), "--models", "nope", "--port", "0")
     assert result.returncode == 2
     assert "error: model 'nope' is not in" in result.stderr
 

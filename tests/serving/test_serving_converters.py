@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from serving_fixtures import Repo
 
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving.contract.manifest import ModelManifest
 from serving.errors import InvalidInput
 from serving.grpc import converters
+from tests.support.repositories import Repo
 
 Input = kserve_pb2.ModelInferRequest.InferInputTensor
 
 
 @pytest.fixture(scope="module")
-def manifest(repo: Repo) -> ModelManifest:
-    return ModelManifest.load(repo.path / "digits" / "1" / "model.json")
+def manifest(repository: Repo) -> ModelManifest:
+    return ModelManifest.load(repository.path / "digits" / "1" / "model.json")
 
 
 def test_bytes_elements_round_trip() -> None:

@@ -3,9 +3,9 @@ shutdown — on real servers."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +14,6 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serving_fixtures import Repo, ServerThread, base_config, draw_image, encode, scrape
 
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import grpc_service_pb2_grpc as kserve_grpc
@@ -23,7 +22,10 @@ from serving._generated import imageclassifier_pb2_grpc as ic_grpc
 from serving.errors import DeadlineExceeded, InvalidInput, ModelNotFound, ModelRejected, NotReady, Overloaded
 from serving.grpc.converters import array_to_tensor
 from serving.grpc.status import status_for
-from serving.runtime import loader
+from serving.runtime.predictor import Predictor
+from tests.support.images import draw_image, encode
+from tests.support.repositories import Repo
+from tests.support.servers import ServerThread, base_config, sample, total, wait_until
 
 MakeServer = Callable[..., ServerThread]
 
@@ -101,9 +103,9 @@ def test_open_inference_protocol_errors(server: ServerThread) -> None:
            lambda: stub.ModelConfig(kserve_pb2.ModelConfigRequest(name="nope")))
 
 
-def test_health_goes_from_not_serving_to_serving(make_server: MakeServer, repo: Repo,
+def test_health_goes_from_not_serving_to_serving(make_server: MakeServer, serving_repo: Repo,
                                                  image_files: dict[str, Path]) -> None:
-    server = make_server(base_config(repo.path, models=("digits", "tampered")), load=False)
+    server = make_server(base_config(serving_repo.path, models=("digits", "tampered")), load=False)
     channel = grpc.insecure_channel(server.address)
     health = health_pb2_grpc.HealthStub(channel)
     infer = kserve_grpc.GRPCInferenceServiceStub(channel)
@@ -128,18 +130,19 @@ def test_health_goes_from_not_serving_to_serving(make_server: MakeServer, repo: 
     assert infer.ModelReady(kserve_pb2.ModelReadyRequest(name="digits")).ready
 
 
-def test_only_tampered_models_leave_the_server_not_serving(make_server: MakeServer, repo: Repo) -> None:
-    server = make_server(base_config(repo.path, models=("tampered", "corrupt")))
+def test_only_tampered_models_leave_the_server_not_serving(make_server: MakeServer, serving_repo: Repo) -> None:
+    server = make_server(base_config(serving_repo.path, models=("tampered", "corrupt")))
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address))
     assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_result(
-        make_server: MakeServer, repo: Repo, image_files: dict[str, Path]) -> None:
-    server = make_server(base_config(repo.path, models=("digits",), max_batch=6, max_queue_delay_ms=500))
-    predictor = loader.load(repo.path, "digits", threads=1).predictor
+        make_server: MakeServer, serving_repo: Repo, digits: Predictor, image_files: dict[str, Path]) -> None:
+    # A 60 s batching window and a 30 s deadline: the answers come back only if the sixth image, reaching max_batch,
+    # closed the batch early — nobody waited for the window.
+    server = make_server(base_config(serving_repo.path, models=("digits",), max_batch=6, max_queue_delay_ms=60_000))
     paths = list(image_files.values())
-    expected = predictor.classify(paths, top_k=3)
+    expected = digits.classify(paths, top_k=3)
     stub = classify_stub(server)
     barrier = threading.Barrier(len(paths))
 
@@ -149,52 +152,60 @@ def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_result(
                                  timeout=30)
         return [p.index for p in response.results[0].predictions]
 
-    started = time.perf_counter()
     with ThreadPoolExecutor(len(paths)) as pool:
         results = list(pool.map(call, range(len(paths))))
     assert results == [[p.index for p in preds] for preds in expected]
-    # six images reached max_batch, so nobody waited for the 500 ms window
-    assert time.perf_counter() - started < 0.45
-    samples = scrape(server)
-    calls = samples[("serving_batch_size_count", (("model", "digits"),))]
-    images = samples[("serving_batch_size_sum", (("model", "digits"),))]
+    calls = sample(server, "serving_batch_size_count", model="digits")
+    images = sample(server, "serving_batch_size_sum", model="digits")
     assert images == len(paths)
-    assert calls < len(paths), f"{calls} onnxruntime calls for {images} images: nothing was batched"
+    assert calls == 1, f"{calls} onnxruntime calls for {images} images: not one batch"
 
 
-def test_full_queue_and_expired_deadlines(make_server: MakeServer, repo: Repo, image_files: dict[str, Path]) -> None:
-    # A long batching window keeps the first request queued: the queue (1) is then full.
-    server = make_server(base_config(repo.path, models=("digits",), max_queue=1, max_queue_delay_ms=1500))
+def test_full_queue_is_refused_at_once(make_server: MakeServer, serving_repo: Repo,
+                                       image_files: dict[str, Path]) -> None:
+    server = make_server(base_config(serving_repo.path, models=("digits",), max_queue=1))
     stub = classify_stub(server)
+    batcher = server.model("digits").batcher
     request = ic_pb2.ClassifyRequest(model="digits", images=[image(image_files["img0.png"])])
-    first = stub.Classify.future(request, timeout=10)
-    deadline = time.monotonic() + 5
-    while scrape(server).get(("serving_queue_depth", (("model", "digits"),))) != 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    started = time.perf_counter()
-    expect(grpc.StatusCode.RESOURCE_EXHAUSTED, "model 'digits': queue full (1 requests waiting); retry later",
-           lambda: stub.Classify(request, timeout=10))
-    assert time.perf_counter() - started < 0.5  # refused at once, not after the window
-    assert first.result().results
-    # A request whose deadline passes in the queue is dropped, never computed.
-    computed = scrape(server)[("serving_batch_size_count", (("model", "digits"),))]
-    expect(grpc.StatusCode.DEADLINE_EXCEEDED, "", lambda: stub.Classify(request, timeout=0.3))
-    time.sleep(1.6)  # past the batching window that would have run it
-    samples = scrape(server)
-    assert samples[("serving_batch_size_count", (("model", "digits"),))] == computed
-    dropped = sum(v for (name, labels), v in samples.items() if name == "serving_dropped_requests_total")
-    assert dropped == 1
+    # The first request waits in a held batch, the second in the queue, which (max_queue 1) is then full.
+    with server.held_batch("digits", lambda: stub.Classify.future(request, timeout=30)) as computing:
+        queued = stub.Classify.future(request, timeout=30)
+        wait_until(lambda: batcher.depth == 1, 10, "the second request in the queue")
+        expect(grpc.StatusCode.RESOURCE_EXHAUSTED, "model 'digits': queue full (1 requests waiting); retry later",
+               lambda: stub.Classify(request, timeout=10))
+        assert not computing.done()  # refused at once, not once the queue had room
+        assert not queued.done()
+    assert computing.result().results
+    assert queued.result().results
 
 
-def test_message_too_large(make_server: MakeServer, repo: Repo) -> None:
-    server = make_server(base_config(repo.path, models=("digits",), max_message_mb=1))
+def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed(
+        make_server: MakeServer, serving_repo: Repo, image_files: dict[str, Path]) -> None:
+    server = make_server(base_config(serving_repo.path, models=("digits",)))
+    stub = classify_stub(server)
+    batcher = server.model("digits").batcher
+    request = ic_pb2.ClassifyRequest(model="digits", images=[image(image_files["img0.png"])])
+    with server.held_batch("digits", lambda: stub.Classify.future(request, timeout=30)) as computing:
+        # The second waits in the queue behind the held batch until its deadline passes.
+        expect(grpc.StatusCode.DEADLINE_EXCEEDED, "", lambda: stub.Classify(request, timeout=0.3))
+        wait_until(lambda: total(server, "serving_dropped_requests_total") == 1, 10, "the expired request dropped")
+        assert batcher.depth == 0
+    assert computing.result().results
+    # One call, of the held batch's one image: the expired request left the queue and never ran.
+    assert sample(server, "serving_batch_size_count", model="digits") == 1
+    assert sample(server, "serving_batch_size_sum", model="digits") == 1
+
+
+def test_message_too_large(make_server: MakeServer, serving_repo: Repo) -> None:
+    server = make_server(base_config(serving_repo.path, models=("digits",), max_message_mb=1))
     big = ic_pb2.ClassifyRequest(model="digits", images=[ic_pb2.Image(encoded=b"\x00" * (2 << 20))])
     expect(grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max", lambda: classify_stub(server).Classify(big))
 
 
 def test_unexpected_errors_are_internal_with_a_logged_request_id(
-        make_server: MakeServer, repo: Repo, image_files: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
-    server = make_server(base_config(repo.path, models=("digits",)))
+        make_server: MakeServer, serving_repo: Repo, image_files: dict[str, Path],
+        caplog: pytest.LogCaptureFixture) -> None:
+    server = make_server(base_config(serving_repo.path, models=("digits",)))
     # Break the model's compute thread pool: the next batch fails with an error no handler expects.
     server.server.registry.models["digits"].batcher._executor.shutdown()
     stub = classify_stub(server)
@@ -209,16 +220,27 @@ def test_unexpected_errors_are_internal_with_a_logged_request_id(
 
 
 def test_graceful_stop_finishes_accepted_requests_and_refuses_new_ones(
-        make_server: MakeServer, repo: Repo, image_files: dict[str, Path]) -> None:
-    server = make_server(base_config(repo.path, models=("digits",), max_queue_delay_ms=400))
+        make_server: MakeServer, serving_repo: Repo, image_files: dict[str, Path]) -> None:
+    server = make_server(base_config(serving_repo.path, models=("digits",)))
     stub = classify_stub(server)
     request = ic_pb2.ClassifyRequest(model="digits", images=[image(image_files["img0.png"])])
-    accepted = stub.Classify.future(request, timeout=10)
-    time.sleep(0.1)  # accepted and waiting in the batching window
-    stopping = threading.Thread(target=server.call, args=(server.server.stop(5.0),))
-    stopping.start()
-    time.sleep(0.1)
-    expect(grpc.StatusCode.UNAVAILABLE, "", lambda: stub.Classify(request, timeout=5))
+    refusing = threading.Event()
+    grpc_stop = server.server.grpc.stop
+
+    async def stop_and_tell(grace: float | None) -> None:
+        # gRPC's stop() refuses new calls in its first step, then waits out the grace period: tell the test between.
+        stopping = asyncio.ensure_future(grpc_stop(grace))
+        await asyncio.sleep(0)  # one loop pass, in which that first step runs (a yield, not a wait for time)
+        refusing.set()
+        await stopping
+
+    server.server.grpc.stop = stop_and_tell
+    with server.held_batch("digits", lambda: stub.Classify.future(request, timeout=10)) as accepted:
+        stopping = threading.Thread(target=server.call, args=(server.server.stop(5.0),))
+        stopping.start()
+        assert refusing.wait(10)
+        expect(grpc.StatusCode.UNAVAILABLE, "", lambda: stub.Classify(request, timeout=5))
+        assert not accepted.done()  # still in progress when the new call was refused
     assert accepted.result().results  # finished during the grace period
     stopping.join(10)
     assert not stopping.is_alive()

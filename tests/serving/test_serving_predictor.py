@@ -7,22 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_fixtures import Repo, draw_image, encode
 
 from serving.errors import InvalidInput
 from serving.runtime import loader
 from serving.runtime.prediction import softmax, top_predictions
 from serving.runtime.predictor import Predictor
-
-
-@pytest.fixture(scope="module")
-def digits(repo: Repo) -> Predictor:
-    return loader.load(repo.path, "digits", threads=1).predictor
-
-
-@pytest.fixture(scope="module")
-def rgb(repo: Repo) -> Predictor:
-    return loader.load(repo.path, "rgb", threads=1).predictor
+from tests.support.images import draw_image, encode
+from tests.support.repositories import Repo
 
 
 @pytest.mark.parametrize("model", ["digits", "rgb"])
@@ -80,20 +71,20 @@ def test_input_checks(digits: Predictor) -> None:
         digits.preprocess(b"definitely not an image")
 
 
-def test_decompression_bomb_is_invalid_input(repo: Repo) -> None:
-    predictor = loader.load(repo.path, "digits", threads=1, max_pixels=100_000).predictor
+def test_decompression_bomb_is_invalid_input(repository: Repo) -> None:
+    predictor = loader.load(repository.path, "digits", threads=1, max_pixels=100_000).predictor
     bomb = encode(draw_image(0, (1000, 1000), "L"), "PNG")  # small file, a megapixel
     with pytest.raises(InvalidInput, match="1000x1000 = 1000000 pixels, more than the limit of 100000"):
         predictor.preprocess(bomb)
 
 
-def test_cuda_falls_back_to_cpu_with_a_warning(repo: Repo, caplog: pytest.LogCaptureFixture) -> None:
+def test_cuda_falls_back_to_cpu_with_a_warning(repository: Repo, caplog: pytest.LogCaptureFixture) -> None:
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA: the fallback path is not taken")
     with caplog.at_level(logging.WARNING, logger="serving.runtime.predictor"):
-        predictor = loader.load(repo.path, "digits", threads=1, device="cuda").predictor
+        predictor = loader.load(repository.path, "digits", threads=1, device="cuda").predictor
     assert predictor.device == "cpu"
     assert predictor.providers == ["CPUExecutionProvider"]
     assert "onnxruntime has no CUDAExecutionProvider" in caplog.text

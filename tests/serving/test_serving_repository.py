@@ -8,22 +8,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_fixtures import Repo, copy_version, minimal_export, tamper_golden, tamper_onnx
 
 from serving.contract import layout
+from serving.contract.manifest import ModelManifest
 from serving.errors import ModelNotFound, ModelRejected
 from serving.runtime import loader
+from tests.support.repositories import Repo, add_version, minimal_export, tamper_golden, tamper_onnx
 
 
 @pytest.fixture
-def scratch(repo: Repo, tmp_path: Path) -> Path:
+def scratch(repository: Repo, tmp_path: Path) -> Path:
     """A private copy of digits/1 to damage."""
     target = tmp_path / "repo"
-    shutil.copytree(repo.path / "digits" / "1", target / "digits" / "1")
+    shutil.copytree(repository.path / "digits" / "1", target / "digits" / "1")
     return target
 
 
-def test_discover_and_select(repo: Repo) -> None:
+def test_discover_and_select(serving_repo: Repo) -> None:
+    repo = serving_repo
     found = layout.discover(repo.path)
     assert found == {"corrupt": [1], "digits": [1, 2], "rgb": [1], "tampered": [1]}
     assert layout.select(repo.path)["digits"] == (2, [1, 2])  # the latest unless pinned
@@ -43,8 +45,8 @@ def test_folders_that_are_not_versions_are_ignored(scratch: Path) -> None:
     assert layout.discover(scratch) == {"digits": [1]}
 
 
-def test_a_good_model_loads_and_passes_its_golden_check(repo: Repo) -> None:
-    loaded = loader.load(repo.path, "digits", 1, threads=1)
+def test_a_good_model_loads_and_passes_its_golden_check(repository: Repo) -> None:
+    loaded = loader.load(repository.path, "digits", 1, threads=1)
     assert loaded.predictor.name == "digits"
     assert loaded.predictor.version == 1
     assert loaded.golden.samples > 0
@@ -93,14 +95,15 @@ def test_missing_golden_is_refused(scratch: Path) -> None:
         loader.load(scratch, "digits", threads=1)
 
 
-def test_copy_helper_keeps_the_checks_valid(repo: Repo, tmp_path: Path) -> None:
-    shutil.copytree(repo.path / "rgb", tmp_path / "rgb")
-    copy_version(tmp_path, ("rgb", 1), ("rgb", 5))
+def test_copy_helper_keeps_the_checks_valid(repository: Repo, tmp_path: Path) -> None:
+    add_version(tmp_path, repository.path / "rgb" / "1", "rgb", 5)
     assert loader.load(tmp_path, "rgb", threads=1).predictor.version == 5
+    assert not list((tmp_path / "rgb").glob(".staging-*"))  # written aside, then renamed into place
 
 
-def test_fallback_exporter_writes_a_loadable_version(repo: Repo, tmp_path: Path) -> None:
-    """The fixture's minimal exporter (used when training.export is unavailable) stays in the repository format."""
-    minimal_export(repo.runs["digits"], tmp_path, "mini")
+def test_fallback_exporter_writes_a_loadable_version(repository: Repo, tmp_path: Path) -> None:
+    """The helpers' minimal exporter (used when training.export is unavailable) stays in the repository format."""
+    minimal_export(repository.runs["digits"], tmp_path, "mini")
     loaded = loader.load(tmp_path, "mini", threads=1)
     assert loaded.golden.max_abs_diff <= loaded.golden.atol
+    assert ModelManifest.load(tmp_path / "mini" / "1" / "model.json").name == "mini"

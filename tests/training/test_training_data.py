@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.imagegen import make_image_folder
+from tests.support.images import make_image_folder
 from training import data
 
 

@@ -16,16 +16,15 @@ from PIL import Image
 
 from models import registry
 from serving.contract.preprocess import PreprocessSpec
+from tests.support.paths import ROOT
 from training.__main__ import main
 from training.fit import FitConfig, fit
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> tuple[Path, dict]:
     """One real run with lr_find, shared by the checks below (3 classes, 16 px, resnet20, 4 epochs)."""
-    from tests.imagegen import make_image_folder
+    from tests.support.images import make_image_folder
 
     root = tmp_path_factory.mktemp("fit")
     images = make_image_folder(root / "images", classes=3, per_class=24)
@@ -134,12 +133,12 @@ def test_cli_error_for_class_without_readable_image(image_folder, tmp_path, caps
 def test_torchrun_two_cpu_processes(tmp_path, image_folder):
     """DDP through fastai's DistributedTrainer, gloo backend, 2 processes; rank 0 alone writes the run."""
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "training",
            "fit", "--data", str(image_folder), "--arch", "resnet20", "--epochs", "2", "--lr", "1e-2", "--bs", "4",
            "--size", "8", "--no-plots", "--out", str(out)]
     # Own process group: on a timeout the workers die with the launcher instead of lingering.
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         _, stderr = proc.communicate(timeout=300)

@@ -1,4 +1,4 @@
-"""Tiny experiment settings shared by the conftest and the CLI test (one place, so both run the same thing)."""
+"""Tiny experiment settings, in one place so that the ``tiny_run`` fixture and the CLI test run the same thing."""
 
 from __future__ import annotations
 

@@ -12,28 +12,22 @@ import fcntl
 import hashlib
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from deploy.dockerfile import Dockerfile, ImageConfig
+from tests.support.paths import ROOT
+from tests.support.processes import Periodic
+from tests.support.servers import poll
 
-ROOT = Path(__file__).resolve().parents[2]
 SERVE_VENV = ROOT / ".venv-serve"
 # The PATH of the official python images, which the stages' ENV PATH=/opt/venv/bin:${PATH} extends.
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _venv_fingerprint() -> str:
@@ -133,7 +127,7 @@ def stand_in(dockerfile: Dockerfile, stage: str, workdir: Path, paths: Mapping[s
     return image
 
 
-class WriteWatch:
+class WriteWatch(Periodic):
     """Records every path that appears under ``root`` while active, even briefly (the tree is polled every 50 ms).
 
     In the images the code (WORKDIR) belongs to root and the commands run as uid 10001, so a command that writes
@@ -141,24 +135,14 @@ class WriteWatch:
     """
 
     def __init__(self, root: Path) -> None:
+        super().__init__(0.05)
         self.root = root
         self.before = set(root.rglob("*"))
         self.appeared: set[Path] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="write-watch", daemon=True)
 
-    def _poll(self) -> None:
-        while not self._stop.wait(0.05):
-            self.appeared |= set(self.root.rglob("*")) - self.before
-
-    def __enter__(self) -> WriteWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
+    def tick(self) -> bool:
         self.appeared |= set(self.root.rglob("*")) - self.before
+        return True
 
 
 def run(image: StandIn, argv: Sequence[str], env: Mapping[str, str], timeout: float
@@ -170,14 +154,17 @@ def run(image: StandIn, argv: Sequence[str], env: Mapping[str, str], timeout: fl
 
 def wait_for(image: StandIn, probe: Sequence[str], env: Mapping[str, str], deadline_s: float,
              server: subprocess.Popen[bytes]) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run the health probe until it exits 0 (or the server dies, or time runs out); returns it and the wait."""
+    """Run the health probe every 0.2 s until it exits 0 (or the server dies, or time runs out); returns the last
+    probe and the wait. The probe is a process outside the server: there is no event to wait on but its exit code."""
     start = time.perf_counter()
-    while True:
-        result = run(image, probe, env, timeout=30)
-        elapsed = time.perf_counter() - start
-        if result.returncode == 0 or server.poll() is not None or elapsed > deadline_s:
-            return result, elapsed
-        time.sleep(0.2)
+    last: list[subprocess.CompletedProcess[str]] = []
+
+    def probed() -> bool:
+        last.append(run(image, probe, env, timeout=30))
+        return last[-1].returncode == 0 or server.poll() is not None
+
+    poll(probed, deadline_s, interval=0.2)
+    return last[-1], time.perf_counter() - start
 
 
 def terminate(process: subprocess.Popen[bytes], timeout: float) -> tuple[int | None, float]:

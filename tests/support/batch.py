@@ -1,0 +1,64 @@
+"""For the batch CLI tests: an image tree with every kind of trouble, and a reader for the output files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.images import draw_image, encode, save
+
+MODEL = "rgb"  # the batch tests classify with the shared repository's RGB model
+
+
+@dataclass(frozen=True)
+class Tree:
+    root: Path
+    good: list[str]      # paths as the CLI writes them (relative to the test's cwd), in the CLI's order
+    bad: dict[str, str]  # path → the start of its error message
+
+    @property
+    def all(self) -> list[str]:
+        return sorted(self.good + list(self.bad), key=lambda p: p.split("/"))
+
+
+def make_tree(root: Path) -> Tree:
+    """Nested folders, PNG/JPEG/BMP/WebP in several modes, odd names, and corrupt, empty and non-image files."""
+    good = {
+        "a.png": ("PNG", "RGB", (40, 30)),
+        "b.jpg": ("JPEG", "RGB", (50, 50)),
+        "with space.bmp": ("BMP", "RGB", (33, 31)),
+        "ünï cödé ✓.webp": ("WEBP", "RGB", (36, 36)),
+        "photo [1].png": ("PNG", "L", (28, 28)),
+        "nested/deeper/c.png": ("PNG", "L", (31, 29)),
+        "nested/d.JPG": ("JPEG", "L", (64, 48)),
+        "nested/rgba.png": ("PNG", "RGBA", (30, 33)),
+    }
+    for i, (name, (fmt, mode, size)) in enumerate(good.items()):
+        save(root / name, draw_image(200 + i, size, mode), fmt)
+    png = encode(draw_image(1, (40, 40), "RGB"), "PNG")
+    (root / "bad").mkdir()
+    (root / "bad" / "truncated.png").write_bytes(png[: len(png) // 2])
+    (root / "bad" / "empty.jpg").write_bytes(b"")
+    (root / "bad" / "notes.png").write_text("not an image, whatever the name says\n")
+    # Skipped by the folder walk: no image suffix, hidden file, hidden folder.
+    (root / "readme.txt").write_text("a folder may hold other files\n")
+    save(root / ".hidden.png", draw_image(3, (20, 20), "RGB"), "PNG")
+    save(root / ".cache" / "x.png", draw_image(4, (20, 20), "RGB"), "PNG")
+    name = root.name
+    return Tree(root, good=[f"{name}/{p}" for p in good],
+                bad={f"{name}/bad/truncated.png": "cannot decode image", f"{name}/bad/empty.jpg": "empty image",
+                     f"{name}/bad/notes.png": "cannot decode image"})
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The output as dicts with the JSONL types (CSV cells converted: '' → None, top_k parsed)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines()]
+    return [{"path": r["path"], "label": r["label"] or None,
+             "probability": float(r["probability"]) if r["probability"] else None,
+             "top_k": json.loads(r["top_k"]) if r["top_k"] else [], "error": r["error"] or None}
+            for r in csv.DictReader(io.StringIO(text, newline=""))]
