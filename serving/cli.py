@@ -31,6 +31,14 @@ def _env(option: str, default: Any, convert: Callable[[str], Any] = str) -> Any:
         raise SystemExit(f"error: SERVING_{option.upper().replace('-', '_')}={value!r} is not valid") from None
 
 
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
 def _optional_int(value: str) -> int | None:
     return None if value.lower() in ("", "none", "off", "-1") else int(value)
 
@@ -43,6 +51,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=_env("port", 8001, int), help="gRPC port (default 8001; 0: any)")
     p.add_argument("--metrics-port", type=_optional_int, default=_env("metrics-port", 8002, _optional_int),
                    help="Prometheus /metrics port (default 8002; 0: any; -1: off)")
+    p.add_argument("--metrics-host", default=_env("metrics-host", None),
+                   help="address the metrics endpoint binds (default: the same as --host)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=_env("device", "cpu"))
     p.add_argument("--models", nargs="+", metavar="NAME[:VERSION]",
                    default=_env("models", [], lambda v: v.replace(",", " ").split()),
@@ -51,16 +61,31 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue-delay-ms", type=float, default=_env("max-queue-delay-ms", 0.0, float),
                    help="how long a request may wait for others to fill a batch (default 0)")
     p.add_argument("--max-queue", type=int, default=_env("max-queue", 256, int),
-                   help="requests waiting per model for a batch; a model handles at most max-queue + max-batch "
-                        "requests at once, more are refused with RESOURCE_EXHAUSTED before any work")
+                   help="requests waiting per model for a batch; a model holds at most max-queue + max-batch "
+                        "images at once, more are refused with RESOURCE_EXHAUSTED before any work")
     p.add_argument("--threads", type=int, default=_env("threads", None, int),
                    help="onnxruntime intra-op threads (default: the cores this process may use)")
     p.add_argument("--decode-workers", type=int, default=_env("decode-workers", None, int),
                    help="image decoding threads (default: the cores this process may use)")
     p.add_argument("--grace-s", type=float, default=_env("grace-s", 10.0, float),
                    help="seconds in-flight requests get to finish on SIGTERM/SIGINT")
-    p.add_argument("--max-message-mb", type=int, default=_env("max-message-mb", 128, int),
-                   help="largest request/response in MiB (default 128: a 4K RGB float tensor fits)")
+    p.add_argument("--max-message-mb", type=int, default=_env("max-message-mb", 64, int),
+                   help="largest request/response in MiB, after decompression (default 64)")
+    p.add_argument("--max-images-per-request", type=int, default=_env("max-images-per-request", 256, int),
+                   help="images in one request; more are refused with INVALID_ARGUMENT (default 256)")
+    p.add_argument("--allow-compression", action="store_true", default=_env("allow-compression", False, _flag),
+                   help="accept gzip/deflate-compressed requests (default: refused; the size limit still holds "
+                        "after decompression)")
+    p.add_argument("--max-concurrent-streams", type=int, default=_env("max-concurrent-streams", 100, int),
+                   help="RPCs at once on one client connection (default 100)")
+    p.add_argument("--max-connection-idle-s", type=float, default=_env("max-connection-idle-s", 300.0, float),
+                   help="close a connection idle this long (default 300; 0: never)")
+    p.add_argument("--max-connection-age-s", type=float, default=_env("max-connection-age-s", 0.0, float),
+                   help="close every connection after this long, with --grace-s to finish (default 0: never)")
+    p.add_argument("--keepalive-s", type=float, default=_env("keepalive-s", 60.0, float),
+                   help="ping idle clients this often and drop those that do not answer (default 60; 0: off)")
+    p.add_argument("--stream-write-timeout-s", type=float, default=_env("stream-write-timeout-s", 30.0, float),
+                   help="end a stream whose client reads no response for this long (default 30)")
     p.add_argument("--max-pixels", type=int, default=_env("max-pixels", None, int),
                    help="largest image (width x height) accepted for decoding")
     p.add_argument("--tls-cert", type=Path, default=_env("tls-cert", None, Path), help="server certificate (PEM)")
@@ -88,8 +113,12 @@ def _serve(args: argparse.Namespace) -> int:
             device=args.device, models=tuple(args.models), max_batch=args.max_batch,
             max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue, threads=args.threads,
             decode_workers=args.decode_workers, grace_s=args.grace_s, max_message_mb=args.max_message_mb,
-            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, tls_cert=args.tls_cert, tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca, poll_s=args.poll_s,
+            max_images_per_request=args.max_images_per_request, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+            allow_compression=args.allow_compression, max_concurrent_streams=args.max_concurrent_streams,
+            max_connection_idle_s=args.max_connection_idle_s, max_connection_age_s=args.max_connection_age_s,
+            keepalive_s=args.keepalive_s, stream_write_timeout_s=args.stream_write_timeout_s,
+            metrics_host=args.metrics_host, tls_cert=args.tls_cert,
+            tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, poll_s=args.poll_s,
         )
         return asyncio.run(serve(config))
     except (ValueError, FileNotFoundError, OSError) as e:

@@ -18,12 +18,20 @@ class ServerConfig:
     models: tuple[str, ...] = ()             # NAME or NAME:VERSION; empty: every model, latest version
     max_batch: int = 32
     max_queue_delay_ms: float = 0.0
-    max_queue: int = 256                     # per model: waiting for a batch; admitted at once: + max_batch
+    max_queue: int = 256                     # per model: requests waiting for a batch; images held: + max_batch
     threads: int | None = None               # onnxruntime intra-op threads; None: the cores this process may use
     decode_workers: int | None = None        # image-decoding threads; None: the cores this process may use
     grace_s: float = 10.0
-    max_message_mb: int = 128                # a 4K RGB float32 tensor is 99.5 MB
+    max_message_mb: int = 64                 # a request of 20 phone JPEGs, or 100 RGB 224-px float32 images
+    max_images_per_request: int = 256
     max_pixels: int = DEFAULT_MAX_PIXELS
+    allow_compression: bool = False          # compressed requests cost ~1000× their size to inflate: off by default
+    max_concurrent_streams: int = 100        # per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
+    max_connection_idle_s: float = 300.0     # a connection with no RPC for this long is closed (GOAWAY); 0: never
+    max_connection_age_s: float = 0.0        # every connection is closed after this long (+ grace_s); 0: never
+    keepalive_s: float = 60.0                # ping an idle client this often; no answer in 20 s drops it
+    stream_write_timeout_s: float = 30.0     # a stream whose client reads no response for this long is ended
+    metrics_host: str | None = None          # None: the same address as host
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None        # set: clients must present a certificate signed by it (mTLS)
@@ -34,8 +42,12 @@ class ServerConfig:
             raise ValueError("--max-batch and --max-queue must be >= 1")
         if self.max_queue_delay_ms < 0 or self.grace_s < 0 or self.poll_s < 0:
             raise ValueError("--max-queue-delay-ms, --grace-s and --poll-s must be >= 0")
-        if self.max_message_mb < 1:
-            raise ValueError("--max-message-mb must be >= 1")
+        if self.max_message_mb < 1 or self.max_images_per_request < 1 or self.max_concurrent_streams < 1:
+            raise ValueError("--max-message-mb, --max-images-per-request and --max-concurrent-streams must be >= 1")
+        if min(self.max_connection_idle_s, self.max_connection_age_s, self.keepalive_s) < 0:
+            raise ValueError("--max-connection-idle-s, --max-connection-age-s and --keepalive-s must be >= 0")
+        if not self.stream_write_timeout_s > 0:
+            raise ValueError("--stream-write-timeout-s must be > 0")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
@@ -47,5 +59,28 @@ class ServerConfig:
 
     @property
     def max_admitted(self) -> int:
-        """Requests one model handles at once (decoding, queued, computing); more are refused before any work."""
+        """Images one model handles at once (decoding, queued, computing); more are refused before any work."""
         return self.max_queue + self.max_batch
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """gRPC core settings that bound what one client can make the server hold (memory, streams, connections)."""
+        ms = lambda seconds: int(seconds * 1000)  # noqa: E731
+        options = [
+            ("grpc.max_receive_message_length", self.max_message_bytes),  # checked after decompression too
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share the traffic
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            # BDP probing grows a connection's receive window to whatever the client can push: with it, clients
+            # that send and never read made the server buffer gigabytes. Without it the window stays at 64 KiB.
+            ("grpc.http2.bdp_probe", 0),
+            # Bit 0 is "identity": only uncompressed requests; a compressed one is refused (UNIMPLEMENTED).
+            ("grpc.compression_enabled_algorithms_bitset", 0b111 if self.allow_compression else 0b001),
+            ("grpc.keepalive_time_ms", ms(self.keepalive_s) or 2**31 - 1),
+            ("grpc.keepalive_timeout_ms", 20_000),
+        ]
+        if self.max_connection_idle_s:
+            options.append(("grpc.max_connection_idle_ms", ms(self.max_connection_idle_s)))
+        if self.max_connection_age_s:
+            options += [("grpc.max_connection_age_ms", ms(self.max_connection_age_s)),
+                        ("grpc.max_connection_age_grace_ms", ms(max(self.grace_s, 1.0)))]
+        return options

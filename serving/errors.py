@@ -27,6 +27,10 @@ class TooLarge(ServingError):
     """The request, or the tensor it expands to, exceeds a size limit; it must be split to succeed."""
 
 
+class SlowReader(ServingError):
+    """A stream's client stopped reading its responses; the stream is ended so it stops holding server memory."""
+
+
 class ModelRejected(ServingError):
     """A model folder failed a load-time check (sha256, golden self-check, malformed files)."""
 

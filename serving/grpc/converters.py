@@ -23,13 +23,21 @@ from serving.runtime.prediction import Prediction
 from serving.runtime.registry import ModelState, ServedModel
 
 _LENGTH = struct.Struct("<I")
+MAX_DIMS = 8  # far more than any image tensor needs; checked before anything is computed from the shape
+
+
+def _shape(dims: Sequence[int], what: str) -> list[int]:
+    """A tensor's shape as sent, refused before use when it has more dimensions than any image tensor."""
+    if len(dims) > MAX_DIMS:
+        raise InvalidInput(f"{what} has {len(dims)} dimensions; at most {MAX_DIMS} are accepted")
+    return [int(d) for d in dims]
 
 # ---- imageclassifier.v1 ------------------------------------------------------------------------------------------
 
 
 def tensor_to_array(tensor: ic_pb2.Tensor) -> np.ndarray:
     """A ``Tensor`` message → float32 array of its shape (``data`` little-endian bytes, or ``values``)."""
-    shape = [int(d) for d in tensor.shape]
+    shape = _shape(tensor.shape, "tensor")
     if not shape or any(d < 1 for d in shape):
         raise InvalidInput(f"tensor shape must be positive dimensions, got {shape}")
     count = math.prod(shape)
@@ -143,7 +151,7 @@ def infer_inputs(request: kserve_pb2.ModelInferRequest, manifest: ModelManifest)
     if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
         raise InvalidInput(f"{len(request.raw_input_contents)} raw_input_contents for {len(request.inputs)} inputs")
     raw = request.raw_input_contents[0] if request.raw_input_contents else None
-    shape = [int(d) for d in tensor.shape]
+    shape = _shape(tensor.shape, f"input {tensor.name!r}")
     if any(d < 0 for d in shape) or not shape:
         raise InvalidInput(f"input {tensor.name!r}: invalid shape {shape}")
     count = math.prod(shape)
@@ -167,6 +175,13 @@ def infer_inputs(request: kserve_pb2.ModelInferRequest, manifest: ModelManifest)
         return items
     raise InvalidInput(f"input {tensor.name!r}: datatype {tensor.datatype or '(empty)'} is not supported; "
                        f"send {expected}")
+
+
+def infer_batch_size(request: kserve_pb2.ModelInferRequest) -> int:
+    """The images a ModelInfer request asks for (its first input's first dimension), read before admitting it."""
+    if len(request.inputs) != 1 or not request.inputs[0].shape:
+        return 1  # malformed: admitted as one image, then refused by infer_inputs with the reason
+    return max(1, int(request.inputs[0].shape[0]))
 
 
 def check_requested_outputs(request: kserve_pb2.ModelInferRequest, manifest: ModelManifest) -> None:

@@ -22,9 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from serving._generated import grpc_service_pb2, grpc_service_pb2_grpc, imageclassifier_pb2, imageclassifier_pb2_grpc
+from serving._generated import grpc_service_pb2, imageclassifier_pb2
 from serving._generated._pool import POOL
 from serving.config import ServerConfig
+from serving.grpc.handlers import add_service
 from serving.grpc.servicers import ImageClassifierServicer, InferenceServicer
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.metrics import Metrics
@@ -68,16 +69,11 @@ class InferenceServer:
         self.registry = ModelRegistry(config, self.metrics)
         self.plane = DataPlane(self.registry)
         self.health = health_aio.HealthServicer()
-        options = [
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share the traffic
-        ]
-        self.grpc = grpc.aio.server(options=options)
-        imageclassifier_pb2_grpc.add_ImageClassifierServicer_to_server(
-            ImageClassifierServicer(self.plane, self.metrics), self.grpc)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.plane, config, self.metrics), self.grpc)
+        self.grpc = grpc.aio.server(options=config.grpc_options())
+        add_service(self.grpc, imageclassifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier"],
+                    ImageClassifierServicer(self.plane, self.metrics))
+        add_service(self.grpc, grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+                    InferenceServicer(self.plane, config, self.metrics))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         _reflection_pool()
         reflection.enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME),
@@ -109,7 +105,8 @@ class InferenceServer:
         for service in ("", *SERVICE_NAMES, *self.registry.models):
             await self.health.set(service, _NOT_SERVING)
         if self.config.metrics_port is not None:  # first: a taken metrics port fails before gRPC is up
-            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
+            host = self.config.metrics_host or self.config.host
+            self.metrics_port = self.metrics.serve(self.config.metrics_port, host)
         await self.grpc.start()
         log.info("listening on %s:%d (%s), metrics on %s; loading %s", self.config.host, self.port,
                  "TLS" if self.config.tls_cert else "plaintext", self.metrics_port or "-",

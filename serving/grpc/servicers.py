@@ -22,8 +22,10 @@ from serving._generated import grpc_service_pb2_grpc as kserve_grpc
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
 from serving.config import ServerConfig
+from serving.errors import SlowReader
 from serving.grpc import converters
-from serving.grpc.status import _Recorder, deadline_of, rpc, status_for
+from serving.grpc.handlers import UndecodableRequest
+from serving.grpc.status import _Recorder, deadline_of, rpc, sane_request_id, status_for
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import request_id_var
 from serving.runtime.metrics import Metrics
@@ -44,14 +46,15 @@ def _make_recorder(plane: DataPlane, metrics: Metrics | None) -> _Recorder:
 
 class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
     def __init__(self, plane: DataPlane, metrics: Metrics | None = None) -> None:
-        self.plane, self.registry = plane, plane.registry
+        self.plane, self.registry, self.config = plane, plane.registry, plane.config
         self.recorder = _make_recorder(plane, metrics)
 
     async def _classify(self, request: ic_pb2.ClassifyRequest, deadline: float | None,
                         rid: str) -> ic_pb2.ClassifyResponse:
-        images = converters.images_from_request(request)
-        model, results = await self.plane.classify(request.model, request.version, images, request.top_k, deadline)
-        return converters.classify_response(model, results, request.request_id or rid)
+        with self.plane.admit(request.model, request.version, max(1, len(request.images))) as model:
+            images = converters.images_from_request(request)
+            results = await self.plane.classify(model, images, request.top_k, deadline)
+        return converters.classify_response(model, results, sane_request_id(request.request_id) or rid)
 
     @rpc("Classify", lambda r: r.model)
     async def Classify(  # noqa: N802
@@ -59,10 +62,10 @@ class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
     ) -> ic_pb2.ClassifyResponse:
         return await self._classify(request, deadline_of(context), rid)
 
-    @rpc("ClassifyStream")
+    @rpc("ClassifyStream", stream=True)
     async def ClassifyStream(  # noqa: N802
         self, requests: AsyncIterator[ic_pb2.ClassifyRequest], context: Context, rid: str,
-    ) -> AsyncIterator[ic_pb2.ClassifyStreamResponse]:
+    ) -> None:
         async def respond(request: ic_pb2.ClassifyRequest, deadline: float | None,
                           message_id: str) -> ic_pb2.ClassifyStreamResponse:
             response = await self._classify(request, deadline, message_id)
@@ -72,10 +75,9 @@ class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
                  message: str) -> ic_pb2.ClassifyStreamResponse:
             return converters.stream_error(message_id, code.value[0], message)
 
-        async for response in _answer_stream(
-                "ClassifyStream", self.recorder, requests, context, rid, respond, fail,
-                message_id=lambda r: r.request_id, model=lambda r: r.model):
-            yield response
+        await _answer_stream("ClassifyStream", self.recorder, requests, context, rid, respond, fail,
+                             message_id=lambda r: r.request_id, model=lambda r: r.model,
+                             write_timeout_s=self.config.stream_write_timeout_s)
 
     @rpc("ListModels")
     async def ListModels(  # noqa: N802
@@ -93,24 +95,34 @@ class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
 async def _answer_stream(method: str, recorder: _Recorder, requests: AsyncIterator, context: Context, rid: str,
                          respond: Callable[[Any, float | None, str], Awaitable[Any]],
                          fail: Callable[[Any, str, grpc.StatusCode, str], Any], *,
-                         message_id: Callable[[Any], str], model: Callable[[Any], str]) -> AsyncIterator:
+                         message_id: Callable[[Any], str], model: Callable[[Any], str],
+                         write_timeout_s: float) -> None:
     """A bidirectional stream: each message answered on its own (its id, or the stream's id + its number; an error
-    becomes an error message in the stream, not the end of it) and recorded in the metrics as one request."""
+    becomes an error message in the stream, not the end of it) and recorded in the metrics as one request. A client
+    that leaves a response unread for ``write_timeout_s`` ends the stream (``SlowReader``)."""
     async def answer(seq: int, request: Any) -> Any:
-        mid = message_id(request) or f"{rid}-{seq}"
+        undecodable = isinstance(request, UndecodableRequest)
+        mid = (None if undecodable else sane_request_id(message_id(request))) or f"{rid}-{seq}"
         token = request_id_var.set(mid)
         started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
+            if undecodable:
+                raise request.error()
             return await respond(request, deadline_of(context), mid)
         except Exception as e:
             code, message = status_for(e, mid)
             return fail(request, mid, code, message)
         finally:
-            recorder.done(method, recorder.model_label(model(request)), code, time.perf_counter() - started)
+            label = "" if undecodable else recorder.model_label(model(request))
+            recorder.done(method, label, code, time.perf_counter() - started)
             request_id_var.reset(token)
 
     async for response in _concurrent_answers(requests, answer):
-        yield response
+        try:
+            await asyncio.wait_for(context.write(response), write_timeout_s)
+        except TimeoutError:
+            raise SlowReader(f"the client read no response for {write_timeout_s:g} s (--stream-write-timeout-s); "
+                             "stream ended") from None
 
 
 async def _concurrent_answers(requests: AsyncIterator, answer) -> AsyncIterator:  # type: ignore[no-untyped-def]
@@ -187,13 +199,13 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: kserve_pb2.ModelInferRequest, deadline: float | None,
                      rid: str) -> kserve_pb2.ModelInferResponse:
-        with self.plane.admit(request.model_name, request.model_version) as model:
+        with self.plane.admit(request.model_name, request.model_version, converters.infer_batch_size(request)) as model:
             assert model.manifest is not None  # a serving model has passed its checks
             converters.check_requested_outputs(request, model.manifest)
             data = converters.infer_inputs(request, model.manifest)
-            x = data if isinstance(data, np.ndarray) else await self.plane.preprocess(model, data)
+            x = data if isinstance(data, np.ndarray) else await self.plane.preprocess(model, data, deadline)
             logits = await self.plane.infer(model, x, deadline)
-        return converters.infer_response(model, request.id or rid, logits)
+        return converters.infer_response(model, sane_request_id(request.id) or rid, logits)
 
     @rpc("ModelInfer", lambda r: r.model_name)
     async def ModelInfer(  # noqa: N802
@@ -201,10 +213,10 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
     ) -> kserve_pb2.ModelInferResponse:
         return await self._infer(request, deadline_of(context), rid)
 
-    @rpc("ModelStreamInfer")
+    @rpc("ModelStreamInfer", stream=True)
     async def ModelStreamInfer(  # noqa: N802
         self, requests: AsyncIterator[kserve_pb2.ModelInferRequest], context: Context, rid: str,
-    ) -> AsyncIterator[kserve_pb2.ModelStreamInferResponse]:
+    ) -> None:
         async def respond(request: kserve_pb2.ModelInferRequest, deadline: float | None,
                           message_id: str) -> kserve_pb2.ModelStreamInferResponse:
             return kserve_pb2.ModelStreamInferResponse(infer_response=await self._infer(request, deadline, message_id))
@@ -214,9 +226,9 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
             # Triton's stream carries only a message; keep the request id so the client can match it.
             return kserve_pb2.ModelStreamInferResponse(
                 error_message=f"{code.name}: {message}",
-                infer_response=kserve_pb2.ModelInferResponse(model_name=request.model_name, id=message_id))
+                infer_response=kserve_pb2.ModelInferResponse(model_name=getattr(request, "model_name", ""),
+                                                            id=message_id))
 
-        async for response in _answer_stream(
-                "ModelStreamInfer", self.recorder, requests, context, rid, respond, fail,
-                message_id=lambda r: r.id, model=lambda r: r.model_name):
-            yield response
+        await _answer_stream("ModelStreamInfer", self.recorder, requests, context, rid, respond, fail,
+                             message_id=lambda r: r.id, model=lambda r: r.model_name,
+                             write_timeout_s=self.config.stream_write_timeout_s)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -25,14 +24,18 @@ from serving.errors import (
     ModelRejected,
     NotReady,
     Overloaded,
+    SlowReader,
     TooLarge,
 )
-from serving.runtime.logs import new_request_id, request_id_var
+from serving.grpc.handlers import UndecodableRequest
+from serving.runtime.logs import RateLimit, new_request_id, request_id_var
 from serving.runtime.metrics import Metrics
 
 log = logging.getLogger("serving.rpc")
 
 REQUEST_ID_KEY = "x-request-id"
+MAX_REQUEST_ID_CHARS = 128
+LOG_LINES_PER_SECOND = 20  # per (method, code): a flood of bad requests must not flood the log
 STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
@@ -40,6 +43,7 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     ModelRejected: grpc.StatusCode.UNAVAILABLE,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,  # like gRPC's own "message larger than max"
+    SlowReader: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
@@ -59,11 +63,18 @@ def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCod
     return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id or request_id_var.get()})"
 
 
+def sane_request_id(value: object) -> str | None:
+    """A client-chosen request id (header or message field) if it is safe to log and echo: 1–128 printable ASCII."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID_CHARS and value.isascii() and value.isprintable():
+        return value
+    return None
+
+
 def request_id_from(context: grpc.aio.ServicerContext) -> str:
     """The client's ``x-request-id`` when it sent a sane one, else a new id."""
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
-            return value
+        if key == REQUEST_ID_KEY and (rid := sane_request_id(value)):
+            return rid
     return new_request_id()
 
 
@@ -80,6 +91,7 @@ class _Recorder:
         self.metrics = metrics
         self.known_models = known_models
         self._children: dict[tuple[str, ...], Any] = {}
+        self._log_limit = RateLimit(LOG_LINES_PER_SECOND)
 
     def model_label(self, name: str) -> str:
         # Only names of real models become label values: clients must not be able to grow the metric set.
@@ -104,9 +116,10 @@ class _Recorder:
             self._children[(method, model)].observe(seconds)
         level = logging.DEBUG if code is grpc.StatusCode.OK else (
             logging.ERROR if code is grpc.StatusCode.INTERNAL else logging.INFO)
-        if log.isEnabledFor(level):
+        if log.isEnabledFor(level) and (skipped := self._log_limit.allow((method, code))) is not None:
             log.log(level, "%s %s", method, code.name,
-                    extra={"method": method, "model": model, "code": code.name, "ms": round(seconds * 1e3, 3)})
+                    extra={"method": method, "model": model, "code": code.name, "ms": round(seconds * 1e3, 3),
+                           **({"similar_lines_skipped": skipped} if skipped else {})})
 
 
 def _fail(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, rid: str) -> None:
@@ -118,24 +131,12 @@ def _fail(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
     context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
 
 
-def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "") -> Callable[..., Any]:
-    """Decorate an async servicer method (unary or server-streaming). The servicer has a ``recorder``."""
+def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "", *,
+        stream: bool = False) -> Callable[..., Any]:
+    """Decorate an async servicer method; the servicer has a ``recorder``. A ``stream`` method writes its responses
+    with ``context.write`` and records each message itself: the call as a whole is not counted again."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if inspect.isasyncgenfunction(fn):
-            @functools.wraps(fn)
-            async def stream_handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                rid = request_id_from(context)
-                token = request_id_var.set(rid)
-                try:
-                    async for response in _guard_stream(fn(self, request, context, rid), self.recorder, method,
-                                                        context, rid):
-                        yield response
-                finally:
-                    request_id_var.reset(token)
-
-            return stream_handler
-
         @functools.wraps(fn)
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             rid = request_id_from(context)
@@ -146,6 +147,8 @@ def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "") -> Cal
                 gauge.inc()
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
+                if isinstance(request, UndecodableRequest):
+                    raise request.error()
                 response = await fn(self, request, context, rid)
                 context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
                 return response
@@ -161,28 +164,11 @@ def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "") -> Cal
             finally:
                 if gauge is not None:
                     gauge.dec()
-                recorder.done(method, recorder.model_label(model_of(request)), code, time.perf_counter() - started)
+                if not stream:
+                    model = "" if isinstance(request, UndecodableRequest) else model_of(request)
+                    recorder.done(method, recorder.model_label(model), code, time.perf_counter() - started)
                 request_id_var.reset(token)
 
         return handler
 
     return wrap
-
-
-async def _guard_stream(responses: AsyncIterator[Any], recorder: _Recorder, method: str,
-                        context: grpc.aio.ServicerContext, rid: str) -> AsyncIterator[Any]:
-    """Stream-level failures (not per-message ones, which the stream answers itself) end the RPC with a status."""
-    gauge = recorder.inflight(method)
-    if gauge is not None:
-        gauge.inc()
-    try:
-        async for response in responses:
-            yield response
-    except (asyncio.CancelledError, grpc.aio.AbortError):
-        raise
-    except Exception as e:
-        code, message = status_for(e, rid)
-        _fail(context, code, message, rid)
-    finally:
-        if gauge is not None:
-            gauge.dec()

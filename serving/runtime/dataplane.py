@@ -4,8 +4,10 @@ A front end (gRPC today) translates its wire format to these calls and back and 
 (``serving.errors``); nothing here knows about protobuf. Images are decoded in a thread pool, and tensors go through
 the model's :class:`~serving.runtime.batcher.DynamicBatcher`.
 
-Admission: a model handles at most ``config.max_admitted`` requests at once (decoding, queued, computing); one more
-is refused with ``Overloaded`` before any decoding, so overload costs the server almost nothing per request.
+Admission is counted in images: a model holds at most ``config.max_admitted`` images at once (decoding, queued,
+computing), and a request holds at most ``max_images_per_request``; anything more is refused before any decoding, so
+overload costs the server almost nothing per request. A large request's decoding and compute are split into rounds
+that queue fairly behind other requests and stop once its deadline has passed or its caller has gone.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from serving.errors import InvalidInput, NotReady, Overloaded, TooLarge
+from serving.errors import DeadlineExceeded, InvalidInput, NotReady, Overloaded, TooLarge
 from serving.runtime.prediction import Prediction, top_predictions
 from serving.runtime.predictor import ImageSource, Predictor, available_cores
 from serving.runtime.registry import ModelRegistry, ServedModel
@@ -28,23 +30,32 @@ class DataPlane:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
         self.config = registry.config
-        self._decoder = ThreadPoolExecutor(self.config.decode_workers or available_cores(),
-                                           thread_name_prefix="decode")
+        workers = self.config.decode_workers or available_cores()
+        self._decoder = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        self._decode_round = workers  # images of one request in the decode pool at once
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
     @contextmanager
-    def admit(self, name: str, version: str | int | None = None) -> Iterator[ServedModel]:
-        """The model, ready to answer, held for one request; ``Overloaded`` at once when it has too many."""
+    def admit(self, name: str, version: str | int | None = None, images: int = 1) -> Iterator[ServedModel]:
+        """The model, ready to answer, held for one request of ``images`` images; refused before any work when the
+        request is larger than ``max_images_per_request`` (``InvalidInput``) or the model already holds
+        ``max_admitted`` images (``Overloaded``)."""
+        if images > self.config.max_images_per_request:
+            raise InvalidInput(f"{images} images in one request, more than the limit of "
+                               f"{self.config.max_images_per_request} (--max-images-per-request); split the request")
+        if images > self.config.max_admitted:  # could never be admitted, however long the client waits
+            raise InvalidInput(f"{images} images in one request, more than a model holds at once "
+                               f"({self.config.max_admitted}: --max-queue + --max-batch); split the request")
         model = self.registry.get(name, version)
-        if model.active >= self.config.max_admitted:
-            raise Overloaded(f"model {name!r}: queue full ({model.active} requests in progress); retry later")
-        model.active += 1
+        if model.active + images > self.config.max_admitted:
+            raise Overloaded(f"model {name!r}: queue full ({model.active} images in progress); retry later")
+        model.active += images
         try:
             yield model
         finally:
-            model.active -= 1
+            model.active -= images
 
     # ---- operations ------------------------------------------------------------------------------------------
     def _check_size(self, model: ServedModel, count: int) -> None:
@@ -57,8 +68,13 @@ class DataPlane:
                            f"{model.name!r}, more than the {limit / 2**20:g} MiB limit (--max-message-mb); send at "
                            f"most {limit // per_image} per request")
 
-    async def preprocess(self, model: ServedModel, images: Sequence[ImageSource]) -> np.ndarray:
-        """Decode and preprocess in the worker pool (tensors are only checked); (N, C, H, W) float32."""
+    async def preprocess(self, model: ServedModel, images: Sequence[ImageSource],
+                         deadline: float | None = None) -> np.ndarray:
+        """Decode and preprocess in the worker pool (tensors are only checked); (N, C, H, W) float32.
+
+        At most one image per decode worker is in the pool for this request at a time, so a request of many large
+        images shares the workers with the requests that arrive after it instead of queueing all its work ahead of
+        them, and it stops within one round once its deadline has passed or its caller has gone."""
         if not images:
             raise InvalidInput("no images in the request")
         predictor = _predictor(model)
@@ -75,26 +91,40 @@ class DataPlane:
 
         if len(images) == 1:
             return (await one(0, images[0]))[None]
-        return np.stack(await asyncio.gather(*(one(i, img) for i, img in enumerate(images))))
+        decoded: list[np.ndarray] = []
+        for start in range(0, len(images), self._decode_round):
+            _check_deadline(loop, deadline, "while its images were decoded")
+            decoded += await asyncio.gather(*(one(i, images[i])
+                                              for i in range(start, min(start + self._decode_round, len(images)))))
+        return np.stack(decoded)
 
     async def infer(self, model: ServedModel, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """A checked (N, C, H, W) batch through the model's batcher; (N, K) logits."""
+        """A checked (N, C, H, W) batch through the model's batcher; (N, K) logits. More than ``max_batch`` images
+        go in ``max_batch`` chunks, one after the other, each queued behind the requests that came before it."""
         predictor = _predictor(model)
         predictor.check_finite(predictor.check_batch(x))
         assert model.batcher is not None  # set together with the predictor
-        return await model.batcher.submit(x, deadline)
+        step = self.config.max_batch
+        if len(x) <= step:
+            return await model.batcher.submit(x, deadline)
+        return np.concatenate([await model.batcher.submit(x[i:i + step], deadline) for i in range(0, len(x), step)])
 
-    async def classify(self, name: str, version: int | str | None, images: Sequence[ImageSource], k: int,
-                       deadline: float | None = None) -> tuple[ServedModel, list[list[Prediction]]]:
-        with self.admit(name, version) as model:
-            predictor = _predictor(model)
-            k = predictor.resolve_top_k(k)
-            logits = await self.infer(model, await self.preprocess(model, images), deadline)
+    async def classify(self, model: ServedModel, images: Sequence[ImageSource], k: int,
+                       deadline: float | None = None) -> list[list[Prediction]]:
+        """Top-``k`` for each image, for a model held by :meth:`admit`."""
+        predictor = _predictor(model)
+        k = predictor.resolve_top_k(k)
+        logits = await self.infer(model, await self.preprocess(model, images, deadline), deadline)
         bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
         if len(bad):  # finite but extreme tensor values can overflow inside the network
             raise InvalidInput(f"image {', '.join(map(str, bad))}: the model's output is not finite (NaN or "
                                "infinite logits); the input values are out of range")
-        return model, top_predictions(logits, k, predictor.labels)
+        return top_predictions(logits, k, predictor.labels)
+
+
+def _check_deadline(loop: asyncio.AbstractEventLoop, deadline: float | None, where: str) -> None:
+    if deadline is not None and loop.time() >= deadline:
+        raise DeadlineExceeded(f"deadline passed {where}")
 
 
 def _predictor(model: ServedModel) -> Predictor:

@@ -47,11 +47,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class RateLimit:
+    """At most ``per_second`` events a second for each key. ``allow`` returns None for an event to drop, else how
+    many of that key were dropped since the last one allowed (so the line that gets through can say so)."""
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self._windows: dict[object, list[float | int]] = {}  # key → [window start, allowed, dropped]
+
+    def allow(self, key: object) -> int | None:
+        now = time.monotonic()
+        window = self._windows.get(key)
+        if window is None or now - window[0] >= 1.0:
+            dropped = int(window[2]) if window else 0
+            self._windows[key] = [now, 1, 0]
+            return dropped
+        if window[1] < self.per_second:
+            window[1] += 1
+            dropped, window[2] = int(window[2]), 0
+            return dropped
+        window[2] += 1
+        return None
+
+
+def escape(text: str) -> str:
+    """Control characters as escapes (``\n`` → ``\\n``): a value quoted in a text log line stays on that line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 class _TextFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = escape(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         rid = request_id_var.get()
-        return f"{line} [request_id={rid}]" if rid else line
+        return f"{line} [request_id={escape(rid)}]" if rid else line
 
 
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:

@@ -15,10 +15,15 @@ Exposed over HTTP ``/metrics`` on ``--metrics-port`` (Triton's default, 8002). N
 
 from __future__ import annotations
 
+import socket
 import threading
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+MAX_SCRAPERS = 16        # connections served at once; more are closed at once (Prometheus needs one)
+SOCKET_TIMEOUT_S = 5.0   # a connection that sends or reads nothing this long is dropped
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -49,9 +54,12 @@ class Metrics:
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Start the ``/metrics`` HTTP endpoint in a daemon thread; returns the bound port (``port=0``: any)."""
         try:
-            self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
+            self._http = _MetricsServer((host, port), _QuietHandler)
         except OSError as e:
             raise OSError(f"cannot bind the metrics port {host}:{port}: {e.strerror or e}") from None
+        self._http.set_app(make_wsgi_app(self.registry))
+        self._thread = threading.Thread(target=self._http.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
         return int(self._http.server_port)
 
     def close(self) -> None:
@@ -59,3 +67,38 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = SOCKET_TIMEOUT_S  # socket timeout per connection: half-open or slow clients cannot hold a thread
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # a line per scrape on stderr is noise; the server's own log says where metrics are served
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most ``MAX_SCRAPERS`` at once: one more is closed without an answer."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[WSGIRequestHandler]) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self._slots = threading.BoundedSemaphore(MAX_SCRAPERS)
+        super().__init__(address, handler)
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def handle_error(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        pass  # a timed-out or reset scraper connection is the client's problem, not a traceback in our log
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()

@@ -120,8 +120,10 @@ class Servers:
             return self.process
         if self.process is not None:
             self.process.stop()
+        # More images per request than fit the message limit: the expansion limit is what is tested here.
         self.process = ServerProcess(self.repository, "--max-pixels", str(MAX_PIXELS), "--max-message-mb",
-                                     str(MAX_MESSAGE_MB), "--max-queue-delay-ms", "1")
+                                     str(MAX_MESSAGE_MB), "--max-images-per-request", "4000", "--max-queue", "4000",
+                                     "--max-queue-delay-ms", "1")
         warm_up(self.process)
         self.figures["fuzz: server RSS after the warm-up (MiB)"] = round(settled_rss_kb(self.process.proc.pid) / 1024,
                                                                           1)
@@ -338,7 +340,7 @@ def test_request_structure(fuzz: Fuzz) -> None:
     c = server.classifier
     i = server.inference
     cases = [
-        (lambda: c.Classify(ic_pb2.ClassifyRequest()), INVALID, "no images in the request"),
+        (lambda: c.Classify(ic_pb2.ClassifyRequest()), INVALID, "no model name given"),
         (lambda: c.Classify(ic_pb2.ClassifyRequest(model="digits")), INVALID, "no images in the request"),
         (lambda: c.Classify(ic_pb2.ClassifyRequest(images=[image])), INVALID, "no model name given"),
         (lambda: c.Classify(ic_pb2.ClassifyRequest(model="digits", images=[ic_pb2.Image()])), INVALID,

@@ -48,7 +48,7 @@ OVERLOAD_SECONDS = float(os.environ.get("OVERLOAD_SECONDS", "4"))
 # (typical here: p50 25–45 ms, p99 35–300 ms; reported, not asserted). Without admission control the excess would
 # wait for decoding and the batch queue instead.
 RSS_PEAK_BOUND_KB = 32 * 1024
-QUEUE_FULL = re.compile(r"^model 'digits': queue full \(\d+ requests (waiting|in progress)\); retry later$")
+QUEUE_FULL = re.compile(r"^model 'digits': queue full \(\d+ (requests waiting|images in progress)\); retry later$")
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_admission_counts_every_request_in_progress(repository: Repo, make_serve
         code, details, _ = call(lambda: stub.Classify(request, timeout=5))
         figures["admission: refusal with 3 requests held"] = f"{(time.perf_counter() - started) * 1e3:.1f} ms"
         assert (code, details) == (grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                   "model 'digits': queue full (3 requests in progress); retry later")
+                                   "model 'digits': queue full (3 images in progress); retry later")
         assert not any(f.done() for f in held)  # refused while the three were still held, not after
     assert all(f.result().results for f in held)
     assert model.active == 0

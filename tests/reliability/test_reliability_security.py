@@ -182,7 +182,7 @@ def test_message_size_limits_in_both_directions(repository: Repo,
     images would expand past it. Responses: a ModelInfer answer holds N × K float32 logits for N inputs of C·H·W
     float32 values, each input bounded by the limit; K ≤ C·H·W for every model served, so no answer can exceed it.
     Classify answers hold at most K predictions per image."""
-    server = make_server(base_config(repository.path, max_message_mb=1))
+    server = make_server(base_config(repository.path, max_message_mb=1, max_images_per_request=1000, max_queue=1000))
     limit = 1 << 20
     with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
         infer = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
