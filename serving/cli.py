@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -43,60 +44,53 @@ def _optional_int(value: str) -> int | None:
     return None if value.lower() in ("", "none", "off", "-1") else int(value)
 
 
+def _option(p: argparse.ArgumentParser, flag: str, convert: Callable[[str], Any] = str, default: Any = None,
+            help: str | None = None, **kwargs: Any) -> None:
+    """``--flag`` of type ``convert``; its default comes from ``SERVING_FLAG`` when that variable is set."""
+    p.add_argument(flag, type=convert, default=_env(flag[2:], default, convert), help=help, **kwargs)
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the gRPC server", description="Run the gRPC inference server.")
-    p.add_argument("--repository", type=Path, default=_env("repository", None, Path),
-                   required=_env("repository", None) is None, help="model repository: NAME/VERSION/ folders")
-    p.add_argument("--host", default=_env("host", "0.0.0.0"), help="address to bind (default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=_env("port", 8001, int), help="gRPC port (default 8001; 0: any)")
-    p.add_argument("--metrics-port", type=_optional_int, default=_env("metrics-port", 8002, _optional_int),
-                   help="Prometheus /metrics port (default 8002; 0: any; -1: off)")
-    p.add_argument("--metrics-host", default=_env("metrics-host", None),
-                   help="address the metrics endpoint binds (default: the same as --host)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=_env("device", "cpu"))
+    _option(p, "--repository", Path, required=_env("repository", None) is None,
+            help="model repository: NAME/VERSION/ folders")
+    _option(p, "--host", str, "0.0.0.0", "address to bind (default 0.0.0.0)")
+    _option(p, "--port", int, 8001, "gRPC port (default 8001; 0: any)")
+    _option(p, "--metrics-port", _optional_int, 8002, "Prometheus /metrics port (default 8002; 0: any; -1: off)")
+    _option(p, "--metrics-host", str, None, "address the metrics endpoint binds (default: the same as --host)")
+    _option(p, "--device", str, "cpu", choices=("cpu", "cuda"))
     p.add_argument("--models", nargs="+", metavar="NAME[:VERSION]",
                    default=_env("models", [], lambda v: v.replace(",", " ").split()),
                    help="serve only these models (default: all, latest version each)")
-    p.add_argument("--max-batch", type=int, default=_env("max-batch", 32, int), help="images per onnxruntime call")
-    p.add_argument("--max-queue-delay-ms", type=float, default=_env("max-queue-delay-ms", 0.0, float),
-                   help="how long a request may wait for others to fill a batch (default 0)")
-    p.add_argument("--max-queue", type=int, default=_env("max-queue", 256, int),
-                   help="requests waiting per model for a batch; a model holds at most max-queue + max-batch "
-                        "images at once, more are refused with RESOURCE_EXHAUSTED before any work")
-    p.add_argument("--threads", type=int, default=_env("threads", None, int),
-                   help="onnxruntime intra-op threads (default: the cores this process may use)")
-    p.add_argument("--decode-workers", type=int, default=_env("decode-workers", None, int),
-                   help="image decoding threads (default: the cores this process may use)")
-    p.add_argument("--grace-s", type=float, default=_env("grace-s", 10.0, float),
-                   help="seconds in-flight requests get to finish on SIGTERM/SIGINT")
-    p.add_argument("--max-message-mb", type=int, default=_env("max-message-mb", 64, int),
-                   help="largest request/response in MiB, after decompression (default 64)")
-    p.add_argument("--max-images-per-request", type=int, default=_env("max-images-per-request", 256, int),
-                   help="images in one request; more are refused with INVALID_ARGUMENT (default 256)")
+    _option(p, "--max-batch", int, 32, "images per onnxruntime call")
+    _option(p, "--max-queue-delay-ms", float, 0.0, "how long a request may wait for others to fill a batch (default 0)")
+    _option(p, "--max-queue", int, 256, "requests waiting per model for a batch; a model holds at most max-queue + "
+            "max-batch images at once, more are refused with RESOURCE_EXHAUSTED before any work")
+    _option(p, "--threads", int, None, "onnxruntime intra-op threads (default: the cores this process may use)")
+    _option(p, "--decode-workers", int, None, "image decoding threads (default: the cores this process may use)")
+    _option(p, "--grace-s", float, 10.0, "seconds in-flight requests get to finish on SIGTERM/SIGINT")
+    _option(p, "--max-message-mb", int, 64, "largest request/response in MiB, after decompression (default 64)")
+    _option(p, "--max-images-per-request", int, 256,
+            "images in one request; more are refused with INVALID_ARGUMENT (default 256)")
     p.add_argument("--allow-compression", action="store_true", default=_env("allow-compression", False, _flag),
                    help="accept gzip/deflate-compressed requests (default: refused; the size limit still holds "
                         "after decompression)")
-    p.add_argument("--max-concurrent-streams", type=int, default=_env("max-concurrent-streams", 100, int),
-                   help="RPCs at once on one client connection (default 100)")
-    p.add_argument("--max-connection-idle-s", type=float, default=_env("max-connection-idle-s", 300.0, float),
-                   help="close a connection idle this long (default 300; 0: never)")
-    p.add_argument("--max-connection-age-s", type=float, default=_env("max-connection-age-s", 0.0, float),
-                   help="close every connection after this long, with --grace-s to finish (default 0: never)")
-    p.add_argument("--keepalive-s", type=float, default=_env("keepalive-s", 60.0, float),
-                   help="ping idle clients this often and drop those that do not answer (default 60; 0: off)")
-    p.add_argument("--stream-write-timeout-s", type=float, default=_env("stream-write-timeout-s", 30.0, float),
-                   help="end a stream whose client reads no response for this long (default 30)")
-    p.add_argument("--max-pixels", type=int, default=_env("max-pixels", None, int),
-                   help="largest image (width x height) accepted for decoding")
-    p.add_argument("--tls-cert", type=Path, default=_env("tls-cert", None, Path), help="server certificate (PEM)")
-    p.add_argument("--tls-key", type=Path, default=_env("tls-key", None, Path), help="server private key (PEM)")
-    p.add_argument("--tls-client-ca", type=Path, default=_env("tls-client-ca", None, Path),
-                   help="CA that client certificates must be signed by (mutual TLS)")
-    p.add_argument("--poll-s", type=float, default=_env("poll-s", 0.0, float),
-                   help="look for new models and versions every SECONDS (default 0: only on SIGHUP); a version "
-                        "that fails its checks never replaces the one serving")
-    p.add_argument("--log-level", default=_env("log-level", "INFO"))
-    p.add_argument("--log-format", choices=("json", "text"), default=_env("log-format", "json"))
+    _option(p, "--max-concurrent-streams", int, 100, "RPCs at once on one client connection (default 100)")
+    _option(p, "--max-connection-idle-s", float, 300.0, "close a connection idle this long (default 300; 0: never)")
+    _option(p, "--max-connection-age-s", float, 0.0,
+            "close every connection after this long, with --grace-s to finish (default 0: never)")
+    _option(p, "--keepalive-s", float, 60.0,
+            "ping idle clients this often and drop those that do not answer (default 60; 0: off)")
+    _option(p, "--stream-write-timeout-s", float, 30.0,
+            "end a stream whose client reads no response for this long (default 30)")
+    _option(p, "--max-pixels", int, None, "largest image (width x height) accepted for decoding")
+    _option(p, "--tls-cert", Path, None, "server certificate (PEM)")
+    _option(p, "--tls-key", Path, None, "server private key (PEM)")
+    _option(p, "--tls-client-ca", Path, None, "CA that client certificates must be signed by (mutual TLS)")
+    _option(p, "--poll-s", float, 0.0, "look for new models and versions every SECONDS (default 0: only on SIGHUP); "
+            "a version that fails its checks never replaces the one serving")
+    _option(p, "--log-level", str, "INFO")
+    _option(p, "--log-format", str, "json", choices=("json", "text"))
     p.set_defaults(func=_serve)
 
 
@@ -108,18 +102,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level, args.log_format)
     try:
-        config = ServerConfig(
-            repository=args.repository, host=args.host, port=args.port, metrics_port=args.metrics_port,
-            device=args.device, models=tuple(args.models), max_batch=args.max_batch,
-            max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue, threads=args.threads,
-            decode_workers=args.decode_workers, grace_s=args.grace_s, max_message_mb=args.max_message_mb,
-            max_images_per_request=args.max_images_per_request, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
-            allow_compression=args.allow_compression, max_concurrent_streams=args.max_concurrent_streams,
-            max_connection_idle_s=args.max_connection_idle_s, max_connection_age_s=args.max_connection_age_s,
-            keepalive_s=args.keepalive_s, stream_write_timeout_s=args.stream_write_timeout_s,
-            metrics_host=args.metrics_host, tls_cert=args.tls_cert,
-            tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, poll_s=args.poll_s,
-        )
+        settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig) if hasattr(args, f.name)}
+        config = ServerConfig(**{**settings, "models": tuple(args.models),
+                                 "max_pixels": args.max_pixels or DEFAULT_MAX_PIXELS})
         return asyncio.run(serve(config))
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
