@@ -1,9 +1,11 @@
-"""``python -m models summary|classic …``: argument parsing only (see models/summary.py, models/classic.py)."""
+"""``python -m models summary|classic|filters …``: argument parsing only (see models/summary.py, models/classic.py,
+models/filters.py)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _parse_chw(text: str) -> tuple[int, int, int]:
@@ -32,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classic", help="the classic architectures' totals as a markdown table")
     p.add_argument("--input", default=None, metavar="C,H,W", help="one input for all (default: each paper's)")
     p.add_argument("--classes", type=int, default=None, metavar="K", help="number of classes (default: the paper's)")
+    p = sub.add_parser("filters", help="a run's learned kernels and feature maps, and hand-built kernels, as PNGs")
+    p.add_argument("run", type=Path, help="run directory written by `python -m training fit`")
+    p.add_argument("--image", type=Path, default=None,
+                   help="image for the feature maps and the hand-built kernels (default: the run's first validation "
+                        "image for the feature maps, scikit-learn's sample photo for the kernels)")
+    p.add_argument("--out", required=True, type=Path, help="folder for the PNGs")
     return parser
 
 
@@ -40,10 +48,17 @@ def _run(args: argparse.Namespace) -> str:
         from models.summary import format_summary, summarize
 
         return format_summary(summarize(args.arch, _parse_chw(args.input), args.classes, args.head))
-    from models.classic import comparison, comparison_markdown
+    if args.command == "classic":
+        from models.classic import comparison, comparison_markdown
 
-    chw = None if args.input is None else _parse_chw(args.input)
-    return comparison_markdown(comparison(chw, args.classes))
+        chw = None if args.input is None else _parse_chw(args.input)
+        return comparison_markdown(comparison(chw, args.classes))
+    from models.filters import FiltersError, render
+
+    try:
+        return "\n".join(render(args.run, args.out, args.image).lines())
+    except FiltersError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
