@@ -58,28 +58,49 @@ def _band(ax, x: np.ndarray, runs: np.ndarray, label: str, **style) -> None:
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
-def curves(path: Path, panels: Sequence[tuple[str, str, Series]], xlabel: str = "epoch", x0: int = 1,
-           log_y: Sequence[bool] = (), title: str = "", sharey: bool = False) -> Path:
-    """One panel per (title, y label, series); the line is the mean over seeds, the band ± one std."""
+# One panel of ``lines``: title, x label, y label, and per variant (x values, runs of y values at those x).
+Panel = tuple[str, str, str, Mapping[str, tuple[Sequence[float], Sequence[Sequence[float]]]]]
+
+
+def lines(path: Path, panels: Sequence[Panel], log_x: Sequence[bool] = (), log_y: Sequence[bool] = (),
+          hline: float | None = None, title: str = "", integer_x: bool = False, markers: bool = False,
+          sharey: bool = False, ylim: tuple[float, float] | None = None) -> Path:
+    """One panel per entry; each variant's line is the mean over its runs at the given x, the band ± one std;
+    ``hline`` draws a dashed reference (a target accuracy) on every panel."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3), squeeze=False, sharey=sharey)
-    for i, (ax, (panel_title, ylabel, series)) in enumerate(zip(axes[0], panels, strict=True)):
-        for variant, runs in series.items():
+    for i, (ax, (panel_title, xlabel, ylabel, series)) in enumerate(zip(axes[0], panels, strict=True)):
+        for variant, (x, runs) in series.items():
             stacked = _stack(runs)
             if stacked.size == 0:
                 continue
-            epochs = xlabel == "epoch"
-            _band(ax, np.arange(x0, x0 + stacked.shape[1]), stacked, variant, marker="o" if epochs else None,
-                  markersize=3)
-        if xlabel == "epoch":
+            _band(ax, np.asarray(x, dtype=float)[: stacked.shape[1]], stacked, variant,
+                  marker="o" if markers else None, markersize=3)
+        if hline is not None:
+            ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
+        if integer_x:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if i < len(log_y) and log_y[i]:
-            ax.set_yscale("log")
-        ax.set(xlabel=xlabel, ylabel=ylabel, title=panel_title)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=panel_title,
+               xscale="log" if i < len(log_x) and log_x[i] else "linear",
+               yscale="log" if i < len(log_y) and log_y[i] else "linear")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def curves(path: Path, panels: Sequence[tuple[str, str, Series]], xlabel: str = "epoch", x0: int = 1,
+           log_y: Sequence[bool] = (), title: str = "", sharey: bool = False) -> Path:
+    """``lines`` against the index of each value (epoch 1, 2 … or iteration 1, 2 …)."""
+    def indexed(series: Series) -> dict[str, tuple[Sequence[float], Sequence[Sequence[float]]]]:
+        longest = {name: max((len(r) for r in runs), default=0) for name, runs in series.items()}
+        return {name: (range(x0, x0 + longest[name]), runs) for name, runs in series.items()}
+
+    epochs = xlabel == "epoch"
+    return lines(path, [(t, xlabel, y, indexed(series)) for t, y, series in panels], log_y=log_y, title=title,
+                 integer_x=epochs, markers=epochs, sharey=sharey)
 
 
 def validation_curves(path: Path, runs: Mapping[str, Sequence[Any]], title: str) -> Path:
