@@ -4,6 +4,7 @@ its name says, recomputed here, and measuring does not change the training."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -111,3 +112,14 @@ def test_batchnorm_report_explains_from_its_numbers(tiny_run) -> None:
     for paragraph in section["paragraphs"]:
         assert paragraph in report
     assert section["paragraphs"][-1].startswith("**What this supports.**")
+
+
+def test_probe_time_is_left_out_of_the_seconds(tiny_images, tmp_path) -> None:
+    """The landscape probes and the evaluations take time that is no training: the epochs' seconds leave it out."""
+    settings = Settings(out=tmp_path, data=str(tiny_images), bs=8, size=8)
+    probed = RunSpec("BN", "resnet20", 0, 0.01, 1, landscape_every=1, evals_per_epoch=4)
+    r = train_one(probed, settings, tmp_path / "run", lambda _m: None)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert r.history[0]["seconds"] < metrics["history"][0]["seconds"]
+    assert r.train_seconds < metrics["train_seconds"]
+    assert r.evals[-1]["seconds"] <= r.history[0]["seconds"]

@@ -212,13 +212,25 @@ def _probe(spec: RunSpec, log: Callable[[str], None]):
             self.landscapes: list[dict[str, Any]] = []
             self.evals: list[dict[str, float]] = []
             self.train_seconds = 0.0  # training batches only: no evaluation, no probe
+            self.overhead: list[float] = []  # per epoch: seconds spent in landscape probes and evaluations
+
+        def before_epoch(self):
+            self.overhead.append(0.0)
+
+        def _timed(self, fn, *args):
+            """fn(*args), its time booked as overhead (taken out of the run's seconds)."""
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.overhead[-1] += time.perf_counter() - t0
 
         def before_batch(self):
             if not self.training:
                 return
             n = len(self.losses)
             if spec.landscape_every and n % spec.landscape_every == 0:
-                probe = landscape(self.model, _plain(self.xb[0]), _plain(self.yb[0]))
+                probe = self._timed(landscape, self.model, _plain(self.xb[0]), _plain(self.yb[0]))
                 self.landscapes.append({"iteration": n, **probe})
             if self.tracer:
                 self.tracer.start(n)
@@ -249,7 +261,7 @@ def _probe(spec: RunSpec, log: Callable[[str], None]):
             n = len(self.losses)
             every = max(1, self.iters_per_epoch // spec.evals_per_epoch) if spec.evals_per_epoch else 0
             if every and (n % every == 0 or n % self.iters_per_epoch == 0):  # and at each epoch's end
-                valid_loss, accuracy = evaluate(self.model, self.dls.valid)
+                valid_loss, accuracy = self._timed(evaluate, self.model, self.dls.valid)
                 self.evals.append({"iteration": n, "seconds": round(self.train_seconds, 3),
                                    "accuracy": accuracy, "valid_loss": valid_loss})
 
@@ -304,11 +316,15 @@ def train_one(spec: RunSpec, settings: Settings, run_dir: Path, log: Callable[[s
         raise ExperimentError(str(e)) from None
     # Per-batch curves only feed the plots: 5 significant digits keep results.json small.
     losses, lrs, moms = ([float(f"{x:.5g}") for x in xs] for xs in (probe.losses, probe.lrs, probe.momenta))
+    # The probes' own time is no training: the epochs' seconds and the total leave it out.
+    extra = [*probe.overhead, *[0.0] * len(metrics["history"])]
+    history = [{**h, "seconds": round(h["seconds"] - extra[i], 3)} if "seconds" in h else h
+               for i, h in enumerate(metrics["history"])]
     return RunResult(
         spec=spec, valid_accuracy=metrics["valid_accuracy"], valid_loss=metrics["valid_loss"],
-        train_seconds=metrics["train_seconds"], n_classes=metrics["n_classes"],
+        train_seconds=round(metrics["train_seconds"] - sum(probe.overhead), 3), n_classes=metrics["n_classes"],
         n_train=metrics["n_train"], n_valid=metrics["n_valid"], size=metrics["size"][0],
-        history=metrics["history"], batch_losses=losses, batch_lrs=lrs, batch_moms=moms,
+        history=history, batch_losses=losses, batch_lrs=lrs, batch_moms=moms,
         iters_per_epoch=probe.iters_per_epoch,
         diverged=probe.diverged, **probe.measured,
     )
