@@ -44,7 +44,7 @@ from models.spec import (
     walk,
 )
 
-__all__ = ["CLASSICS", "HEADS", "Classic", "comparison", "comparison_markdown", "parts", "summarize"]
+__all__ = ["CLASSICS", "HEADS", "Classic", "check_head", "comparison", "comparison_markdown", "parts", "summarize"]
 
 # The classifiers --head can put on a body: global average pooling → linear, or fastai's create_head.
 HEADS = ("linear", "fastai")
@@ -242,6 +242,11 @@ CLASSICS: dict[str, Classic] = {
 }
 
 
+def check_head(head: str | None) -> None:
+    if head is not None and head not in HEADS:
+        raise ValueError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
+
+
 def parts(name: str, num_classes: int | None = None, head: str | None = None) -> list[tuple[str, Layer]]:
     """(prefix, spec) pairs to walk: the body, then the own classifier or the ``head`` put in its place, for
     ``num_classes`` (default: the paper's)."""
@@ -251,8 +256,7 @@ def parts(name: str, num_classes: int | None = None, head: str | None = None) ->
     num_classes = num_classes or arch.classes
     if head is None:
         return [("", arch.body)] + ([("", arch.head(num_classes))] if arch.head else [])
-    if head not in HEADS:
-        raise ValueError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
+    check_head(head)
     if arch.head is None or not arch.body.layers:
         raise ValueError(f"{name} has {'no classifier' if arch.head is None else 'no convolutional body'}: "
                          "there is no head to swap")

@@ -35,8 +35,8 @@ from models.shapes import (
 
 __all__ = [
     "AdaptivePool", "Concat", "ConcatPool", "Conv", "Flatten", "Layer", "Linear", "Norm", "Pool", "Residual", "Row",
-    "Same", "Seq", "State", "Summary", "Walker", "check_input", "fastai_head", "format_summary", "linear_head",
-    "walk",
+    "Same", "Seq", "State", "Summary", "Walker", "check_input", "fastai_head", "format_summary", "join",
+    "linear_head", "walk",
 ]
 
 Pair = tuple[int, int]
@@ -231,7 +231,8 @@ class State:
         return self.shape  # type: ignore[return-value]
 
 
-def _join(prefix: str, name: str) -> str:
+def join(prefix: str, name: str) -> str:
+    """A child's row name: ``prefix.name``, or ``name`` at the top."""
     return f"{prefix}.{name}" if prefix else name
 
 
@@ -320,27 +321,27 @@ class Walker:
         """The residual sum of two paths: same shape and jump; the larger field and depth."""
         if side.shape != main.shape or side.jump != main.jump:
             raise ValueError(f"{name}: residual paths disagree: {main.shape} vs shortcut {side.shape}")
-        return self.emit(_join(name, "add"), "add", _widest(main.shape, main, side), module=False)
+        return self.emit(join(name, "add"), "add", _widest(main.shape, main, side), module=False)
 
     def concat(self, name: str, outs: list[State]) -> State:
         """Channel concatenation of branches that agree on the spatial size and jump."""
         if len({o.shape[1:] for o in outs}) != 1 or len({o.jump for o in outs}) != 1:
             raise ValueError(f"{name}: branches disagree: {[o.shape for o in outs]}")
         shape = (sum(o.shape[0] for o in outs), *outs[0].shape[1:])
-        return self.emit(_join(name, "cat"), "cat", _widest(shape, *outs), module=False)
+        return self.emit(join(name, "cat"), "cat", _widest(shape, *outs), module=False)
 
     # ---- specs --------------------------------------------------------------------------------------------
     def walk(self, name: str, layer: Layer, st: State) -> State:
         if isinstance(layer, Seq):
             for child, sub in layer.layers:
-                st = self.walk(_join(name, child), sub, st)
+                st = self.walk(join(name, child), sub, st)
             return st
         if isinstance(layer, Residual):
             out = self.walk(name, layer.path, st)
-            side = st if layer.shortcut is None else self.walk(_join(name, "downsample"), layer.shortcut, st)
-            return self.walk(_join(name, layer.act_name), layer.act, self.merge(name, out, side))
+            side = st if layer.shortcut is None else self.walk(join(name, "downsample"), layer.shortcut, st)
+            return self.walk(join(name, layer.act_name), layer.act, self.merge(name, out, side))
         if isinstance(layer, Concat):
-            return self.concat(name, [self.walk(_join(name, b), sub, st) for b, sub in layer.branches])
+            return self.concat(name, [self.walk(join(name, b), sub, st) for b, sub in layer.branches])
         return self.leaf(name, layer, st)
 
 

@@ -32,6 +32,7 @@ from models.spec import (
     Walker,
     check_input,
     format_summary,
+    join,
 )
 
 __all__ = ["HEADS", "Row", "Summary", "body", "fastai_head", "format_summary", "summarize", "summarize_model",
@@ -75,7 +76,7 @@ class _ModuleWalker(Walker):
             return self.res_block(name, m, st)
         if isinstance(m, nn.Sequential) and len(m):  # also fastai's ConvLayer and XResNet
             for child_name, child in m.named_children():
-                st = self.visit(_join(name, child_name), child, st)
+                st = self.visit(join(name, child_name), child, st)
             return st
         try:
             return self.leaf(name, to_spec(m), st)
@@ -86,9 +87,9 @@ class _ModuleWalker(Walker):
         # By name, in forward()'s order, with the flatten that forward() does functionally.
         stages = getattr(m, "stages", [s for s in ("layer1", "layer2", "layer3", "layer4") if hasattr(m, s)])
         for child in ("conv1", "bn1", "relu", "maxpool", *stages, "avgpool"):
-            st = self.visit(_join(name, child), getattr(m, child), st)
-        st = self.leaf(_join(name, "flatten"), FLATTEN_FN, st)
-        return self.visit(_join(name, "fc"), m.fc, st)
+            st = self.visit(join(name, child), getattr(m, child), st)
+        st = self.leaf(join(name, "flatten"), FLATTEN_FN, st)
+        return self.visit(join(name, "fc"), m.fc, st)
 
     def block(self, name: str, m: nn.Module, st: State) -> State:
         order = ["conv1", "bn1", "relu", "conv2", "bn2"]
@@ -96,20 +97,16 @@ class _ModuleWalker(Walker):
             order += ["relu", "conv3", "bn3"]
         out = st
         for child in order:
-            out = self.visit(_join(name, child), getattr(m, child), out)
+            out = self.visit(join(name, child), getattr(m, child), out)
         if getattr(m, "skip", True):
-            side = st if m.downsample is None else self.visit(_join(name, "downsample"), m.downsample, st)
+            side = st if m.downsample is None else self.visit(join(name, "downsample"), m.downsample, st)
             out = self.merge(name, out, side)
-        return self.visit(_join(name, "relu"), m.relu, out)
+        return self.visit(join(name, "relu"), m.relu, out)
 
     def res_block(self, name: str, m: nn.Module, st: State) -> State:
-        out = self.visit(_join(name, "convpath"), m.convpath, st)
-        out = self.merge(name, out, self.visit(_join(name, "idpath"), m.idpath, st))
-        return self.visit(_join(name, "act"), m.act, out)
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
+        out = self.visit(join(name, "convpath"), m.convpath, st)
+        out = self.merge(name, out, self.visit(join(name, "idpath"), m.idpath, st))
+        return self.visit(join(name, "act"), m.act, out)
 
 
 def summarize_model(model: nn.Module, input_chw: tuple[int, int, int], arch: str = "",
@@ -138,11 +135,6 @@ def body(model: nn.Module) -> nn.Sequential:
     return nn.Sequential(OrderedDict(children[:cut]))
 
 
-def _check_head(head: str | None) -> None:
-    if head is not None and head not in HEADS:
-        raise ValueError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
-
-
 def summarize(arch: str, input_chw: tuple[int, int, int], num_classes: int | None = 1000,
               head: str | None = None) -> Summary:
     """Summary of ``models.registry.create(arch, num_classes, C)`` for a (C, H, W) input, or of the classic
@@ -151,7 +143,7 @@ def summarize(arch: str, input_chw: tuple[int, int, int], num_classes: int | Non
     from models import registry
 
     check_input(input_chw)  # before building the model
-    _check_head(head)
+    classic.check_head(head)
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"--classes must be >= 1, got {num_classes}")
     if arch not in registry.ARCHS:
