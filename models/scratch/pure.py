@@ -48,21 +48,20 @@ def conv2d(x: Image, weight: Kernel, bias: list[float] | None = None, stride: in
     out_h = conv_output_size(height, kh, stride, padding, dilation)
     out_w = conv_output_size(width, kw, stride, padding, dilation)
     out = []
-    for o in range(len(weight)):
-        rows = []
-        for y in range(out_h):
+    for o in range(len(weight)):  # every output channel …
+        channel = []
+        for oy in range(out_h):  # … and output pixel:
             row = []
-            for x_ in range(out_w):
+            for ox in range(out_w):
+                top, left = oy * stride - padding, ox * stride - padding  # the window's corner in x
                 acc = bias[o] if bias is not None else 0.0
-                for c in range(len(x)):
+                for c in range(len(x)):  # the sum over input channels and kernel taps
                     for i in range(kh):
                         for j in range(kw):
-                            pixel = _at(x[c], y * stride - padding + i * dilation, x_ * stride - padding + j * dilation,
-                                        0.0)
-                            acc += pixel * weight[o][c][i][j]
+                            acc += _at(x[c], top + i * dilation, left + j * dilation, 0.0) * weight[o][c][i][j]
                 row.append(acc)
-            rows.append(row)
-        out.append(rows)
+            channel.append(row)
+        out.append(channel)
     return out
 
 
@@ -98,15 +97,15 @@ def _pool(x: Image, kernel: int, stride: int, padding: int, pad_value: float,
     out_w = pool_output_size(width, kernel, stride, padding)
     out = []
     for channel in x:
-        rows = []
-        for y in range(out_h):
+        pooled = []
+        for oy in range(out_h):
             row = []
-            for x_ in range(out_w):
-                taps = [_at(channel, y * stride - padding + i, x_ * stride - padding + j, pad_value)
-                        for i in range(kernel) for j in range(kernel)]
-                row.append(reduce(taps))
-            rows.append(row)
-        out.append(rows)
+            for ox in range(out_w):
+                top, left = oy * stride - padding, ox * stride - padding
+                row.append(reduce([_at(channel, top + i, left + j, pad_value)
+                                   for i in range(kernel) for j in range(kernel)]))
+            pooled.append(row)
+        out.append(pooled)
     return out
 
 
