@@ -6,7 +6,10 @@ Three measurements (``probes``) on the same runs as the accuracy table:
 - the loss along the gradient: L(w − η·g) and ∇L(w − η·g) for η from 1e-3 to 1, every few iterations (Santurkar
   et al. 2018). From each probe: the range of the loss over η ("variation"), the largest change of the gradient
   ("predictiveness"), effective β-smoothness max_η ‖∇L(w − ηg) − ∇L(w)‖ / (η‖g‖), and the largest η that still
-  lowers the loss. Each run is summarised by the median over its probes, each variant by mean ± std over seeds.
+  lowers the loss. Each run gives the value at iteration 0 and the median over its probes.
+
+These quantities are scales: they span orders of magnitude between seeds and variants, so BN and no BN are
+compared on log10 of each (a ratio of geometric means), and the explanation quotes each variant's range over seeds.
 """
 
 from __future__ import annotations
@@ -14,21 +17,28 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from training.experiments import figures
 from training.experiments.report import Table
 from training.experiments.runner import RunResult
-from training.experiments.stats import Comparison, compare, fmt_values, mean_std
+from training.experiments.stats import Comparison, compare, finite, fmt_values, mean_std
 
-__all__ = ["analyse", "landscape_metrics", "trace_metrics"]
+__all__ = ["ROWS", "analyse", "landscape_metrics", "trace_metrics"]
 
-Metric = Callable[[RunResult], float | None]
+VARIANTS = ("BN", "no BN")
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
+
+
+def _spread(values: list[float]) -> float | None:
+    """Largest over smallest of the positive finite values."""
+    xs = [x for x in finite(values) if x > 0]
+    return max(xs) / min(xs) if xs else None
 
 
 def trace_metrics(r: RunResult) -> dict[str, float | None]:
@@ -38,10 +48,10 @@ def trace_metrics(r: RunResult) -> dict[str, float | None]:
     std, grads = t.get("act_std") or [[]], t.get("grad_norm") or [[]]
     if not std[0] or not grads[0]:
         return {}
-    finite = [g for g in grads[0] if g is not None and math.isfinite(g) and g > 0]
+    relative = [g / w if g is not None and w else None for g, w in zip(grads[0], t["weight_norm"], strict=True)]
     return {"std_stem_0": std[0][0], "std_last_0": std[0][-1], "growth_0": _ratio(std[0][-1], std[0][0]),
-            "growth_end": _ratio(std[-1][-1], std[-1][0]), "grad_first_0": grads[0][0], "grad_fc_0": grads[0][-1],
-            "grad_spread_0": _ratio(max(finite, default=None), min(finite, default=None))}
+            "growth_end": _ratio(std[-1][-1], std[-1][0]), "grad_fc_0": grads[0][-1],
+            "grad_spread_0": _spread(grads[0]), "relative_spread_0": _spread(relative)}
 
 
 def landscape_metrics(probe: dict[str, Any]) -> dict[str, float | None]:
@@ -57,122 +67,169 @@ def landscape_metrics(probe: dict[str, Any]) -> dict[str, float | None]:
             "lowering_eta": max(lowering, default=None), "grad_norm": g}
 
 
-def _median_over_probes(r: RunResult, key: str) -> float | None:
-    values = [m[key] for m in map(landscape_metrics, r.landscape or []) if m[key] is not None]
-    return statistics.median(values) if values else None
+def _at_start(key: str) -> Callable[[RunResult], float | None]:
+    return lambda r: landscape_metrics(r.landscape[0])[key] if r.landscape else None
 
 
-# (row label, metric of one run, digits): the table's rows, in order.
-ROWS: list[tuple[str, str, Metric, int]] = [
-    ("activation std after the stem, iteration 0", "std_stem_0", lambda r: trace_metrics(r).get("std_stem_0"), 3),
-    ("activation std after the last block, iteration 0", "std_last_0",
-     lambda r: trace_metrics(r).get("std_last_0"), 3),
-    ("growth of the activation std, stem → last block, iteration 0 (×)", "growth_0",
-     lambda r: trace_metrics(r).get("growth_0"), 2),
-    ("the same at the last traced iteration (×)", "growth_end", lambda r: trace_metrics(r).get("growth_end"), 2),
-    ("gradient norm, first convolution, iteration 0", "grad_first_0", lambda r: trace_metrics(r).get("grad_first_0"),
-     3),
-    ("gradient norm, classifier, iteration 0", "grad_fc_0", lambda r: trace_metrics(r).get("grad_fc_0"), 3),
-    ("largest / smallest per-layer gradient norm, iteration 0 (×)", "grad_spread_0",
-     lambda r: trace_metrics(r).get("grad_spread_0"), 1),
-    ("‖g‖, whole network (median over probes)", "grad_norm", lambda r: _median_over_probes(r, "grad_norm"), 3),
-    ("range of L(w − ηg) over η (median over probes)", "loss_range", lambda r: _median_over_probes(r, "loss_range"), 3),
-    ("largest ‖∇L(w − ηg) − g‖ (median over probes)", "grad_change", lambda r: _median_over_probes(r, "grad_change"),
-     3),
-    ("effective β-smoothness (median over probes)", "beta", lambda r: _median_over_probes(r, "beta"), 2),
-    ("largest η along −g that lowers the loss (median over probes)", "lowering_eta",
-     lambda r: _median_over_probes(r, "lowering_eta"), 3),
+def _median(key: str) -> Callable[[RunResult], float | None]:
+    def metric(r: RunResult) -> float | None:
+        values = [m[key] for m in map(landscape_metrics, r.landscape or []) if m[key] is not None]
+        return statistics.median(values) if values else None
+
+    return metric
+
+
+def _traced(key: str) -> Callable[[RunResult], float | None]:
+    return lambda r: trace_metrics(r).get(key)
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    key: str
+    metric: Callable[[RunResult], float | None]
+    digits: int = 3
+    compared: bool = False  # BN vs no BN on log10 of the value
+
+
+ROWS: list[Row] = [
+    Row("activation std after the stem, iteration 0", "std_stem_0", _traced("std_stem_0")),
+    Row("activation std after the last block, iteration 0", "std_last_0", _traced("std_last_0")),
+    Row("growth of the activation std, stem → last block, iteration 0 (×)", "growth_0", _traced("growth_0"), 2, True),
+    Row("the same at the last traced iteration (×)", "growth_end", _traced("growth_end"), 2, True),
+    Row("gradient norm of the classifier, iteration 0", "grad_fc_0", _traced("grad_fc_0")),
+    Row("largest / smallest per-layer gradient norm, iteration 0 (×)", "grad_spread_0", _traced("grad_spread_0"), 1,
+        True),
+    Row("largest / smallest per-layer ‖∇W‖ / ‖W‖, iteration 0 (×)", "relative_spread_0",
+        _traced("relative_spread_0"), 1, True),
+    Row("‖g‖, whole network (median over probes)", "grad_norm", _median("grad_norm")),
+    Row("range of L(w − ηg) over η, iteration 0", "loss_range_0", _at_start("loss_range"), 3, True),
+    Row("range of L(w − ηg) over η (median over probes)", "loss_range", _median("loss_range"), 3, True),
+    Row("effective β-smoothness, iteration 0", "beta_0", _at_start("beta"), 3, True),
+    Row("effective β-smoothness (median over probes)", "beta", _median("beta"), 3, True),
+    Row("largest η along −g that lowers the loss, iteration 0", "lowering_eta_0", _at_start("lowering_eta"), 3, True),
+    Row("largest η along −g that lowers the loss (median over probes)", "lowering_eta", _median("lowering_eta"), 3,
+        True),
 ]
-COMPARED = ("growth_0", "grad_spread_0", "loss_range", "beta", "lowering_eta")
+
+
+def _log10(values: list[float | None]) -> list[float | None]:
+    return [math.log10(x) if x is not None and math.isfinite(x) and x > 0 else None for x in values]
 
 
 def analyse(main: dict[str, list[RunResult]], out: Path, largest_lr: dict[str, float | None],
             ) -> tuple[Table, list[Comparison], list[str], list[tuple[str, str]], dict[str, Any]]:
     """The table, the comparisons, the explanation's paragraphs, the plots and the summary numbers."""
-    bn, plain = main["BN"], main["no BN"]
-    first = bn[0]
+    first = main["BN"][0]
     trace_len = len((first.trace or {}).get("act_std") or [])
     every = first.spec.landscape_every
-    values = {key: {v: [metric(r) for r in runs] for v, runs in main.items()} for _, key, metric, _ in ROWS}
+    values = {row.key: {v: [row.metric(r) for r in main[v]] for v in VARIANTS} for row in ROWS}
     summary = {key: {v: mean_std(x) for v, x in by_variant.items()} for key, by_variant in values.items()}
     table = Table(
         f"Inside the network: the main runs' first {trace_len} iterations (activations, gradients) and the loss "
         f"along the gradient every {every} iterations; mean ± std over seeds",
-        ["measured in the main runs", *main], [[label, *(fmt_values(values[key][v], digits) for v in main)]
-                                               for label, key, _, digits in ROWS])
-    comparisons = [compare(label, "BN", values[key]["BN"], "no BN", values[key]["no BN"], digits=digits)
-                   for label, key, _, digits in ROWS if key in COMPARED]
-    plots = _plots(out, main, trace_len)
-    paragraphs = _why(summary, {c.metric: c for c in comparisons}, len(bn), len(plain), trace_len, every, largest_lr,
-                      len(first.trace["layers"]) - 1 if first.trace else 0)
-    return table, comparisons, paragraphs, plots, summary
+        ["measured in the main runs", *VARIANTS],
+        [[row.label, *(fmt_values(values[row.key][v], row.digits) for v in VARIANTS)] for row in ROWS])
+    comparisons = {row.key: compare(f"log10 of {row.label}", "BN", _log10(values[row.key]["BN"]), "no BN",
+                                    _log10(values[row.key]["no BN"]), digits=2) for row in ROWS if row.compared}
+    paragraphs = _Why(values, comparisons, trace_len, every, len(first.trace["layers"]) - 1 if first.trace else 0,
+                      largest_lr).paragraphs()
+    return table, list(comparisons.values()), paragraphs, _plots(out, main, trace_len), summary
 
 
-def _mean(summary: dict[str, Any], key: str, variant: str) -> float | None:
-    return summary[key][variant][0]
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3g}"
 
 
-def _num(x: float | None, digits: int = 3) -> str:
-    return "—" if x is None else f"{x:.{digits}g}"
+class _Why:
+    """The explanation: every sentence quotes each variant's range over seeds and the log-scale verdict."""
 
+    def __init__(self, values: dict[str, dict[str, list]], comparisons: dict[str, Comparison], trace_len: int,
+                 every: int, blocks: int, largest_lr: dict[str, float | None]) -> None:
+        self.values, self.c = values, comparisons
+        self.trace_len, self.every, self.blocks, self.largest_lr = trace_len, every, blocks, largest_lr
 
-def _verdict(c: Comparison) -> str:
-    return {"shows": "the difference shows", "does not show": "no difference shows",
-            "cannot tell": "cannot tell"}[c.verdict] + f": {c.detail}"
+    def span(self, key: str, variant: str) -> str:
+        """min–max over seeds, or the one value."""
+        xs = finite(self.values[key][variant])
+        if not xs:
+            return "—"
+        lo, hi = min(xs), max(xs)
+        return _num(lo) if f"{lo:.3g}" == f"{hi:.3g}" else f"{_num(lo)}–{_num(hi)}"
 
+    def both(self, key: str, unit: str = "") -> str:
+        return f"{unit}{self.span(key, 'BN')} with BN and {unit}{self.span(key, 'no BN')} without"
 
-def _why(summary: dict[str, Any], c: dict[str, Comparison], n_bn: int, n_plain: int, trace_len: int, every: int,
-         largest_lr: dict[str, float | None], blocks: int) -> list[str]:
-    """The explanation, each sentence carrying the numbers it rests on."""
-    def m(key: str, v: str, digits: int = 3) -> str:
-        return _num(_mean(summary, key, v), digits)
+    def verdict(self, key: str) -> str:
+        c = self.c[key]
+        if c.verdict != "shows":
+            return "no difference shows on a log scale" if c.verdict == "does not show" else "cannot tell"
+        return f"a factor {10 ** abs(c.diff):.2g} {'larger' if c.diff > 0 else 'smaller'} with BN, beyond the spread"
 
-    labels = {key: label for label, key, _, _ in ROWS}
-    scale = (f"**Activations.** At initialisation (iteration 0; mean over {n_bn} and {n_plain} seeds) the stem's "
-             f"output has std {m('std_stem_0', 'BN')} with BN and {m('std_stem_0', 'no BN')} without; after the "
-             f"last of the {blocks} residual blocks, {m('std_last_0', 'BN')} with BN and {m('std_last_0', 'no BN')} "
-             "without. "
-             f"Through the blocks the scale grows {m('growth_0', 'BN')}× with BN and {m('growth_0', 'no BN')}× "
-             f"without ({_verdict(c[labels['growth_0']])}); after {trace_len} iterations "
-             f"{m('growth_end', 'BN')}× and {m('growth_end', 'no BN')}×. Each residual sum x + F(x) adds the "
-             "branch's variance to the shortcut's; BN resets every branch to a learned scale, without it nothing "
-             "brings the scale back.")
-    grads = (f"**Gradients.** At iteration 0 the per-layer gradient norms span a factor {m('grad_spread_0', 'BN')} "
-             f"(largest / smallest layer) with BN and {m('grad_spread_0', 'no BN')} without "
-             f"({_verdict(c[labels['grad_spread_0']])}); the classifier's gradient norm is {m('grad_fc_0', 'BN')} "
-             f"with BN and {m('grad_fc_0', 'no BN')} without. Training uses Adam, which divides each parameter's step "
-             "by its own running gradient scale, so these differences reach the weights less directly than they "
-             "would with SGD.")
-    beta, lowering, spread = c[labels["beta"]], c[labels["lowering_eta"]], c[labels["loss_range"]]
-    land = (f"**The loss along the gradient.** Every {every} iterations, from the weights the run had reached, plain "
-            f"gradient steps w − ηg with η from 1e-3 to 1: the loss varies over a range of {m('loss_range', 'BN')} "
-            f"with BN and {m('loss_range', 'no BN')} without ({_verdict(spread)}); effective β-smoothness "
-            f"{m('beta', 'BN')} vs {m('beta', 'no BN')} ({_verdict(beta)}); the largest step that still lowers the "
-            f"loss is η = {m('lowering_eta', 'BN')} with BN and {m('lowering_eta', 'no BN')} without "
-            f"({_verdict(lowering)}).")
-    return [scale, grads, land, _conclusion(beta, lowering, largest_lr)]
+    def lower_with_bn(self, key: str) -> bool:
+        c = self.c[key]
+        return c.verdict == "shows" and c.diff is not None and c.diff < 0
 
+    def higher_with_bn(self, key: str) -> bool:
+        c = self.c[key]
+        return c.verdict == "shows" and c.diff is not None and c.diff > 0
 
-def _conclusion(beta: Comparison, lowering: Comparison, largest_lr: dict[str, float | None]) -> str:
-    def lr(v: str) -> str:
-        x = largest_lr.get(v)
-        return "none of the swept rates" if x is None else f"{x:g}"
+    def paragraphs(self) -> list[str]:
+        return [self.activations(), self.gradients(), self.landscape(), self.conclusion()]
 
-    sweep = f"the sweep's largest learning rate that trains is {lr('BN')} with BN and {lr('no BN')} without"
-    smoother = beta.verdict == "shows" and beta.diff is not None and beta.diff < 0
-    longer = lowering.verdict == "shows" and lowering.diff is not None and lowering.diff > 0
-    if smoother and longer:
-        return ("**What this supports.** With BN the gradient stays a reliable guide over longer steps: it changes "
-                "less per unit of step (smaller effective β-smoothness) and a longer step along it still lowers the "
-                f"loss. That is the smoothing explanation of Santurkar et al. 2018, and it matches the sweep: {sweep}. "
-                "These numbers do not test the original explanation, internal covariate shift, and they come from "
-                "one small network on one small data set.")
-    if smoother or longer:
-        which = "the gradient changes less per unit of step" if smoother else "longer steps still lower the loss"
-        return (f"**What this supports.** Partly: with BN {which}, but the other smoothness measure does not show "
-                f"a difference here, so the smoothing explanation is only half supported by these runs; {sweep}.")
-    return ("**What this supports.** On these runs the smoothness measures do not separate the two networks, so "
-            f"they do not support the smoothing explanation here, whatever the accuracy does; {sweep}.")
+    def activations(self) -> str:
+        drift = ("Without BN nothing holds the scale: it is whatever the weights make it, and training moves it"
+                 if self.lower_with_bn("growth_end") else
+                 "On these runs BN does not keep the scale measurably flatter through the depth")
+        return (f"**Activations.** Over seeds, the std of the stem's output at initialisation is "
+                f"{self.both('std_stem_0')}; after the last of the {self.blocks} residual blocks "
+                f"{self.both('std_last_0')}. From the stem to the last block the scale grows "
+                f"{self.both('growth_0', '×')} at iteration 0 ({self.verdict('growth_0')}), and "
+                f"{self.both('growth_end', '×')} after {self.trace_len} iterations "
+                f"({self.verdict('growth_end')}). {drift}; with BN every block's branch is renormalised, so only "
+                "its learned γ and β set the scale (activations.png).")
+
+    def gradients(self) -> str:
+        evens = self.lower_with_bn("grad_spread_0") and self.lower_with_bn("relative_spread_0")
+        uneven = self.higher_with_bn("grad_spread_0") or self.higher_with_bn("relative_spread_0")
+        lead = ("BN evens out the gradient across layers here" if evens else
+                "BN does not even out the gradient across layers here; it spreads it more" if uneven else
+                "Per-layer gradients are not measurably more even with BN here")
+        return (f"**Gradients.** {lead}: at iteration 0 the largest over the smallest per-layer gradient norm is "
+                f"{self.both('grad_spread_0', '×')} ({self.verdict('grad_spread_0')}), and of the relative gradient "
+                f"‖∇W‖/‖W‖ {self.both('relative_spread_0', '×')} ({self.verdict('relative_spread_0')}). Training uses "
+                "Adam, which divides each parameter's step by its own running gradient scale, so these spreads reach "
+                "the weights less directly than they would with SGD (gradients.png).")
+
+    def landscape(self) -> str:
+        return (f"**The loss along the gradient.** Every {self.every} iterations, from the weights the run had "
+                "reached, plain gradient steps w − ηg with η from 1e-3 to 1 (landscape.png). At initialisation: "
+                f"the loss ranges over {self.both('loss_range_0')} ({self.verdict('loss_range_0')}), effective "
+                f"β-smoothness {self.both('beta_0')} ({self.verdict('beta_0')}), the longest step that still lowers "
+                f"the loss η = {self.both('lowering_eta_0')}. Along the whole run (median over probes): range "
+                f"{self.both('loss_range')} ({self.verdict('loss_range')}), β-smoothness {self.both('beta')} "
+                f"({self.verdict('beta')}), longest lowering step η = {self.both('lowering_eta')} "
+                f"({self.verdict('lowering_eta')}).")
+
+    def conclusion(self) -> str:
+        lr = {v: "none of the swept rates" if x is None else f"{x:g}" for v, x in self.largest_lr.items()}
+        sweep = f"the sweep's largest learning rate that trains is {lr.get('BN')} with BN and {lr.get('no BN')} without"
+        smoother, longer = self.lower_with_bn("beta"), self.higher_with_bn("lowering_eta")
+        from_start = self.lower_with_bn("beta_0")
+        when = ("already at initialisation" if from_start else
+                "not at initialisation, where the two are alike, but along the trajectory training takes")
+        if smoother and longer:
+            return ("**What this supports.** With BN the gradient stays a reliable guide over longer steps — it "
+                    "changes less per unit of step (lower effective β-smoothness) and a longer step along it still "
+                    f"lowers the loss — {when}. That is the smoothing explanation of Santurkar et al. 2018, and it is "
+                    f"consistent with the sweep: {sweep}. These numbers do not test the original explanation "
+                    "(internal covariate shift), and they come from one small network on one small data set.")
+        if smoother or longer:
+            which = "the gradient changes less per unit of step" if smoother else "longer steps still lower the loss"
+            return (f"**What this supports.** In part: with BN {which}, but the other smoothness measure does not "
+                    f"separate the two networks, so the smoothing explanation is only half supported here; {sweep}.")
+        return ("**What this supports.** On these runs the smoothness measures do not separate the two networks, so "
+                f"they do not support the smoothing explanation here; {sweep}.")
 
 
 def _plots(out: Path, main: dict[str, list[RunResult]], trace_len: int) -> list[tuple[str, str]]:
@@ -185,9 +242,10 @@ def _plots(out: Path, main: dict[str, list[RunResult]], trace_len: int) -> list[
     figures.lines(out / "activations.png", [
         ("Activation std through the depth", "0 = stem, then each residual block", "std", depth),
         ("Activation std after the last block", "iteration", "std", over_time),
-    ], log_y=(True, True))
+    ], log_y=(True, True), geometric=True)
     grads = {v: (range(len(runs[0].trace["weights"])), [r.trace["grad_norm"][0] for r in runs])
              for v, runs in traced.items() if runs}
+
     def norm(row: list[float | None]) -> float:
         return math.sqrt(sum(x * x for x in row if x is not None))
 
@@ -196,9 +254,9 @@ def _plots(out: Path, main: dict[str, list[RunResult]], trace_len: int) -> list[
     figures.lines(out / "gradients.png", [
         ("Gradient norm per layer, iteration 0", "weight layer (convolutions, then the classifier)", "‖∂L/∂W‖", grads),
         ("Gradient norm, all weight layers", "iteration", "‖g‖", total),
-    ], log_y=(True, True))
+    ], log_y=(True, True), geometric=True)
     probed = {v: [r for r in runs if r.landscape] for v, runs in main.items()}
-    first = {v: (runs[0].landscape[0]["etas"], [[x / r.landscape[0]["loss"] if x is not None else math.nan
+    start = {v: (runs[0].landscape[0]["etas"], [[x / r.landscape[0]["loss"] if x is not None else math.nan
                                                  for x in r.landscape[0]["losses"]] for r in runs])
              for v, runs in probed.items() if runs}
 
@@ -211,13 +269,14 @@ def _plots(out: Path, main: dict[str, list[RunResult]], trace_len: int) -> list[
                 for v, runs in probed.items() if runs}
 
     figures.lines(out / "landscape.png", [
-        ("Loss along −g, iteration 0", "step η", "L(w − ηg) / L(w)", first),
+        ("Loss along −g, iteration 0", "step η", "L(w − ηg) / L(w)", start),
         ("Range of L(w − ηg) over η", "iteration", "loss range", along("loss_range")),
         ("Effective β-smoothness", "iteration", "max ‖Δ∇L‖ / ‖ηg‖", along("beta")),
-    ], log_x=(True, False, False), log_y=(True, True, True))
-    return [("Activation scale through the depth (iteration 0 and the last traced) and over the first iterations",
-             "activations.png"),
-            ("Per-layer gradient norms at iteration 0, and the whole gradient's norm over the first iterations",
-             "gradients.png"),
+    ], log_x=(True, False, False), log_y=(True, True, True), geometric=True)
+    spread = "; geometric mean and ×/÷ geometric std over seeds"
+    return [("Activation scale through the depth (iteration 0 and the last traced) and over the first iterations"
+             + spread, "activations.png"),
+            ("Per-layer gradient norms at iteration 0, and the whole gradient's norm over the first iterations"
+             + spread, "gradients.png"),
             ("The loss along the gradient direction: at iteration 0, and its variation and β-smoothness during "
-             "training", "landscape.png")]
+             "training" + spread, "landscape.png")]
