@@ -192,9 +192,16 @@ def test_one_cycle_time_to_accuracy(tiny_run):
         time_row = [x for x in rows(report) if x[0] == variant][1]
         assert time_row[2] == cell([h and h["iteration"] for h in hits], 1)
         assert time_row[3] == cell([h and h["seconds"] for h in hits], 1)
+        # "for good": the first evaluation from which none falls below the target again.
+        stays = [next((e["iteration"] for i, e in enumerate(r["evals"])
+                       if all(x["accuracy"] >= target for x in r["evals"][i:])), None) for r in rs]
+        assert time_row[4] == cell(stays, 1)
     assert any(f.startswith("Time to 95%, one-cycle vs step: ") for f in doc["findings"])
     assert any(f.startswith("Momentum, with the one-cycle lr (one-cycle vs one-cycle lr, mom 0.9): ")
                for f in doc["findings"])
+    (section,) = doc["sections"]
+    assert section["heading"] == "In plain words"
+    assert section["paragraphs"][1].startswith("Against the step schedule one-cycle ")
 
 
 def test_pooling_numbers(tiny_run):

@@ -380,16 +380,30 @@ def seconds_to_target(result: RunResult, target: float) -> float | None:
     return sum(row.get("seconds", 0.0) for row in result.history[:epoch])
 
 
+def _first_hit(result: RunResult, target: float) -> dict[str, float] | None:
+    return next((e for e in result.evals or [] if e["accuracy"] >= target), None)
+
+
 def iterations_to_target(result: RunResult, target: float) -> int | None:
     """The first in-epoch evaluation (``evals``) whose validation accuracy reaches ``target``, in iterations."""
-    hit = next((e for e in result.evals or [] if e["accuracy"] >= target), None)
+    hit = _first_hit(result, target)
     return None if hit is None else int(hit["iteration"])
 
 
 def train_seconds_to_target(result: RunResult, target: float) -> float | None:
     """Training time (batches only: no validation, no probes) until an in-epoch evaluation first reaches ``target``."""
-    hit = next((e for e in result.evals or [] if e["accuracy"] >= target), None)
+    hit = _first_hit(result, target)
     return None if hit is None else float(hit["seconds"])
+
+
+def iterations_to_stay(result: RunResult, target: float) -> int | None:
+    """The first in-epoch evaluation from which every later one, to the end of training, is at or above ``target``:
+    reaching the target for good, where a noisy run may touch it early and fall back."""
+    evals = result.evals or []
+    for i, e in enumerate(evals):
+        if all(x["accuracy"] >= target for x in evals[i:]):
+            return int(e["iteration"])
+    return None
 
 
 def trains_threshold(n_classes: int) -> float:
