@@ -86,17 +86,22 @@ def test_landscape_and_trace_metrics() -> None:
                                                "lowering_eta": 0.1, "grad_norm": 4.0}
 
 
-def test_probes_do_not_change_the_training(tiny_images, tmp_path) -> None:
-    """Same seed with and without the trace and the landscape probes: the same losses, batch for batch."""
+def test_probes_do_not_change_the_training_nor_count_as_training_time(tiny_images, tmp_path) -> None:
+    """Same seed with and without the trace, the landscape probes and the evaluations: the same losses, batch for
+    batch; and the probes' time is left out of the epochs' seconds."""
     settings = Settings(out=tmp_path, data=str(tiny_images), bs=8, size=8)
     plain = RunSpec("BN", "resnet20", 0, 0.01, 1)
-    probed = RunSpec("BN", "resnet20", 0, 0.01, 1, trace=2, landscape_every=1)
+    probed = RunSpec("BN", "resnet20", 0, 0.01, 1, trace=2, landscape_every=1, evals_per_epoch=4)
     a = train_one(plain, settings, tmp_path / "a", lambda _m: None)
     b = train_one(probed, settings, tmp_path / "b", lambda _m: None)
     assert a.batch_losses == b.batch_losses
     assert a.valid_loss == b.valid_loss
     assert [p["iteration"] for p in b.landscape] == list(range(b.iters_per_epoch))
     assert len(b.trace["act_std"]) == 2
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert b.history[0]["seconds"] < metrics["history"][0]["seconds"]
+    assert b.train_seconds < metrics["train_seconds"]
+    assert b.evals[-1]["seconds"] <= b.history[0]["seconds"]
 
 
 def test_batchnorm_report_explains_from_its_numbers(tiny_run) -> None:
@@ -113,13 +118,3 @@ def test_batchnorm_report_explains_from_its_numbers(tiny_run) -> None:
         assert paragraph in report
     assert section["paragraphs"][-1].startswith("**What this supports.**")
 
-
-def test_probe_time_is_left_out_of_the_seconds(tiny_images, tmp_path) -> None:
-    """The landscape probes and the evaluations take time that is no training: the epochs' seconds leave it out."""
-    settings = Settings(out=tmp_path, data=str(tiny_images), bs=8, size=8)
-    probed = RunSpec("BN", "resnet20", 0, 0.01, 1, landscape_every=1, evals_per_epoch=4)
-    r = train_one(probed, settings, tmp_path / "run", lambda _m: None)
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert r.history[0]["seconds"] < metrics["history"][0]["seconds"]
-    assert r.train_seconds < metrics["train_seconds"]
-    assert r.evals[-1]["seconds"] <= r.history[0]["seconds"]
