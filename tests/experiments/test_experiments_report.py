@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from models import registry
+from training.experiments import one_cycle
 from training.fit import step_schedule
 
 NAMES = ("batchnorm", "skip", "one-cycle", "pooling")
@@ -138,12 +139,12 @@ def test_skip_numbers(tiny_run):
 def test_one_cycle_numbers_and_schedules(tiny_run):
     out, doc = tiny_run("one-cycle")
     report = (out / "report.md").read_text()
-    for schedule in ("one-cycle", "constant", "step"):
-        r = row(report, schedule)
-        assert r[1] == cell(values(doc, schedule, "valid_accuracy"))
-        assert " ± " in r[1]
-        assert r[2] == cell(values(doc, schedule, "valid_loss"))
-        assert r[3] == cell(values(doc, schedule, "train_loss"))
+    for variant, (schedule, _) in one_cycle.VARIANTS.items():
+        r = row(report, variant, schedule)
+        assert r[3] == cell(values(doc, variant, "valid_accuracy"))
+        assert " ± " in r[3]
+        assert r[4] == cell(values(doc, variant, "valid_loss"))
+        assert r[5] == cell(values(doc, variant, "train_loss"))
     # The learning rates each batch really trained with (fit's schedule option, end to end).
     lr = runs(doc, "constant")[0]["spec"]["lr"]
     constant = runs(doc, "constant")[0]["batch_lrs"]
@@ -153,15 +154,54 @@ def test_one_cycle_numbers_and_schedules(tiny_run):
     assert step == pytest.approx([step_schedule(lr)(i / len(step)) for i in range(len(step))], rel=1e-4)
     assert step[0] == pytest.approx(lr, rel=1e-4)
     assert step[-1] == pytest.approx(lr / 10, rel=1e-4)  # 3 batches: the last starts at 2/3, before the 2nd drop
-    one_cycle = runs(doc, "one-cycle")[0]["batch_lrs"]
+    one_cycle_lrs = runs(doc, "one-cycle")[0]["batch_lrs"]
     from fastai.callback.schedule import combined_cos
 
     # fit_one_cycle's defaults: warm-up over 25 % from lr / 25, cosine annealing to lr / 1e5.
     expected = combined_cos(0.25, lr / 25, lr, lr / 1e5)
-    assert one_cycle == pytest.approx([expected(i / len(one_cycle)) for i in range(len(one_cycle))], rel=1e-4)
-    assert one_cycle[0] == pytest.approx(lr / 25, rel=1e-4)
+    assert one_cycle_lrs == pytest.approx([expected(i / len(one_cycle_lrs)) for i in range(len(one_cycle_lrs))],
+                                          rel=1e-4)
+    assert one_cycle_lrs[0] == pytest.approx(lr / 25, rel=1e-4)
+    # Momentum really separated from the lr schedule: same lr curve, β1 cycled or held, as each variant says.
+    cycled = combined_cos(0.25, 0.95, 0.85, 0.95)
+    n = len(one_cycle_lrs)
+    for variant, (schedule, momentum) in one_cycle.VARIANTS.items():
+        moms = runs(doc, variant)[0]["batch_moms"]
+        if momentum == "cycled" or (momentum is None and schedule == "one-cycle"):
+            assert moms == pytest.approx([cycled(i / n) for i in range(n)], rel=1e-4), variant
+        else:
+            assert moms == pytest.approx([0.9] * n), variant
+    assert runs(doc, "one-cycle lr, mom 0.9")[0]["batch_lrs"] == one_cycle_lrs
     # Two seeds: every comparison has a spread to compare with.
-    assert {c["verdict"] for c in doc["comparisons"]} <= {"shows", "does not show"}
+    assert {c["verdict"] for c in doc["comparisons"]} <= {"shows", "does not show", "cannot tell"}
+
+
+def test_one_cycle_time_to_accuracy(tiny_run):
+    """Evaluations every few iterations: the time table's cells are the first evaluation at the target."""
+    out, doc = tiny_run("one-cycle")
+    report = (out / "report.md").read_text()
+    target = doc["settings"]["target"]
+    for variant in one_cycle.VARIANTS:
+        rs = runs(doc, variant)
+        for r in rs:
+            # Fewer batches than the 4 evaluations asked per epoch: one after every batch.
+            assert [e["iteration"] for e in r["evals"]] == list(range(1, r["iters_per_epoch"] + 1))
+            assert r["evals"][-1]["accuracy"] == pytest.approx(r["valid_accuracy"], abs=1e-6)
+            assert all(a["seconds"] <= b["seconds"] for a, b in zip(r["evals"], r["evals"][1:], strict=False))
+        hits = [next((e for e in r["evals"] if e["accuracy"] >= target), None) for r in rs]
+        time_row = [x for x in rows(report) if x[0] == variant][1]
+        assert time_row[2] == cell([h and h["iteration"] for h in hits], 1)
+        assert time_row[3] == cell([h and h["seconds"] for h in hits], 1)
+        # "for good": the first evaluation from which none falls below the target again.
+        stays = [next((e["iteration"] for i, e in enumerate(r["evals"])
+                       if all(x["accuracy"] >= target for x in r["evals"][i:])), None) for r in rs]
+        assert time_row[4] == cell(stays, 1)
+    assert any(f.startswith("Time to 95%, one-cycle vs step: ") for f in doc["findings"])
+    assert any(f.startswith("Momentum, with the one-cycle lr (one-cycle vs one-cycle lr, mom 0.9): ")
+               for f in doc["findings"])
+    (section,) = doc["sections"]
+    assert section["heading"] == "In plain words"
+    assert section["paragraphs"][1].startswith("Against the step schedule one-cycle ")
 
 
 def test_pooling_numbers(tiny_run):

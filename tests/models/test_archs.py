@@ -63,9 +63,11 @@ def test_public_names_read_the_table() -> None:
         archs.spec("resnet19")
 
 
-@pytest.mark.parametrize(("module", "unwanted"), [("models.archs", {"torch", "numpy"}), ("models.scratch", {"torch"})])
+@pytest.mark.parametrize(("module", "unwanted"), [("models.archs", {"torch", "numpy"}), ("models.scratch", {"torch"}),
+                                                  ("models.classic", {"torch", "numpy"})])
 def test_light_modules_stay_light(module: str, unwanted: set[str]) -> None:
-    """The table imports neither torch nor NumPy; the NumPy reference does not import torch."""
+    """The tables (the project's and the classic architectures') import neither torch nor NumPy; the NumPy reference
+    does not import torch."""
     code = f"import sys, {module}; sys.exit(1 if {unwanted!r} & set(sys.modules) else 0)"
     root = Path(__file__).resolve().parents[2]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, timeout=60).returncode == 0

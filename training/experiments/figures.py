@@ -48,38 +48,64 @@ def smooth(values: Sequence[float], window: int) -> np.ndarray:
     return (c[idx] - c[lo]) / (idx - lo)
 
 
-def _band(ax, x: np.ndarray, runs: np.ndarray, label: str, **style) -> None:
+def _band(ax, x: np.ndarray, runs: np.ndarray, label: str, geometric: bool = False, **style) -> None:
+    """The mean over runs and a ± one std band; ``geometric``: both taken on log10 (×/÷ the geometric std), for
+    quantities that span orders of magnitude."""
+    values = np.log10(np.where(runs > 0, runs, np.nan)) if geometric else runs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns after a diverged run: mean is NaN
-        mean = np.nanmean(runs, axis=0)
-        std = np.nanstd(runs, axis=0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
-    (line,) = ax.plot(x, mean, label=label, **style)
+        mean = np.nanmean(values, axis=0)
+        std = np.nanstd(values, axis=0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
+    lo, mid, hi = (10 ** v for v in (mean - std, mean, mean + std)) if geometric else (mean - std, mean, mean + std)
+    (line,) = ax.plot(x, mid, label=label, **style)
     if len(runs) > 1:
-        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+# One panel of ``lines``: title, x label, y label, and per variant (x values, runs of y values at those x).
+Panel = tuple[str, str, str, Mapping[str, tuple[Sequence[float], Sequence[Sequence[float]]]]]
+
+
+def lines(path: Path, panels: Sequence[Panel], log_x: Sequence[bool] = (), log_y: Sequence[bool] = (),
+          hline: float | None = None, title: str = "", integer_x: bool = False, markers: bool = False,
+          sharey: bool = False, ylim: tuple[float, float] | None = None, geometric: bool = False) -> Path:
+    """One panel per entry; each variant's line is the mean over its runs at the given x, the band ± one std
+    (``geometric``: on log10, see ``_band``); ``hline`` draws a dashed reference (a target accuracy) on every
+    panel."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3), squeeze=False, sharey=sharey)
+    for i, (ax, (panel_title, xlabel, ylabel, series)) in enumerate(zip(axes[0], panels, strict=True)):
+        for variant, (x, runs) in series.items():
+            stacked = _stack(runs)
+            if stacked.size == 0:
+                continue
+            _band(ax, np.asarray(x, dtype=float)[: stacked.shape[1]], stacked, variant, geometric,
+                  marker="o" if markers else None, markersize=3)
+        if hline is not None:
+            ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
+        if integer_x:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=panel_title,
+               xscale="log" if i < len(log_x) and log_x[i] else "linear",
+               yscale="log" if i < len(log_y) and log_y[i] else "linear")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
 
 
 def curves(path: Path, panels: Sequence[tuple[str, str, Series]], xlabel: str = "epoch", x0: int = 1,
            log_y: Sequence[bool] = (), title: str = "", sharey: bool = False) -> Path:
-    """One panel per (title, y label, series); the line is the mean over seeds, the band ± one std."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3), squeeze=False, sharey=sharey)
-    for i, (ax, (panel_title, ylabel, series)) in enumerate(zip(axes[0], panels, strict=True)):
-        for variant, runs in series.items():
-            stacked = _stack(runs)
-            if stacked.size == 0:
-                continue
-            epochs = xlabel == "epoch"
-            _band(ax, np.arange(x0, x0 + stacked.shape[1]), stacked, variant, marker="o" if epochs else None,
-                  markersize=3)
-        if xlabel == "epoch":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if i < len(log_y) and log_y[i]:
-            ax.set_yscale("log")
-        ax.set(xlabel=xlabel, ylabel=ylabel, title=panel_title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+    """``lines`` against the index of each value (epoch 1, 2 … or iteration 1, 2 …)."""
+    def indexed(series: Series) -> dict[str, tuple[Sequence[float], Sequence[Sequence[float]]]]:
+        longest = {name: max((len(r) for r in runs), default=0) for name, runs in series.items()}
+        return {name: (range(x0, x0 + longest[name]), runs) for name, runs in series.items()}
+
+    epochs = xlabel == "epoch"
+    return lines(path, [(t, xlabel, y, indexed(series)) for t, y, series in panels], log_y=log_y, title=title,
+                 integer_x=epochs, markers=epochs, sharey=sharey)
 
 
 def validation_curves(path: Path, runs: Mapping[str, Sequence[Any]], title: str) -> Path:

@@ -39,6 +39,8 @@ class Report:
     plots: list[tuple[str, str]] = field(default_factory=list)  # (caption, file name in DIR)
     notes: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)  # the tables' numbers, unformatted
+    # Further sections after the findings: (heading, paragraphs), e.g. the explanation the measurements support.
+    sections: list[tuple[str, list[str]]] = field(default_factory=list)
 
 
 def describe_this_machine() -> dict[str, Any]:
@@ -83,6 +85,10 @@ def markdown(report: Report, settings: Settings, mach: dict[str, Any], seconds: 
     parts += [f"- {line}" for line in report.findings]
     parts += ["", "Each comparison (difference of means, with its 95 % confidence interval over seeds):", ""]
     parts += [f"- {c.text}" for c in report.comparisons]
+    for heading, paragraphs in report.sections:
+        parts += ["", f"## {heading}"]
+        for paragraph in paragraphs:
+            parts += ["", paragraph]
     parts += ["", "## Plots", ""]
     for caption, name in report.plots:
         parts += [f"![{caption}]({name})", "", f"*{caption}*", ""]
@@ -111,6 +117,7 @@ def write(report: Report, settings: Settings, results: list[RunResult], seconds:
         "summary": report.summary,
         "comparisons": [c.to_json() for c in report.comparisons],
         "findings": report.findings,
+        "sections": [{"heading": h, "paragraphs": p} for h, p in report.sections],
         "plots": [name for _, name in report.plots],
         "runs": [r.to_json() for r in results],
     }

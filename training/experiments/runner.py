@@ -1,10 +1,11 @@
 """Settings, the runs an experiment asks for, and how each one is trained and measured.
 
 Every run is a real ``training.fit.fit`` run (the same code path as ``python -m training fit``), with a fixed
-learning rate and a seed; a ``Probe`` callback records what the run directory does not keep: the raw loss and
-learning rate of every training batch and, after training, measurements on the training set (in eval mode) and on
-shifted validation images. Runs are interleaved across variants seed by seed, so that a change in machine load
-during an experiment affects every variant alike.
+learning rate and a seed; a ``Probe`` callback records what the run directory does not keep: the raw loss, learning
+rate and momentum of every training batch; on request the per-layer trace, the loss landscape along the gradient
+(``probes``) and the validation accuracy several times per epoch against the training time; and, after training,
+measurements on the training set (in eval mode) and on shifted validation images. Runs are interleaved across
+variants seed by seed, so that a change in machine load during an experiment affects every variant alike.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ class RunSpec:
     group: str = "main"                # "main", or "sweep" for the learning-rate sweep
     measure_train: bool = False        # loss/accuracy on the whole training set after training (eval mode)
     shift: int = 0                     # > 0: accuracy on validation images shifted by this many pixels
+    momentum: float | str | None = None  # Adam's β1: None the schedule's own, a number held, "cycled" one-cycle's
+    trace: int = 0                     # > 0: activation statistics and gradient norms over this many first iterations
+    landscape_every: int = 0           # > 0: the loss along the gradient direction every this many iterations
+    evals_per_epoch: int = 0           # > 0: validation accuracy this many times per epoch, with the training time
 
     @property
     def run_id(self) -> str:
@@ -120,6 +125,10 @@ class RunResult:
     train_loss: float | None = None    # measure_train
     train_accuracy: float | None = None
     shifted_accuracy: float | None = None
+    batch_moms: list[float] = field(default_factory=list)
+    trace: dict[str, Any] | None = None            # spec.trace: probes.Tracer.to_json()
+    landscape: list[dict[str, Any]] | None = None  # spec.landscape_every: {"iteration", **probes.landscape()}
+    evals: list[dict[str, float]] | None = None    # spec.evals_per_epoch: {"iteration", "seconds", "accuracy", …}
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -166,8 +175,7 @@ def evaluate(model: torch.nn.Module, dl, shift: int = 0) -> tuple[float, float]:
     loss_sum, correct, n = 0.0, 0, 0
     try:
         for xb, yb in dl:
-            x = torch.Tensor(xb).as_subclass(torch.Tensor)
-            y = yb.as_subclass(torch.Tensor)
+            x, y = _plain(xb), _plain(yb)
             for dy, dx in offsets:
                 logits = model(shift_images(x, dy, dx) if shift else x).float()
                 loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
@@ -178,31 +186,84 @@ def evaluate(model: torch.nn.Module, dl, shift: int = 0) -> tuple[float, float]:
     return loss_sum / max(n, 1), correct / max(n, 1)
 
 
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """fastai's typed tensors (TensorImage, TensorCategory) as plain tensors, which F.cross_entropy accepts."""
+    return t.as_subclass(torch.Tensor)
+
+
 def _probe(spec: RunSpec, log: Callable[[str], None]):
-    """A fastai callback that records per-batch loss/lr, stops a diverged run, and measures after training."""
+    """A fastai callback that records per-batch loss/lr/momentum, the optional trace, landscape and evaluations,
+    stops a diverged run, and measures after training."""
     from fastai.callback.core import Callback, CancelFitException
 
+    from training.experiments.probes import Tracer, landscape
+
     class Probe(Callback):
-        order = 65  # after the Recorder (50) has logged the epoch
+        order = 65  # after the Recorder (50) has logged the epoch, and after any lr/momentum scheduler
 
         def before_fit(self):
             self.iters_per_epoch = len(self.dls.train)
             self.losses: list[float] = []
             self.lrs: list[float] = []
+            self.momenta: list[float] = []
             self.diverged = False
-            self.measured: dict[str, float] = {}
+            self.measured: dict[str, Any] = {}
+            self.tracer = Tracer(self.model, spec.trace) if spec.trace else None
+            self.landscapes: list[dict[str, Any]] = []
+            self.evals: list[dict[str, float]] = []
+            self.train_seconds = 0.0  # training batches only: no evaluation, no probe
+            self.overhead: list[float] = []  # per epoch: seconds spent in landscape probes and evaluations
+
+        def before_epoch(self):
+            self.overhead.append(0.0)
+
+        def _timed(self, fn, *args):
+            """fn(*args), its time booked as overhead (taken out of the run's seconds)."""
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.overhead[-1] += time.perf_counter() - t0
+
+        def before_batch(self):
+            if not self.training:
+                return
+            n = len(self.losses)
+            if spec.landscape_every and n % spec.landscape_every == 0:
+                probe = self._timed(landscape, self.model, _plain(self.xb[0]), _plain(self.yb[0]))
+                self.landscapes.append({"iteration": n, **probe})
+            if self.tracer:
+                self.tracer.start(n)
+            self._t0 = time.perf_counter()
+
+        def after_pred(self):
+            if self.tracer:
+                self.tracer.after_forward()
+
+        def after_backward(self):
+            if self.tracer:
+                self.tracer.after_backward()
 
         def after_batch(self):
             if not self.training:
                 return
+            self.train_seconds += time.perf_counter() - self._t0
             loss = float(self.learn.loss.detach())
             self.losses.append(loss)
-            self.lrs.append(float(self.opt.hypers[-1]["lr"]))
+            hypers = self.opt.hypers[-1]
+            self.lrs.append(float(hypers["lr"]))
+            self.momenta.append(float(hypers.get("mom", math.nan)))
             if not math.isfinite(loss):
                 # The weights are now NaN/inf: further batches would only burn CPU time.
                 self.diverged = True
                 log(f"    diverged at iteration {len(self.losses)} (loss {loss})")
                 raise CancelFitException()
+            n = len(self.losses)
+            every = max(1, self.iters_per_epoch // spec.evals_per_epoch) if spec.evals_per_epoch else 0
+            if every and (n % every == 0 or n % self.iters_per_epoch == 0):  # and at each epoch's end
+                valid_loss, accuracy = self._timed(evaluate, self.model, self.dls.valid)
+                self.evals.append({"iteration": n, "seconds": round(self.train_seconds, 3),
+                                   "accuracy": accuracy, "valid_loss": valid_loss})
 
         def after_epoch(self):
             rec = self.learn.recorder
@@ -211,6 +272,13 @@ def _probe(spec: RunSpec, log: Callable[[str], None]):
             log(f"    epoch {self.epoch + 1}/{self.n_epoch} {values}")
 
         def after_fit(self):
+            if self.tracer:
+                self.tracer.close()
+                self.measured["trace"] = self.tracer.to_json()
+            if spec.landscape_every:
+                self.measured["landscape"] = self.landscapes
+            if spec.evals_per_epoch:
+                self.measured["evals"] = self.evals
             if self.diverged:
                 return
             if spec.measure_train:
@@ -230,6 +298,11 @@ def train_one(spec: RunSpec, settings: Settings, run_dir: Path, log: Callable[[s
     from training.fit import FitConfig, FitError, fit
 
     probe = _probe(spec, log)
+    callbacks = [probe]
+    if spec.momentum is not None:
+        from training.experiments.probes import momentum_callback
+
+        callbacks.append(momentum_callback(spec.momentum))
     cfg = FitConfig(data=settings.data, arch=spec.arch, epochs=spec.epochs, out=run_dir, lr=spec.lr,
                     bs=settings.bs, size=settings.size, seed=spec.seed, plots=False,
                     model_kwargs=dict(spec.model_kwargs), schedule=spec.schedule,
@@ -238,17 +311,20 @@ def train_one(spec: RunSpec, settings: Settings, run_dir: Path, log: Callable[[s
                     label_smoothing=0.0)
     quiet = log if settings.verbose else (lambda _m: None)
     try:
-        metrics = fit(cfg, log=quiet, callbacks=[probe])
+        metrics = fit(cfg, log=quiet, callbacks=callbacks)
     except FitError as e:
         raise ExperimentError(str(e)) from None
     # Per-batch curves only feed the plots: 5 significant digits keep results.json small.
-    losses = [float(f"{x:.5g}") for x in probe.losses]
-    lrs = [float(f"{x:.5g}") for x in probe.lrs]
+    losses, lrs, moms = ([float(f"{x:.5g}") for x in xs] for xs in (probe.losses, probe.lrs, probe.momenta))
+    # The probes' own time is no training: the epochs' seconds and the total leave it out.
+    extra = [*probe.overhead, *[0.0] * len(metrics["history"])]
+    history = [{**h, "seconds": round(h["seconds"] - extra[i], 3)} if "seconds" in h else h
+               for i, h in enumerate(metrics["history"])]
     return RunResult(
         spec=spec, valid_accuracy=metrics["valid_accuracy"], valid_loss=metrics["valid_loss"],
-        train_seconds=metrics["train_seconds"], n_classes=metrics["n_classes"],
+        train_seconds=round(metrics["train_seconds"] - sum(probe.overhead), 3), n_classes=metrics["n_classes"],
         n_train=metrics["n_train"], n_valid=metrics["n_valid"], size=metrics["size"][0],
-        history=metrics["history"], batch_losses=losses, batch_lrs=lrs,
+        history=history, batch_losses=losses, batch_lrs=lrs, batch_moms=moms,
         iters_per_epoch=probe.iters_per_epoch,
         diverged=probe.diverged, **probe.measured,
     )
@@ -302,6 +378,32 @@ def seconds_to_target(result: RunResult, target: float) -> float | None:
     if epoch is None:
         return None
     return sum(row.get("seconds", 0.0) for row in result.history[:epoch])
+
+
+def _first_hit(result: RunResult, target: float) -> dict[str, float] | None:
+    return next((e for e in result.evals or [] if e["accuracy"] >= target), None)
+
+
+def iterations_to_target(result: RunResult, target: float) -> int | None:
+    """The first in-epoch evaluation (``evals``) whose validation accuracy reaches ``target``, in iterations."""
+    hit = _first_hit(result, target)
+    return None if hit is None else int(hit["iteration"])
+
+
+def train_seconds_to_target(result: RunResult, target: float) -> float | None:
+    """Training time (batches only: no validation, no probes) until an in-epoch evaluation first reaches ``target``."""
+    hit = _first_hit(result, target)
+    return None if hit is None else float(hit["seconds"])
+
+
+def iterations_to_stay(result: RunResult, target: float) -> int | None:
+    """The first in-epoch evaluation from which every later one, to the end of training, is at or above ``target``:
+    reaching the target for good, where a noisy run may touch it early and fall back."""
+    evals = result.evals or []
+    for i, e in enumerate(evals):
+        if all(x["accuracy"] >= target for x in evals[i:]):
+            return int(e["iteration"])
+    return None
 
 
 def trains_threshold(n_classes: int) -> float:
