@@ -14,7 +14,7 @@ from PIL import Image
 from models import filters, registry
 from models.__main__ import main
 from serving.contract.preprocess import PreprocessSpec
-from tests.imagegen import make_image_folder
+from tests.support.images import make_image_folder
 
 
 def _run_dir(root: Path, mode: str = "L") -> Path:
