@@ -8,6 +8,10 @@ from pathlib import Path
 from serving.contract.preprocess import DEFAULT_MAX_PIXELS
 
 
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     repository: Path
@@ -64,7 +68,6 @@ class ServerConfig:
 
     def grpc_options(self) -> list[tuple[str, int]]:
         """gRPC core settings that bound what one client can make the server hold (memory, streams, connections)."""
-        ms = lambda seconds: int(seconds * 1000)  # noqa: E731
         options = [
             ("grpc.max_receive_message_length", self.max_message_bytes),  # checked after decompression too
             ("grpc.max_send_message_length", self.max_message_bytes),
@@ -75,12 +78,12 @@ class ServerConfig:
             ("grpc.http2.bdp_probe", 0),
             # Bit 0 is "identity": only uncompressed requests; a compressed one is refused (UNIMPLEMENTED).
             ("grpc.compression_enabled_algorithms_bitset", 0b111 if self.allow_compression else 0b001),
-            ("grpc.keepalive_time_ms", ms(self.keepalive_s) or 2**31 - 1),
+            ("grpc.keepalive_time_ms", _ms(self.keepalive_s) or 2**31 - 1),
             ("grpc.keepalive_timeout_ms", 20_000),
         ]
         if self.max_connection_idle_s:
-            options.append(("grpc.max_connection_idle_ms", ms(self.max_connection_idle_s)))
+            options.append(("grpc.max_connection_idle_ms", _ms(self.max_connection_idle_s)))
         if self.max_connection_age_s:
-            options += [("grpc.max_connection_age_ms", ms(self.max_connection_age_s)),
-                        ("grpc.max_connection_age_grace_ms", ms(max(self.grace_s, 1.0)))]
+            options += [("grpc.max_connection_age_ms", _ms(self.max_connection_age_s)),
+                        ("grpc.max_connection_age_grace_ms", _ms(max(self.grace_s, 1.0)))]
         return options

@@ -51,7 +51,7 @@ class ServedModel:
     batcher: DynamicBatcher | None = None
     golden: GoldenResult | None = None
     verification: dict = field(default_factory=dict)
-    active: int = 0  # requests holding this entry: admitted and not finished
+    active: int = 0  # images of the requests holding this entry: admitted and not finished
 
 
 @dataclass(frozen=True)
