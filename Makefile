@@ -20,7 +20,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[serve,train,dev]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[serve,train,ray,dev]'
 	$(PIP) check
 	touch $@
 
