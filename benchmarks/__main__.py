@@ -20,7 +20,8 @@ from pathlib import Path
 
 # family name → module (names that would shadow a package — numpy, training, http — get another module name)
 MODULES = {"runtime": "runtime", "folding": "folding", "server": "server", "http": "http_vs_grpc",
-           "batch": "batch_cli", "numpy": "numpy_ref", "training": "train_time", "startup": "startup"}
+           "explain": "explain_cost", "batch": "batch_cli", "numpy": "numpy_ref", "training": "train_time",
+           "startup": "startup"}
 FAMILIES = tuple(MODULES)
 QUICK_SKIPS = ("folding", "training")  # exports and minutes of training have no place in a 45-second check
 ROOT = Path(__file__).resolve().parent.parent

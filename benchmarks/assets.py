@@ -154,14 +154,15 @@ def _export(ctx: Context, run: Path, name: str, **kwargs: Any) -> Path:
 # ---- digits ---------------------------------------------------------------------------------------------------------
 
 def _reusable_version(ctx: Context, run: Path) -> Path | None:
-    """The newest model_repository/digits version exported from ``run``, if there is one."""
+    """The newest model_repository/digits version exported from ``run`` by the current exporter (with its explain
+    graph), if there is one."""
     folders = layout.version_dirs(ctx.root / "model_repository" / "digits")
     for _, version in sorted(folders.items(), reverse=True):
         if not (version / "model.json").is_file():
             continue
         doc = json.loads((version / "model.json").read_text())
         source = Path(str(doc.get("source", {}).get("run", "")))
-        if doc.get("variant", "fp32") == "fp32" and source.resolve() == run.resolve():
+        if doc.get("variant", "fp32") == "fp32" and source.resolve() == run.resolve() and doc.get("explain"):
             return version
     return None
 

@@ -19,6 +19,7 @@ from serving.contract import tensors, triton
 from serving.contract.manifest import ModelManifest
 from serving.contract.tensors import decode_bytes_elements, encode_bytes_elements
 from serving.errors import InvalidInput, NotReady
+from serving.runtime.dataplane import Explanation
 from serving.runtime.prediction import Prediction
 from serving.runtime.registry import ModelState, ServedModel
 
@@ -103,6 +104,21 @@ def model_info(model: ServedModel) -> ic_pb2.ModelInfo:
         golden_samples=model.golden.samples if model.golden else 0,
     ))
     return info
+
+
+def explain_response(model: ServedModel, e: Explanation, request_id: str) -> ic_pb2.ExplainResponse:
+    h, w = e.heatmap.values.shape
+    return ic_pb2.ExplainResponse(
+        model=model.name, version=model.version, request_id=request_id, class_index=e.class_index, label=e.label,
+        method=e.method,
+        predictions=[ic_pb2.Prediction(label=p.label, index=p.index, probability=p.probability)
+                     for p in e.predictions],
+        heatmap=ic_pb2.Heatmap(height=h, width=w, values=e.heatmap.values.ravel().tolist(),
+                               raw_max=e.heatmap.raw_max),
+        stages=[ic_pb2.FeatureMaps(name=s.name, channels=s.maps.shape[0], height=s.maps.shape[1],
+                                   width=s.maps.shape[2], total_channels=s.total_channels, values=s.maps.tobytes())
+                for s in e.stages],
+    )
 
 
 def stream_error(request_id: str, code: int, message: str) -> ic_pb2.ClassifyStreamResponse:

@@ -21,6 +21,7 @@ import ssl
 import time
 import warnings
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -48,7 +49,10 @@ from serving.runtime.metrics import Metrics
 log = logging.getLogger("serving.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_OPERATIONS = frozenset({"ServerLive", "ServerReady", "ModelReady"})  # no token needed: probes carry none
+# No token needed: probes carry none, and the page holds no data (it asks for a token to call the API with).
+OPEN_OPERATIONS = frozenset({"ServerLive", "ServerReady", "ModelReady", "Page"})
+STATIC = Path(__file__).with_name("static")
+STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 CHUNK = 1 << 16
 RID = web.RequestKey("rid", str)
 # aiohttp warns (on stderr, outside the log) about a malformed Content-Disposition in a client's form: client data,
@@ -112,7 +116,11 @@ class HttpFrontEnd:
                 ("GET", "/v1/models/{name}", self.get_model, "GetModel"),
                 ("GET", "/v1/models/{name}/versions/{version}", self.get_model, "GetModel"),
                 ("POST", "/v1/models/{name}/classify", self.classify, "Classify"),
-                ("POST", "/v1/models/{name}/versions/{version}/classify", self.classify, "Classify")]
+                ("POST", "/v1/models/{name}/versions/{version}/classify", self.classify, "Classify"),
+                ("POST", "/v1/models/{name}/explain", self.explain, "Explain"),
+                ("POST", "/v1/models/{name}/versions/{version}/explain", self.explain, "Explain"),
+                ("GET", "/", self.page, "Page"),
+                ("GET", "/static/{file}", self.static, "Page")]
 
     # ---- lifecycle ---------------------------------------------------------------------------------------------
     async def start(self) -> int:
@@ -263,6 +271,34 @@ class HttpFrontEnd:
             if filename:
                 result["image"] = filename
         return web.json_response(answer)
+
+    async def explain(self, request: web.Request) -> web.Response:
+        query = request.query
+        top_k, method = _int_query(request, "top_k"), query.get("method", "")
+        class_index = _int_query(request, "class") if "class" in query else None
+        stages = query.get("stages", "0").lower() in ("1", "true", "yes")
+        images = await self._within_timeout(self._images(request))
+        if len(images) != 1:
+            raise InvalidInput(f"explain takes one image, got {len(images)}")
+        version = request.match_info.get("version") or query.get("version", "")
+        with self.plane.admit(request.match_info["name"], version, self.plane.explain_images(method)) as model:
+            explanation = await self.plane.explain(model, images[0][1], class_index, method, top_k, stages)
+        return web.json_response(_json(converters.explain_response(model, explanation, request[RID])))
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        return await self._file("index.html")
+
+    async def static(self, request: web.Request) -> web.StreamResponse:
+        return await self._file(request.match_info["file"])
+
+    async def _file(self, name: str) -> web.StreamResponse:
+        """One file of the page (the folder's own files only: no path from the client reaches the file system)."""
+        files = {f.name: f for f in STATIC.iterdir() if f.suffix in STATIC_TYPES}
+        if name not in files:
+            raise web.HTTPNotFound()
+        return web.Response(body=files[name].read_bytes(), content_type=STATIC_TYPES[files[name].suffix],
+                            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                                     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:"})
 
     async def _images(self, request: web.Request) -> list[tuple[str, bytes]]:
         """The raw body as one image, or each file of a multipart form; limits checked while reading."""
