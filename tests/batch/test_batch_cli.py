@@ -114,7 +114,10 @@ def test_resume_skips_rows_already_done(repository: Repo, tree: Tree, in_trees: 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["imgs", "-o", "{tmp}/exists.csv"], "exists.csv exists: pass --resume to continue it or --overwrite"),
-    (["imgs", "-o", "{tmp}/out.txt"], "output must end in .csv or .jsonl"),
+    (["imgs", "-o", "{tmp}/out.txt"], "output must end in .csv, .jsonl or .parquet"),
+    (["imgs", "-o", "{tmp}/out.csv", "--format", "parquet"], "has the suffix of csv, but the format is parquet"),
+    (["imgs", "-o", "{tmp}/o.csv", "--ray-address", "127.0.0.1:1"], "--ray-address needs --engine ray"),
+    (["imgs", "-o", "{tmp}/o.csv", "--engine", "ray", "--workers", "0"], "--workers must be >= 1, got 0"),
     (["imgs", "-o", "{tmp}/no/such/out.csv"], "output folder {tmp}/no/such does not exist"),
     (["imgs", "-o", "{tmp}/dir.csv"], "output {tmp}/dir.csv is a folder"),
     (["imgs/nope", "-o", "{tmp}/o.csv"], "imgs/nope: no such file or folder"),

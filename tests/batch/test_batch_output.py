@@ -126,7 +126,7 @@ def test_checks_before_any_work(tmp_path: Path) -> None:
         assert check_output(tmp_path / "old.csv", resume=resume, overwrite=overwrite) == "csv"
     cases = [
         (tmp_path / "old.csv", "old.csv exists: pass --resume to continue it or --overwrite to replace it"),
-        (tmp_path / "o.tsv", "output must end in .csv or .jsonl (it picks the format), got"),
+        (tmp_path / "o.tsv", "output must end in .csv, .jsonl or .parquet (it picks the format; or pass --format)"),
         (tmp_path / "no" / "o.csv", f"output folder {tmp_path / 'no'} does not exist"),
     ]
     for path, message in cases:

@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tests.support.images import draw_image, encode, save
 
 MODEL = "rgb"  # the batch tests classify with the shared repository's RGB model
@@ -53,8 +55,25 @@ def make_tree(root: Path) -> Tree:
                      f"{name}/bad/notes.png": "cannot decode image"})
 
 
+def _short(p: float | None) -> float | None:
+    return None if p is None else float(str(np.float32(p)))  # as CSV and JSONL write a float32
+
+
+def read_parquet_rows(folder: Path) -> list[dict]:
+    """A Parquet output folder as dicts with the JSONL types and values (probabilities as JSONL writes them)."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(folder).to_pylist()
+    for row in rows:
+        row["probability"] = _short(row["probability"])
+        row["top_k"] = [{**p, "probability": _short(p["probability"])} for p in row["top_k"]]
+    return rows
+
+
 def read_rows(path: Path) -> list[dict]:
-    """The output as dicts with the JSONL types (CSV cells converted: '' → None, top_k parsed)."""
+    """The output as dicts with the JSONL types (CSV cells converted: '' → None, top_k parsed; Parquet read whole)."""
+    if path.suffix == ".parquet":
+        return read_parquet_rows(path)
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         return [json.loads(line) for line in text.splitlines()]
