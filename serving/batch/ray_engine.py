@@ -21,6 +21,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from serving.batch.output import Row, escape_surrogates, unescape_surrogates
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
     from serving.batch.job import Backend
 
+RAY_LOGS = "/tmp/ray/session_latest/logs on the head node"
 BLOCK_BATCHES = 128  # at most this many batches per Ray block (one task on one actor): progress stays fine-grained
 
 
@@ -45,10 +47,12 @@ class Classifier:
         self.top_k = top_k
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """Columns ``path`` (as the row names it) and ``file`` (where to read it) → rows."""
+        files = [unescape_surrogates(f) for f in batch.column("file").to_pylist()]
         paths = [unescape_surrogates(p) for p in batch.column("path").to_pylist()]
-        rows = [row for group in classify_local(self.predictor, paths, top_k=self.top_k, batch_size=len(paths))
-                for row in group]
-        return rows_to_table(rows)
+        groups = classify_local(self.predictor, files, top_k=self.top_k, batch_size=len(files))
+        rows = [row for group in groups for row in group]
+        return rows_to_table([replace(row, path=path) for row, path in zip(rows, paths, strict=True)])
 
 
 def block_rows(total: int, batch_size: int, workers: int) -> int:
@@ -97,14 +101,19 @@ def classify_ray(paths: list[str], version_dir: str, *, top_k: int, batch_size: 
     ray = _ray()
     import pyarrow as pa
 
-    for handler in logging.getLogger("ray.data").handlers:  # its plans and warnings on the console; files keep them
+    # Ray Data's console lines (plans, warnings, a failed job's stack traces) are not this tool's output: a failure
+    # reaches the user as one line (JobFailed) and Ray's log files keep the rest.
+    for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler):
-            handler.setLevel(logging.ERROR)
+            handler.setLevel(logging.CRITICAL)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.execution_options.preserve_order = True  # the same row order as the local engine, and as the inputs
-    texts = [escape_surrogates(p) for p in paths]  # Arrow strings are UTF-8; the actors undo this
-    blocks = [pa.table({"path": chunk}) for chunk in chunks(texts, block_rows(len(paths), batch_size, workers))]
+    # An actor's working folder is not ours: it reads each file by its absolute path, and names it as given. Arrow
+    # strings are UTF-8: undecodable bytes in names travel escaped.
+    texts = [(escape_surrogates(p), escape_surrogates(os.path.abspath(p))) for p in paths]
+    blocks = [pa.table({"path": [p for p, _ in chunk], "file": [f for _, f in chunk]})
+              for chunk in chunks(texts, block_rows(len(paths), batch_size, workers))]
     if not blocks:
         return
     dataset = ray.data.from_arrow(blocks).map_batches(
@@ -135,7 +144,7 @@ def ray_backend(args: argparse.Namespace, todo: list[str]) -> Backend:
             yield from classify_ray(todo, version_dir, top_k=top_k, batch_size=args.batch_size, workers=workers,
                                     threads=threads, device=args.device)
         except ray.exceptions.RayError as e:  # an actor that could not load the model, or died
-            raise JobFailed(f"the Ray job failed: {_last_line(e)}") from None
+            raise JobFailed(f"the Ray job failed: {_last_line(e)} (Ray's logs: {RAY_LOGS})") from None
 
     return Backend(f"{described} on Ray ({workers} actors x {threads} CPUs)", batches,
                    ray.shutdown if started else lambda: None)
