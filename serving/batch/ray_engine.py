@@ -17,6 +17,7 @@ Ray is imported only here, and only for ``--engine ray``: the serve image has no
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from serving.batch.job import Backend
 
 RAY_LOGS = "/tmp/ray/session_latest/logs on the head node"
+NO_RAY = "--engine ray needs Ray: pip install 'resnet-serving[ray]'"
 BLOCK_BATCHES = 128  # at most this many batches per Ray block (one task on one actor): progress stays fine-grained
 
 
@@ -68,7 +70,7 @@ def _ray() -> Any:
     except ImportError:
         from serving.batch.job import UsageError
 
-        raise UsageError("--engine ray needs Ray: pip install 'resnet-serving[ray]'") from None
+        raise UsageError(NO_RAY) from None
     return ray
 
 
@@ -127,14 +129,18 @@ def classify_ray(paths: list[str], version_dir: str, *, top_k: int, batch_size: 
 
 def ray_backend(args: argparse.Namespace, todo: list[str]) -> Backend:
     """The model checked here, then a Ray cluster joined (or started) to run the actors."""
-    from serving.batch.job import Backend, JobFailed, load_checked
+    from serving.batch.job import Backend, JobFailed, UsageError, load_checked
 
-    ray = _ray()
+    if importlib.util.find_spec("ray") is None:  # said first, but without the cost of importing Ray yet
+        raise UsageError(NO_RAY)
     loaded = load_checked(args, threads=1)  # before Ray starts: a refused model costs no cluster start-up
     predictor, version_dir = loaded.predictor, str(loaded.path.resolve())
     top_k = predictor.resolve_top_k(args.top_k)
     described = f"{predictor.name} version {predictor.version} from {loaded.path}"
     del loaded, predictor  # the actors hold the model; the driver only writes rows
+    if not todo:  # a finished job resumed: no cluster to start
+        return Backend(described, lambda todo: iter(()))
+    ray = _ray()
     started = connect(args.ray_address)
     threads = args.threads or 1
     workers = args.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
@@ -143,7 +149,7 @@ def ray_backend(args: argparse.Namespace, todo: list[str]) -> Backend:
         try:
             yield from classify_ray(todo, version_dir, top_k=top_k, batch_size=args.batch_size, workers=workers,
                                     threads=threads, device=args.device)
-        except ray.exceptions.RayError as e:  # an actor that could not load the model, or died
+        except (ray.exceptions.RayError, ray.data.exceptions.SystemException) as e:  # an actor failed or died
             raise JobFailed(f"the Ray job failed: {_last_line(e)} (Ray's logs: {RAY_LOGS})") from None
 
     return Backend(f"{described} on Ray ({workers} actors x {threads} CPUs)", batches,

@@ -101,6 +101,28 @@ def engine(repository: Repo, *args: str | Path) -> int:
     return batch(*args, "--repository", repository.path, "--model", MODEL, "-q")
 
 
+def test_refusals_come_before_ray_starts(repository: Repo, inputs: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad model or bad arguments are found before any cluster is joined (the address here leads nowhere; this
+    test comes before the module's Ray is started, so that a CLI would have to join it)."""
+    repo = tmp_path / "repo"
+    add_version(repo, repository.path / MODEL / "1", "tampered", 1, tamper_golden)
+    nowhere = ["--engine", "ray", "--ray-address", "127.0.0.1:1", "-o", tmp_path / "o.csv"]
+    assert batch(inputs / "good", "--repository", repo, "--model", "tampered", *nowhere) == EXIT_FAILED
+    assert "error: model 'tampered' refused: golden self-check failed" in capsys.readouterr().err
+    assert batch(inputs / "good", "--repository", repo, "--model", "nope", *nowhere) == EXIT_USAGE
+    assert "model 'nope' is not in" in capsys.readouterr().err
+    assert batch(inputs / "good", "--server", "127.0.0.1:1", "--model", MODEL, *nowhere) == EXIT_USAGE
+    assert "--engine ray runs the model in Ray actors: use it with --repository" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()
+    # a finished job resumed has nothing to do: no cluster is needed
+    assert batch(inputs / "good", "--repository", repository.path, "--model", MODEL, "-o", tmp_path / "o.csv",
+                 "-q") == EXIT_OK
+    assert batch(inputs / "good", "--repository", repository.path, "--model", MODEL, *nowhere, "--resume") == EXIT_OK
+    assert "resumed: 250 rows were already there" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_ray_rows_equal_local_rows(repository: Repo, ray_address: str, inputs: Path, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(inputs)
@@ -132,6 +154,7 @@ def test_ray_rows_equal_local_rows(repository: Repo, ray_address: str, inputs: P
                                                                        abs=1e-6)
 
 
+@pytest.mark.slow
 def test_killed_ray_job_resumes_to_every_input_once(repository: Repo, ray_address: str, tmp_path: Path) -> None:
     n = 1500
     make_pngs(tmp_path / "many", n, size=(16, 16))
@@ -155,21 +178,6 @@ def test_killed_ray_job_resumes_to_every_input_once(repository: Repo, ray_addres
     assert f"resumed: {done} rows were already there" in stdout
     assert out.read_bytes().startswith(killed)
     assert [r["path"] for r in read_rows(out)] == [f"many/{i:05d}.png" for i in range(n)]  # each once, in order
-
-
-def test_refusals_come_before_ray_starts(repository: Repo, inputs: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """A bad model or bad arguments are found before any cluster is joined (the address here leads nowhere)."""
-    repo = tmp_path / "repo"
-    add_version(repo, repository.path / MODEL / "1", "tampered", 1, tamper_golden)
-    nowhere = ["--engine", "ray", "--ray-address", "127.0.0.1:1", "-o", tmp_path / "o.csv"]
-    assert batch(inputs / "good", "--repository", repo, "--model", "tampered", *nowhere) == EXIT_FAILED
-    assert "error: model 'tampered' refused: golden self-check failed" in capsys.readouterr().err
-    assert batch(inputs / "good", "--repository", repo, "--model", "nope", *nowhere) == EXIT_USAGE
-    assert "model 'nope' is not in" in capsys.readouterr().err
-    assert batch(inputs / "good", "--server", "127.0.0.1:1", "--model", MODEL, *nowhere) == EXIT_USAGE
-    assert "--engine ray runs the model in Ray actors: use it with --repository" in capsys.readouterr().err
-    assert not (tmp_path / "o.csv").exists()
 
 
 def test_serving_imports_no_ray() -> None:
