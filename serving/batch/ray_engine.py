@@ -52,7 +52,7 @@ class Classifier:
         """Columns ``path`` (as the row names it) and ``file`` (where to read it) → rows."""
         files = [unescape_surrogates(f) for f in batch.column("file").to_pylist()]
         paths = [unescape_surrogates(p) for p in batch.column("path").to_pylist()]
-        groups = classify_local(self.predictor, files, top_k=self.top_k, batch_size=len(files))
+        groups = classify_local(self.predictor, files, top_k=self.top_k, batch_size=max(1, len(files)))
         rows = [row for group in groups for row in group]
         return rows_to_table([replace(row, path=path) for row, path in zip(rows, paths, strict=True)])
 
