@@ -18,9 +18,10 @@ import time
 import traceback
 from pathlib import Path
 
-# family name → module (names that would shadow a package — numpy, training — get another module name)
-MODULES = {"runtime": "runtime", "folding": "folding", "server": "server", "batch": "batch_cli", "numpy": "numpy_ref",
-           "training": "train_time", "startup": "startup", "ray": "batch_ray"}
+# family name → module (names that would shadow a package — numpy, training, http — get another module name)
+MODULES = {"runtime": "runtime", "folding": "folding", "server": "server", "http": "http_vs_grpc",
+           "batch": "batch_cli", "numpy": "numpy_ref", "training": "train_time", "startup": "startup",
+           "ray": "batch_ray"}
 FAMILIES = tuple(MODULES)
 # Exports, minutes of training and a Ray cluster's start-up have no place in a 45-second check.
 QUICK_SKIPS = ("folding", "training", "ray")

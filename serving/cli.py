@@ -51,13 +51,20 @@ def _option(p: argparse.ArgumentParser, flag: str, convert: Callable[[str], Any]
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the gRPC server", description="Run the gRPC inference server.")
+    p = sub.add_parser("serve", help="run the server", description="Run the inference server (gRPC and HTTP).")
     _option(p, "--repository", Path, required=_env("repository", None) is None,
             help="model repository: NAME/VERSION/ folders")
     _option(p, "--host", str, "0.0.0.0", "address to bind (default 0.0.0.0)")
     _option(p, "--port", int, 8001, "gRPC port (default 8001; 0: any)")
     _option(p, "--metrics-port", _optional_int, 8002, "Prometheus /metrics port (default 8002; 0: any; -1: off)")
     _option(p, "--metrics-host", str, None, "address the metrics endpoint binds (default: the same as --host)")
+    _option(p, "--http-port", _optional_int, 8000, "HTTP/REST port: KServe v2 and /v1 classify (default 8000; "
+            "0: any; -1: off)")
+    _option(p, "--max-http-connections", int, 1000, "HTTP connections open at once; more are closed (default 1000)")
+    _option(p, "--http-timeout-s", float, 30.0, "an HTTP client must start each request, send its body and read "
+            "the answer within this long (default 30)")
+    _option(p, "--auth-token-file", Path, None, "require 'authorization: Bearer TOKEN' on every call but health, "
+            "TOKEN one of the file's lines (reread on SIGHUP)")
     _option(p, "--device", str, "cpu", choices=("cpu", "cuda"))
     p.add_argument("--models", nargs="+", metavar="NAME[:VERSION]",
                    default=_env("models", [], lambda v: v.replace(",", " ").split()),
@@ -125,13 +132,30 @@ def _add_client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
     p.add_argument("--tls-key", type=Path, help="client private key (mutual TLS)")
     p.add_argument("--tls-server-name", help="expected name in the server certificate, if not the host")
+    p.add_argument("--auth-token-file", type=Path, default=_env("auth-token-file", None, Path),
+                   help="file whose first line is the token for a server started with --auth-token-file "
+                        "(or set SERVING_AUTH_TOKEN)")
+
+
+def client_token(args: argparse.Namespace) -> str | None:
+    """The bearer token: the first line of --auth-token-file, else $SERVING_AUTH_TOKEN, else none. Never a flag
+    value: a token on the command line would show in every process listing."""
+    if args.auth_token_file is not None:
+        try:
+            lines = args.auth_token_file.read_text().split()
+        except OSError as e:
+            raise SystemExit(f"error: cannot read {args.auth_token_file}: {e.strerror}") from None
+        if not lines:
+            raise SystemExit(f"error: {args.auth_token_file} holds no token")
+        return lines[0]
+    return os.environ.get("SERVING_AUTH_TOKEN") or None
 
 
 def _client(args: argparse.Namespace, model: str | None = None):  # type: ignore[no-untyped-def]
     from serving.grpc.client import Client
 
-    return Client(args.server, model, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                  tls_key=args.tls_key, server_name=args.tls_server_name)
+    return Client(args.server, model, timeout=args.timeout, token=client_token(args), tls_ca=args.tls_ca,
+                  tls_cert=args.tls_cert, tls_key=args.tls_key, server_name=args.tls_server_name)
 
 
 def _add_classify(sub: argparse._SubParsersAction) -> None:
@@ -183,7 +207,7 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serving", description="Image classification over gRPC.")
+    parser = argparse.ArgumentParser(prog="python -m serving", description="Image classification over gRPC and HTTP.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_classify(sub)

@@ -5,8 +5,9 @@
         for top in client.classify(["three.png", open("seven.jpg", "rb").read()], top_k=3):
             print(top[0].label, top[0].probability)
 
-Errors surface as ``grpc.RpcError`` (``.code()``, ``.details()``); the server's request id is in the details of
-INTERNAL errors and in the trailing metadata ``x-request-id``.
+With a server that wants a token (``--auth-token-file``), pass ``token=``: it goes with every call as
+``authorization: Bearer <token>``. Errors surface as ``grpc.RpcError`` (``.code()``, ``.details()``); the server's
+request id is in the details of INTERNAL errors and in the trailing metadata ``x-request-id``.
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ def predictions(response: ic_pb2.ClassifyResponse) -> list[list[Prediction]]:
 
 class Client:
     def __init__(self, target: str, model: str | None = None, *, timeout: float | None = 30.0,
-                 **tls: str | Path | None) -> None:
+                 token: str | None = None, **tls: str | Path | None) -> None:
         self.model = model
         self.timeout = timeout
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._channel = channel(target, **tls)  # type: ignore[arg-type]
         self._stub = ic_grpc.ImageClassifierStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -72,14 +74,15 @@ class Client:
             raise ValueError("which model? pass model= to Client() or classify()")
         request = ic_pb2.ClassifyRequest(model=model, version=version, top_k=top_k,
                                          images=[_image(img) for img in images])
-        return predictions(self._stub.Classify(request, timeout=self.timeout))
+        return predictions(self._stub.Classify(request, timeout=self.timeout, metadata=self.metadata))
 
     def list_models(self) -> list[ic_pb2.ModelInfo]:
-        return list(self._stub.ListModels(ic_pb2.ListModelsRequest(), timeout=self.timeout).models)
+        return list(self._stub.ListModels(ic_pb2.ListModelsRequest(), timeout=self.timeout,
+                                          metadata=self.metadata).models)
 
     def get_model(self, name: str | None = None, version: int = 0) -> ic_pb2.ModelInfo:
         return self._stub.GetModel(ic_pb2.GetModelRequest(name=name or self.model or "", version=version),
-                                   timeout=self.timeout)
+                                   timeout=self.timeout, metadata=self.metadata)
 
     def health(self, service: str = "") -> str:
         """SERVING, NOT_SERVING or SERVICE_UNKNOWN for the server (``""``) or one model."""
