@@ -11,18 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving.batch import parquet
+from serving.batch.job import EXIT_OK, EXIT_ROW_ERRORS
 from serving.batch.output import OutputError, Row, check_output, open_output, read_existing
 from serving.runtime.prediction import Prediction
-from tests.batch.test_batch_cli import local
-from tests.batch.test_batch_output import AWKWARD, rows
-from tests.support.batch import Tree, read_rows
+from tests.support.batch import AWKWARD, Tree, awkward_rows, local, read_rows
 from tests.support.repositories import Repo
-
-EXIT_ROW_ERRORS = 3
 
 
 def test_rows_round_trip_through_arrow_exactly() -> None:
-    original = rows()
+    original = awkward_rows()
     back = parquet.rows_from_table(parquet.rows_to_table(original))
     assert [r.path for r in back] == AWKWARD  # odd names, newlines and undecodable bytes included
     for got, want in zip(back, original, strict=True):
@@ -36,11 +33,11 @@ def test_rows_round_trip_through_arrow_exactly() -> None:
 def test_parts_are_written_whole_and_resume_drops_a_half_written_one(tmp_path: Path) -> None:
     folder = tmp_path / "o.parquet"
     with parquet.ParquetOutput(folder, part_rows=3) as out:
-        out.write(rows()[:2])            # gathered…
+        out.write(awkward_rows()[:2])            # gathered…
         assert parquet.parts(folder) == []
-        out.write(rows()[2:4])           # …written once there are enough
+        out.write(awkward_rows()[2:4])           # …written once there are enough
         assert [p.name for p in parquet.parts(folder)] == ["part-000000.parquet"]
-        out.write(rows()[4:5])
+        out.write(awkward_rows()[4:5])
     assert [p.name for p in parquet.parts(folder)] == ["part-000000.parquet", "part-000001.parquet"]  # at close
     # A job killed while writing a part leaves a hidden temporary file: readers skip it, resume removes it.
     torn = folder / ".part-000002.parquet.tmp"
@@ -50,7 +47,7 @@ def test_parts_are_written_whole_and_resume_drops_a_half_written_one(tmp_path: P
     assert [r.path for r in existing.rows] == AWKWARD[:5]
     assert existing.torn_bytes == len(b"PAR1 half a part")
     with open_output(folder, existing=existing) as out:
-        out.write(rows()[5:])
+        out.write(awkward_rows()[5:])
     assert not torn.exists()
     assert [p.name for p in parquet.parts(folder)][-1] == "part-000002.parquet"
     assert [r.path for r in read_existing(folder).rows] == AWKWARD
@@ -58,8 +55,8 @@ def test_parts_are_written_whole_and_resume_drops_a_half_written_one(tmp_path: P
 
 def test_parts_follow_the_time_too(tmp_path: Path) -> None:
     out = parquet.ParquetOutput(tmp_path / "o.parquet", part_seconds=0.0)
-    out.write(rows()[:1])
-    out.write(rows()[1:2])
+    out.write(awkward_rows()[:1])
+    out.write(awkward_rows()[1:2])
     assert len(parquet.parts(tmp_path / "o.parquet")) == 2
     out.close()
 
@@ -86,9 +83,9 @@ def test_checks_before_any_work(tmp_path: Path) -> None:
 def test_overwrite_replaces_the_parts(tmp_path: Path) -> None:
     folder = tmp_path / "o.parquet"
     with parquet.ParquetOutput(folder) as out:
-        out.write(rows())
+        out.write(awkward_rows())
     with open_output(folder, overwrite=True) as out:
-        out.write(rows()[:1])
+        out.write(awkward_rows()[:1])
     assert [r.path for r in read_existing(folder).rows] == AWKWARD[:1]
 
 
@@ -104,7 +101,7 @@ def test_local_engine_writes_the_same_rows_as_jsonl_and_resumes(repository: Repo
                                                                 tmp_path: Path) -> None:
     jsonl, folder = tmp_path / "o.jsonl", tmp_path / "o.parquet"
     assert local(repository, "imgs", "-o", jsonl, "-q") == EXIT_ROW_ERRORS
-    assert local(repository, "imgs/nested", "-o", folder, "-q") == 0
+    assert local(repository, "imgs/nested", "-o", folder, "-q") == EXIT_OK
     (folder / ".part-000001.parquet.tmp").write_bytes(b"torn")
     assert local(repository, "imgs", "-o", folder, "--resume", "-q") == EXIT_ROW_ERRORS
     assert sorted(r["path"] for r in read_rows(folder)) == tree.all  # each input once

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from serving.batch.job import EXIT_FAILED, EXIT_OK, EXIT_ROW_ERRORS, EXIT_USAGE
-from tests.batch.test_batch_cli import batch, spawn
-from tests.support.batch import MODEL, read_rows
+from tests.support.batch import MODEL, batch, read_rows, spawn
 from tests.support.hostile import bombs, mutate, seed_images, unusual_images
 from tests.support.images import draw_image, encode, make_pngs
 from tests.support.paths import ROOT
