@@ -127,20 +127,23 @@ def _add_client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-server-name", help="expected name in the server certificate, if not the host")
 
 
-def _client(args: argparse.Namespace, model: str | None = None):  # type: ignore[no-untyped-def]
+def _client(args: argparse.Namespace, model: str | None = None, **options: Any):  # type: ignore[no-untyped-def]
     from serving.grpc.client import Client
 
     return Client(args.server, model, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                  tls_key=args.tls_key, server_name=args.tls_server_name)
+                  tls_key=args.tls_key, server_name=args.tls_server_name, **options)
 
 
 def _add_classify(sub: argparse._SubParsersAction) -> None:
+    from serving.grpc.client import add_send_options
+
     p = sub.add_parser("classify", help="classify image files with a running server")
     _add_client_options(p)
     p.add_argument("--model", required=True)
     p.add_argument("--version", type=int, default=0)
     p.add_argument("--top-k", type=int, default=0, help="labels per image (default: 5 or the number of classes)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
+    add_send_options(p)
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     p.set_defaults(func=_classify)
 
@@ -150,7 +153,7 @@ def _classify(args: argparse.Namespace) -> int:
         if not path.is_file():
             print(f"error: {path}: no such file", file=sys.stderr)
             return EXIT_USAGE
-    with _client(args, args.model) as client:
+    with _client(args, args.model, send=args.send, jpeg_quality=args.jpeg_quality) as client:
         results = client.classify(args.images, top_k=args.top_k, version=args.version)
     for path, preds in zip(args.images, results, strict=True):
         if args.json:

@@ -82,6 +82,8 @@ def run_job(batches: Iterator[list[Row]], out: OutputFile, summary: Summary, pro
 # ---- command line --------------------------------------------------------------------------------------------------
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from serving.grpc.client import add_send_options
+
     p.description = (
         "Classify image files into a CSV or JSON Lines file: one row per file (path, label, probability, top_k, "
         "error), written as it completes. Locally with --repository (no server needed), or through a running "
@@ -127,6 +129,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     remote.add_argument("--retries", type=int, default=5, metavar="N",
                         help="retries of a request the server could not take (UNAVAILABLE, RESOURCE_EXHAUSTED, "
                              "DEADLINE_EXCEEDED), 0.2 s apart and doubling, before the job stops (5)")
+    add_send_options(remote)
     remote.add_argument("--tls-ca", type=Path, help="CA certificate to verify the server with (enables TLS)")
     remote.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
     remote.add_argument("--tls-key", type=Path, help="client private key (mutual TLS)")
@@ -201,8 +204,8 @@ def remote_backend(args: argparse.Namespace, todo: list[str]) -> Backend:
     from serving.batch.runners import RemoteClassifier, RemoteError, classify_remote
     from serving.grpc.client import Client
 
-    client = Client(args.server, args.model, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                    tls_key=args.tls_key, server_name=args.tls_server_name)
+    client = Client(args.server, args.model, timeout=args.timeout, send=args.send, jpeg_quality=args.jpeg_quality,
+                    tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key, server_name=args.tls_server_name)
     try:
         try:
             info = client.get_model(args.model, args.version)

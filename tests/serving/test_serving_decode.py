@@ -9,17 +9,9 @@ from PIL import Image
 from serving.contract.preprocess import EXIF_ORIENTATION, PreprocessSpec, load_image, model_image, preprocess
 from serving.errors import InvalidInput
 from tests.support.hostile import jpeg_bomb
-from tests.support.images import encode
+from tests.support.images import encode, textured
 
 SPEC = PreprocessSpec(size=(32, 48), color_mode="RGB", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-
-
-def textured(size: tuple[int, int], seed: int = 0) -> Image.Image:
-    """A gradient with noise on it: fine detail is where a reduced decode and a full one differ."""
-    w, h = size
-    rng = np.random.default_rng(seed)
-    grad = np.linspace(20, 220, w)[None, :, None] * np.ones((h, 1, 3))
-    return Image.fromarray(np.clip(grad + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8), "RGB")
 
 
 @pytest.mark.parametrize(("size", "min_size", "decoded"), [
