@@ -135,7 +135,7 @@ def _client(args: argparse.Namespace, model: str | None = None, **options: Any):
 
 
 def _add_classify(sub: argparse._SubParsersAction) -> None:
-    from serving.grpc.client import add_send_options
+    from serving.grpc.prepare import add_send_options
 
     p = sub.add_parser("classify", help="classify image files with a running server")
     _add_client_options(p)

@@ -82,7 +82,7 @@ def run_job(batches: Iterator[list[Row]], out: OutputFile, summary: Summary, pro
 # ---- command line --------------------------------------------------------------------------------------------------
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from serving.grpc.client import add_send_options
+    from serving.grpc.prepare import add_send_options
 
     p.description = (
         "Classify image files into a CSV or JSON Lines file: one row per file (path, label, probability, top_k, "

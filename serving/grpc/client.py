@@ -5,15 +5,13 @@
         for top in client.classify(["three.png", open("seven.jpg", "rb").read()], top_k=3):
             print(top[0].label, top[0].probability)
 
-Images are resized here before they are sent (``send``): the client reads the model's preprocessing spec once
-(GetModel) and runs the server's own decode and resize on each image (``serving.contract.preprocess.model_image``),
-then sends the result as a PNG (``"png"``, the default: lossless, so the answer is exactly the one the server gives
-for the original file), a float32 tensor (``"tensor"``: exact too, no decoding left for the server, 4 bytes a
-value), or a JPEG (``"jpeg"``, ``jpeg_quality``: the smallest, and not exact: see docs/serving.md for how far the
-probabilities move). ``"original"`` sends the file's bytes unchanged. A 12-megapixel photo for a 224 px model then
-travels as an 80 kB PNG (13 kB as JPEG) instead of 2 MB, and costs the server a 224 px decode. An image the client
-cannot decode (or that is over its pixel limit) is sent as it is: the server's answer, usually INVALID_ARGUMENT, is
-the one the caller gets either way.
+Images are resized here before they are sent (``send``, ``serving.grpc.prepare``): the client reads the model's
+preprocessing spec once (GetModel), runs the server's own decode and resize on each image, and sends a PNG
+(``"png"``, the default: exactly the server's answer for the original file), a float32 tensor (``"tensor"``: exact
+too), or a JPEG (``"jpeg"``, ``jpeg_quality``: the smallest, not exact); ``"original"`` sends the file's bytes
+unchanged. A 12-megapixel photo for a 224 px model travels as an 80 kB PNG instead of 2 MB and costs the server a
+224 px decode. An image the client cannot decode (or that is over its pixel limit) is sent as it is: the server's
+answer, usually INVALID_ARGUMENT, is the one the caller gets either way.
 
 Errors surface as ``grpc.RpcError`` (``.code()``, ``.details()``); the server's request id is in the details of
 INTERNAL errors and in the trailing metadata ``x-request-id``.
@@ -21,8 +19,6 @@ INTERNAL errors and in the trailing metadata ``x-request-id``.
 
 from __future__ import annotations
 
-import argparse
-import io
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,13 +30,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
-from serving.contract.preprocess import PreprocessSpec, model_image, normalize
+from serving.contract.preprocess import PreprocessSpec
 from serving.errors import InvalidInput
+from serving.grpc.prepare import SEND, encode_for, spec_of, tensor_image
 from serving.runtime.prediction import Prediction
 
 ImageInput = str | Path | bytes | bytearray | memoryview | np.ndarray
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
-SEND = ("png", "jpeg", "tensor", "original")
 
 
 def channel(target: str, *, tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
@@ -57,61 +53,12 @@ def channel(target: str, *, tls_ca: str | Path | None = None, tls_cert: str | Pa
     return grpc.secure_channel(target, credentials, options=options)
 
 
-def add_send_options(p: argparse._ActionsContainer) -> None:
-    """``--send`` and ``--jpeg-quality``, for the command-line clients (classify, batch --server)."""
-    p.add_argument("--send", choices=SEND, default="png",
-                   help="resize each image to the model's input here and send it as a PNG (default; the same answer "
-                        "as for the original), a float32 tensor (same answer, larger), a JPEG (smallest, not exact), "
-                        "or send the original files")
-    p.add_argument("--jpeg-quality", type=_quality, default=90, metavar="Q", help="with --send jpeg: 1-100 (90)")
-
-
-def _quality(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 100:
-        raise argparse.ArgumentTypeError(f"must be an integer between 1 and 100, got {text!r}")
-    return int(text)
-
-
-def spec_of(info: ic_pb2.ModelInfo) -> PreprocessSpec | None:
-    """The preprocessing spec GetModel describes; None when it describes none (a model that never loaded)."""
-    p = info.preprocess
-    if not p.size:
-        return None
-    return PreprocessSpec(size=(p.size[0], p.size[1]), color_mode=p.color_mode, mean=tuple(p.mean), std=tuple(p.std),
-                          scale=_scale(p.scale), resize=p.resize, resample=p.resample, labels=tuple(info.labels))
-
-
-def _scale(sent: float) -> float:
-    """The spec's scale from its float32 copy in the message: 1/n exactly when it is one (1/255 is), since the
-    normalisation divides by float32(1/scale), and float32(1/255) gives 254.99998 there instead of 255."""
-    n = round(1.0 / sent) if sent > 0 else 0
-    return 1.0 / n if n and np.float32(1.0 / n) == np.float32(sent) else sent
-
-
-def encode_for(spec: PreprocessSpec, data: bytes, send: str, jpeg_quality: int = 90) -> ic_pb2.Image:
-    """An encoded image as ``send`` says, resized for ``spec`` (``InvalidInput`` if it cannot be decoded)."""
-    img = model_image(data, spec)
-    if send == "tensor":
-        return _tensor(normalize(np.asarray(img), spec))
-    buf = io.BytesIO()
-    if send == "jpeg":  # full-resolution colour (4:4:4): at 32 px, 4:2:0 tripled the change in probabilities
-        img.save(buf, format="JPEG", quality=jpeg_quality, subsampling=0)
-    else:  # zlib level 1: a fifth of the default level's time for a 224 px photo, 12 % larger
-        img.save(buf, format="PNG", compress_level=1)
-    return ic_pb2.Image(encoded=buf.getvalue())
-
-
 def _read(image: ImageInput) -> np.ndarray | bytes:
     if isinstance(image, np.ndarray | bytes):
         return image
     if isinstance(image, bytearray | memoryview):
         return bytes(image)
     return Path(image).read_bytes()
-
-
-def _tensor(x: np.ndarray) -> ic_pb2.Image:
-    x = np.ascontiguousarray(x, dtype="<f4")
-    return ic_pb2.Image(tensor=ic_pb2.Tensor(shape=list(x.shape), data=x.tobytes()))
 
 
 @dataclass(frozen=True)
@@ -175,7 +122,7 @@ class Client:
 
     def _message(self, image: np.ndarray | bytes, target: _Target | None) -> ic_pb2.Image:
         if isinstance(image, np.ndarray):
-            return _tensor(image)
+            return tensor_image(image)
         if target is not None and target.spec is not None:
             try:
                 return encode_for(target.spec, image, self.send, self.jpeg_quality)
