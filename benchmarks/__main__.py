@@ -20,7 +20,7 @@ from pathlib import Path
 
 # family name → module (names that would shadow a package — numpy, training — get another module name)
 MODULES = {"runtime": "runtime", "folding": "folding", "server": "server", "batch": "batch_cli", "numpy": "numpy_ref",
-           "training": "train_time", "startup": "startup"}
+           "training": "train_time", "startup": "startup", "photos": "photos"}
 FAMILIES = tuple(MODULES)
 QUICK_SKIPS = ("folding", "training")  # exports and minutes of training have no place in a 45-second check
 ROOT = Path(__file__).resolve().parent.parent
