@@ -1,10 +1,10 @@
 """The preprocessing spec and the one implementation of it in Pillow + NumPy.
 
 The spec is written once at training time (``RUN/spec.json``) and travels with the model (``model.json`` and the
-ONNX metadata). Training feeds fastai with images opened by :func:`load_image` (with ``min_size=spec.size``, so
-that JPEGs are reduced as below) and resized/normalised by fastai's own ``Resize``/``IntToFloatTensor``/``Normalize``
-built from the same spec; serving runs :func:`preprocess`. A test proves both give the same tensor for the same
-file.
+ONNX metadata). Training feeds fastai with images opened by :func:`load_image` and resized/normalised by fastai's
+own ``Resize``/``IntToFloatTensor``/``Normalize`` built from the same spec; serving runs :func:`preprocess`. A test
+proves both give the same tensor for the same file; for a JPEG larger than twice the model's input that needs the
+trainer to open it with ``min_size=spec.size`` too, as :func:`model_image` does.
 
 Steps, in order:
 1. decode (PNG, JPEG, BMP, WebP, GIF/TIFF first frame; no other format is even parsed), refusing more than
