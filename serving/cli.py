@@ -138,33 +138,31 @@ def _add_client_options(p: argparse.ArgumentParser) -> None:
 
 
 def client_token(args: argparse.Namespace) -> str | None:
-    """The bearer token: the first line of --auth-token-file, else $SERVING_AUTH_TOKEN, else none. Never a flag
-    value: a token on the command line would show in every process listing."""
-    if args.auth_token_file is not None:
-        try:
-            lines = args.auth_token_file.read_text().split()
-        except OSError as e:
-            raise SystemExit(f"error: cannot read {args.auth_token_file}: {e.strerror}") from None
-        if not lines:
-            raise SystemExit(f"error: {args.auth_token_file} holds no token")
-        return lines[0]
-    return os.environ.get("SERVING_AUTH_TOKEN") or None
+    from serving.grpc.client import read_token
+
+    try:
+        return read_token(args.auth_token_file)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
-def _client(args: argparse.Namespace, model: str | None = None):  # type: ignore[no-untyped-def]
+def _client(args: argparse.Namespace, model: str | None = None, **options: Any):  # type: ignore[no-untyped-def]
     from serving.grpc.client import Client
 
     return Client(args.server, model, timeout=args.timeout, token=client_token(args), tls_ca=args.tls_ca,
-                  tls_cert=args.tls_cert, tls_key=args.tls_key, server_name=args.tls_server_name)
+                  tls_cert=args.tls_cert, tls_key=args.tls_key, server_name=args.tls_server_name, **options)
 
 
 def _add_classify(sub: argparse._SubParsersAction) -> None:
+    from serving.grpc.prepare import add_send_options
+
     p = sub.add_parser("classify", help="classify image files with a running server")
     _add_client_options(p)
     p.add_argument("--model", required=True)
     p.add_argument("--version", type=int, default=0)
     p.add_argument("--top-k", type=int, default=0, help="labels per image (default: 5 or the number of classes)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
+    add_send_options(p)
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     p.set_defaults(func=_classify)
 
@@ -174,7 +172,7 @@ def _classify(args: argparse.Namespace) -> int:
         if not path.is_file():
             print(f"error: {path}: no such file", file=sys.stderr)
             return EXIT_USAGE
-    with _client(args, args.model) as client:
+    with _client(args, args.model, send=args.send, jpeg_quality=args.jpeg_quality) as client:
         results = client.classify(args.images, top_k=args.top_k, version=args.version)
     for path, preds in zip(args.images, results, strict=True):
         if args.json:

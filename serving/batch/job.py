@@ -88,6 +88,8 @@ def run_job(batches: Iterator[list[Row]], out: OutputFile | ParquetOutput, summa
 # ---- command line --------------------------------------------------------------------------------------------------
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from serving.grpc.prepare import add_send_options
+
     p.description = (
         "Classify image files into a CSV, JSON Lines or Parquet output: one row per file (path, label, probability, "
         "top_k, error), written as it completes. Locally with --repository (no server needed; --engine ray spreads "
@@ -144,10 +146,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     remote.add_argument("--retries", type=int, default=5, metavar="N",
                         help="retries of a request the server could not take (UNAVAILABLE, RESOURCE_EXHAUSTED, "
                              "DEADLINE_EXCEEDED), 0.2 s apart and doubling, before the job stops (5)")
+    add_send_options(remote)
     remote.add_argument("--tls-ca", type=Path, help="CA certificate to verify the server with (enables TLS)")
     remote.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
     remote.add_argument("--tls-key", type=Path, help="client private key (mutual TLS)")
     remote.add_argument("--tls-server-name", help="expected name in the server certificate, if not the host")
+    remote.add_argument("--auth-token-file", type=Path,
+                        help="file whose first line is the server's token (or set SERVING_AUTH_TOKEN)")
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -228,10 +233,15 @@ def remote_backend(args: argparse.Namespace, todo: list[str]) -> Backend:
     import grpc
 
     from serving.batch.runners import RemoteClassifier, RemoteError, classify_remote
-    from serving.grpc.client import Client
+    from serving.grpc.client import Client, read_token
 
-    client = Client(args.server, args.model, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                    tls_key=args.tls_key, server_name=args.tls_server_name)
+    try:
+        token = read_token(args.auth_token_file)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    client = Client(args.server, args.model, timeout=args.timeout, send=args.send, jpeg_quality=args.jpeg_quality,
+                    token=token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                    server_name=args.tls_server_name)
     try:
         try:
             info = client.get_model(args.model, args.version)

@@ -102,6 +102,12 @@ def test_sighup_rereads_the_token_file(guarded, image_files: dict[str, Path]) ->
                            "digits", str(image_files["img0.png"])], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    out = tokens.parent / "rows.csv"
+    done = subprocess.run([sys.executable, "-m", "serving", "batch", str(image_files["img0.png"]), "--server",
+                           server.address, "--model", "digits", "--output", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "img0.png" in out.read_text()
     env.pop("SERVING_AUTH_TOKEN")
     done = subprocess.run([sys.executable, "-m", "serving", "classify", "--server", server.address, "--model",
                            "digits", str(image_files["img0.png"])], cwd=ROOT, env=env, capture_output=True,
