@@ -71,7 +71,8 @@ class FastaiHead:
     @classmethod
     def from_state(cls, state: StateReader, prefix: str, channels: int, fold_bn: bool = False) -> FastaiHead:
         """Read ``{prefix}<i>.…`` (create_head's positions) for a body giving ``channels`` features."""
-        positions = sorted({int(k[len(prefix):].split(".", 1)[0]) for k in state.keys() if k.startswith(prefix)})
+        keys = [k for k in state.keys() if k.startswith(prefix)]  # noqa: SIM118 (a StateReader, not a dict)
+        positions = sorted({int(k[len(prefix):].split(".", 1)[0]) for k in keys})
         if not positions or positions[0] < 2:
             raise ValueError(f"no fastai head under {prefix!r}: expected BatchNorm1d/Linear from position 2 on")
         layers: list[BatchNorm | Linear | _ReLU] = []
