@@ -66,12 +66,12 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _experiment_parser(sub) -> None:
-    p = sub.add_parser("experiment", help="rerun a small experiment (batchnorm, skip, one-cycle, pooling) and "
-                                          "write a report with plots")
-    p.add_argument("name", choices=["batchnorm", "skip", "one-cycle", "pooling"])
+    p = sub.add_parser("experiment", help="rerun a small experiment (batchnorm, skip, one-cycle, pooling, transfer) "
+                                          "and write a report with plots")
+    p.add_argument("name", choices=["batchnorm", "skip", "one-cycle", "pooling", "transfer"])
     p.add_argument("--data", default="digits", help="'digits' (bundled, default) or a folder of images")
     p.add_argument("--seeds", type=int, default=None,
-                   help="runs per variant, seeds 0..K-1 (default: 3 for batchnorm and skip, 5 for one-cycle, pooling)")
+                   help="runs per variant, seeds 0..K-1 (default: 3 for batchnorm and skip, 5 for the others)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 5)")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate of the main runs (default: batchnorm 1e-3, others 3e-3)")

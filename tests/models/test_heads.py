@@ -106,3 +106,13 @@ def test_numpy_fastai_head_refuses_a_wrong_head(make_model: MakeModel) -> None:
     with pytest.raises(ValueError, match=r"head\.4\.weight takes 100 features"):
         scratch.from_checkpoint({"arch": "resnet20", "kwargs": {"num_classes": 3, "in_chans": 1, "head": "fastai"},
                                  "state_dict": state})
+
+
+@pytest.mark.parametrize(("arch", "chw"), [("resnet18", (3, 64, 64)), ("resnet20", (1, 16, 16))])
+def test_summary_with_the_fastai_head_counts_the_trained_model(arch: str, chw: tuple[int, int, int]) -> None:
+    from models.summary import summarize
+
+    table = summarize(arch, chw, 10, "fastai")
+    model = registry.create(arch, 10, chw[0], head="fastai")
+    assert table.params == sum(p.numel() for p in model.parameters())
+    assert table.output == (10,)

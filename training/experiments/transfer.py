@@ -1,0 +1,149 @@
+"""Transfer learning: fine-tuning from a digits run vs training from scratch on a second, small task.
+
+Claim under test (fastai's course, "transfer learning"): a body trained on one task gives a better start on a related
+task than random weights, most of all when the new task has few images. The second task is made from the same data
+(by default the bundled digits): the images rotated by 90° (a digit's strokes seen from another side: a new task,
+not the same one), with only ``PER_CLASS`` training images per class and the whole rotated validation split (360
+images on digits) to judge on.
+
+The source body is one run on the original data (the linear head, seed 0), trained once and kept with the rotated
+copy under ``data/transfer/`` (``RESNET_DATA_HOME``). Every target run has the same epoch budget: from scratch,
+``epochs`` of one-cycle; fine-tuned, ``fine_tune`` with 1 frozen epoch then ``epochs − 1`` — the body loaded from the
+source run, a new head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from training.experiments import figures
+from training.experiments.report import Report, Table
+from training.experiments.runner import ExperimentError, RunResult, RunSpec, Settings, by_variant, seed_list
+from training.experiments.stats import compare, fmt_values, mean_std
+
+NAME = "transfer"
+TITLE = "Transfer learning: fine-tuning from digits vs training from scratch on a small new task"
+DEFAULTS = {"seeds": 5, "epochs": 10, "lr": 3e-3}
+PER_CLASS = 20
+SOURCE_EPOCHS = 5
+VARIANTS = ("scratch", "fine_tune")
+
+
+def _home() -> Path:
+    from training.data import default_data_home
+
+    return default_data_home() / "transfer"
+
+
+def _tag(data: str) -> str:
+    """A folder name per data set: "digits", or the folder's name and a hash of its absolute path."""
+    import hashlib
+
+    if data == "digits":
+        return data
+    return f"{Path(data).name}-{hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:8]}"
+
+
+def target_folder(data: str = "digits", per_class: int = PER_CLASS) -> Path:
+    """``data/transfer/<data>-rot90-k<per_class>/{train,valid}/<label>/*``: the first ``per_class`` training images
+    of each class and every validation image, rotated by 90°; written once."""
+    from PIL import Image
+
+    from training.data import guess_color_mode, scan
+
+    dest = _home() / f"{_tag(data)}-rot90-k{per_class}"
+    if (dest / ".complete").exists():
+        return dest
+    ds = scan(data, guess_color_mode(data), log=lambda _m: None)
+    kept: dict[int, int] = {}
+    for split, items in (("train", ds.train), ("valid", ds.valid)):
+        for path, y in items:
+            if split == "train":
+                kept[y] = kept.get(y, 0) + 1
+                if kept[y] > per_class:
+                    continue
+            folder = dest / split / ds.labels[y]
+            folder.mkdir(parents=True, exist_ok=True)
+            with Image.open(path) as img:
+                img.transpose(Image.Transpose.ROTATE_90).save(folder / path.name)
+    (dest / ".complete").write_text("1\n")
+    return dest
+
+
+def source_run(s: Settings) -> Path:
+    """The digits run whose body every fine-tuned run starts from (trained once, then reused)."""
+    from training.fit import FitConfig, fit
+
+    out = _home() / f"{_tag(s.data)}-source-{s.arch}-e{SOURCE_EPOCHS}-lr{s.lr:g}-bs{s.bs}-size{s.size}"
+    if not (out / "model.pth").exists():
+        fit(FitConfig(data=s.data, arch=s.arch, epochs=SOURCE_EPOCHS, out=out, lr=s.lr, bs=s.bs, size=s.size,
+                      seed=0, plots=False, head="linear", label_smoothing=0.0), log=lambda _m: None)
+    return out
+
+
+def plan(s: Settings) -> list[RunSpec]:
+    data, source = str(target_folder(s.data)), str(source_run(s) / "model.pth")
+    if s.epochs < 2:
+        raise ExperimentError(f"transfer needs --epochs >= 2 (one frozen epoch, then the rest), got {s.epochs}")
+    # The same budget: fine_tune's frozen epoch counts as one of them.
+    return [RunSpec(variant, s.arch, seed, s.lr, s.epochs - (variant == "fine_tune"), data=data,
+                    pretrained=source if variant == "fine_tune" else None)
+            for seed in range(s.seeds) for variant in VARIANTS]
+
+
+def analyse(s: Settings, results: list[RunResult], out: Path) -> Report:
+    runs = by_variant(results)
+    first = results[0]
+    acc = {v: [r.valid_accuracy for r in runs[v]] for v in VARIANTS}
+    loss = {v: [r.valid_loss for r in runs[v]] for v in VARIANTS}
+    secs = {v: [r.train_seconds for r in runs[v]] for v in VARIANTS}
+    rows = [[v, fmt_values(acc[v]), fmt_values(loss[v]), fmt_values(secs[v], 2)] for v in VARIANTS]
+    table = Table(f"After {s.epochs} epochs in all, mean ± std over {s.seeds} seeds",
+                  ["start", "valid accuracy", "valid loss", "training seconds"], rows)
+    c_acc = compare("valid accuracy", "fine_tune", acc["fine_tune"], "scratch", acc["scratch"])
+    c_loss = compare("valid loss", "fine_tune", loss["fine_tune"], "scratch", loss["scratch"])
+    wins = sum(f > b for f, b in zip(acc["fine_tune"], acc["scratch"], strict=True))
+    findings = [_finding(c_acc, "accuracy"), _finding(c_loss, "loss"),
+                f"Seed by seed (same seed, same data order), fine-tuning had the higher accuracy in {wins} of "
+                f"{s.seeds} pairs."]
+    summary = {"variants": {v: {"valid_accuracy": mean_std(acc[v]), "valid_loss": mean_std(loss[v])}
+                            for v in VARIANTS},
+               "paired_wins": wins, "per_class": PER_CLASS,
+               "mean_gap": float(np.mean(acc["fine_tune"]) - np.mean(acc["scratch"]))}
+    figures.curves(out / "curves.png", [
+        ("Validation accuracy", "accuracy",
+         {v: [[h["accuracy"] for h in r.history] for r in runs[v]] for v in VARIANTS}),
+        ("Validation loss", "loss (cross-entropy)",
+         {v: [[h["valid_loss"] for h in r.history] for r in runs[v]] for v in VARIANTS}),
+    ], title="Rotated digits, few images: per epoch, mean ± std over seeds (fine_tune: epoch 1 is the frozen one)")
+    return Report(
+        name=NAME, title=TITLE,
+        question=("Does a body trained on digits help on a related task with few images? The same network "
+                  f"({s.arch}) is trained on digits rotated by 90° with {PER_CLASS} training images per class, "
+                  "either from random weights or fine-tuned from a digits run."),
+        setup=[f"Target task: the images rotated by 90°, {first.n_train} training images "
+               f"({PER_CLASS} per class), {first.n_valid} validation images, {first.size}×{first.size} px.",
+               f"Source: one run on the original images ({s.arch}, linear head, {SOURCE_EPOCHS} epochs, peak lr "
+               f"{s.lr:g}, seed 0, every training image); the fine-tuned runs load its body and get a new head.",
+               f"From scratch: {s.epochs} epochs of fastai one-cycle, peak lr {s.lr:g}. Fine-tuned: fastai "
+               f"fine_tune(epochs={s.epochs - 1}, base_lr={s.lr:g}, freeze_epochs=1) — {s.epochs} epochs in all, "
+               f"the body at lr/100 once unfrozen. Batch {s.bs}, Adam, weight decay 0.01, plain cross-entropy, "
+               f"{seed_list(s.seeds)}."],
+        tables=[table], comparisons=[c_acc, c_loss], findings=findings,
+        plots=[("Validation accuracy and loss per epoch", "curves.png")],
+        notes=["The source task and the target share the digits' writers and scanner: this is transfer to a "
+               "related task, the situation fine-tuning is made for, not to unrelated photos.",
+               "Seconds are wall-clock on a machine shared with other jobs: compare them within this report only."],
+        summary=summary,
+    )
+
+
+def _finding(c, metric: str) -> str:
+    if c.verdict == "shows":
+        better = ("fine-tuning" if (c.diff > 0) == (metric == "accuracy") else "training from scratch")
+        return f"Validation {metric}: {better} is better ({c.detail})."
+    if c.verdict == "cannot tell":
+        return f"Validation {metric}: cannot tell the two apart ({c.detail})."
+    return f"Validation {metric}: no difference shows between fine-tuning and training from scratch ({c.detail})."
