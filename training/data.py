@@ -1,4 +1,5 @@
-"""Image folders → a checked list of samples → fastai DataLoaders, all driven by one PreprocessSpec.
+"""Image folders → a checked list of samples → decoded uint8 tensors → fastai DataLoaders, driven by one
+PreprocessSpec.
 
 Accepted layouts:
 - ``PATH/train/<label>/*`` and ``PATH/valid/<label>/*`` (``val/`` also accepted): the split is given;
@@ -8,7 +9,9 @@ Accepted layouts:
 
 Every image is decoded once while the dataset is scanned (the same decode the server uses,
 ``serving.contract.preprocess.load_image``); files that fail are reported with path and reason and left out, so a bad
-file can never stop training halfway through an epoch. The same pass computes the per-channel mean/std.
+file can never stop training halfway through an epoch. The readable files are then decoded once more at the spec's
+size into one uint8 tensor per split (``Pixels``), from which the mean/std are computed and every batch is taken by
+indexing; conversion to float, normalisation and augmentation are fastai batch transforms on whole batches.
 """
 
 from __future__ import annotations
