@@ -103,6 +103,7 @@ class RunSpec:
     evals_per_epoch: int = 0           # > 0: validation accuracy this many times per epoch, with the training time
     data: str | None = None            # this run's data (default: the settings' data)
     pretrained: str | None = None      # a model.pth to fine_tune from (transfer)
+    bs: int | None = None              # this run's batch size (default: the settings' --bs)
 
     @property
     def run_id(self) -> str:
@@ -306,7 +307,7 @@ def train_one(spec: RunSpec, settings: Settings, run_dir: Path, log: Callable[[s
 
         callbacks.append(momentum_callback(spec.momentum))
     cfg = FitConfig(data=spec.data or settings.data, arch=spec.arch, epochs=spec.epochs, out=run_dir, lr=spec.lr,
-                    bs=settings.bs, size=settings.size, seed=spec.seed, plots=False,
+                    bs=spec.bs or settings.bs, size=settings.size, seed=spec.seed, plots=False,
                     model_kwargs=dict(spec.model_kwargs), schedule=spec.schedule,
                     # Plain cross-entropy: the losses compared are the textbook ones, and label smoothing (a
                     # regulariser, with a loss floor above 0) does not confound the effect under test.

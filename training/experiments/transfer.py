@@ -1,15 +1,14 @@
-"""Transfer learning: fine-tuning from a digits run vs training from scratch on a second, small task.
+"""Transfer learning: fine-tuning from a run on other classes vs training from scratch on a small new task.
 
 Claim under test (fastai's course, "transfer learning"): a body trained on one task gives a better start on a related
-task than random weights, most of all when the new task has few images. The second task is made from the same data
-(by default the bundled digits): the images rotated by 90° (a digit's strokes seen from another side: a new task,
-not the same one), with only ``PER_CLASS`` training images per class and the whole rotated validation split (360
-images on digits) to judge on.
+task than random weights, most of all when the new task has few images. Both tasks come from the same data (by
+default the bundled digits): the *source* task is the first half of the classes (digits 0–4) with every training
+image; the *target* task is the other half (digits 5–9) with only ``PER_CLASS`` training images per class, judged on
+all of their validation images. New classes in a familiar domain: the situation fine-tuning is made for.
 
-The source body is one run on the original data (the linear head, seed 0), trained once and kept with the rotated
-copy under ``data/transfer/`` (``RESNET_DATA_HOME``). Every target run has the same epoch budget: from scratch,
-``epochs`` of one-cycle; fine-tuned, ``fine_tune`` with 1 frozen epoch then ``epochs − 1`` — the body loaded from the
-source run, a new head.
+The source run (the linear head, seed 0) is trained once and kept with both folders under ``data/transfer/``
+(``RESNET_DATA_HOME``). Every target run has the same epoch budget: from scratch, ``epochs`` of one-cycle;
+fine-tuned, ``fine_tune`` with 1 frozen epoch then ``epochs − 1`` — the body loaded from the source run, a new head.
 """
 
 from __future__ import annotations
@@ -25,9 +24,10 @@ from training.experiments.stats import compare, fmt_values, mean_std
 
 NAME = "transfer"
 TITLE = "Transfer learning: fine-tuning from digits vs training from scratch on a small new task"
-DEFAULTS = {"seeds": 5, "epochs": 10, "lr": 3e-3}
+DEFAULTS = {"seeds": 5, "epochs": 10, "lr": 1e-2}
 PER_CLASS = 20
 SOURCE_EPOCHS = 5
+TARGET_BS = 16  # at most: 100 target images in batches of 64 would be one step per epoch
 VARIANTS = ("scratch", "fine_tune")
 
 
@@ -46,56 +46,79 @@ def _tag(data: str) -> str:
     return f"{Path(data).name}-{hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:8]}"
 
 
-def target_folder(data: str = "digits", per_class: int = PER_CLASS) -> Path:
-    """``data/transfer/<data>-rot90-k<per_class>/{train,valid}/<label>/*``: the first ``per_class`` training images
-    of each class and every validation image, rotated by 90°; written once."""
-    from PIL import Image
+def split_classes(labels: list[str]) -> tuple[list[str], list[str]]:
+    """Source classes (the first half, rounded up) and target classes (the rest)."""
+    if len(labels) < 4:
+        raise ExperimentError(f"transfer needs at least 4 classes (2 per task), the data has {len(labels)}")
+    half = (len(labels) + 1) // 2
+    return labels[:half], labels[half:]
+
+
+def subset_folder(data: str, name: str, labels: list[str], per_class: int | None) -> Path:
+    """``data/transfer/<data>-<name>/{train,valid}/<label>/*``: the classes ``labels``, with the first ``per_class``
+    training images of each (all when None) and every validation image; copied once."""
+    import shutil
 
     from training.data import guess_color_mode, scan
 
-    dest = _home() / f"{_tag(data)}-rot90-k{per_class}"
+    dest = _home() / f"{_tag(data)}-{name}"
     if (dest / ".complete").exists():
         return dest
     ds = scan(data, guess_color_mode(data), log=lambda _m: None)
     kept: dict[int, int] = {}
     for split, items in (("train", ds.train), ("valid", ds.valid)):
         for path, y in items:
+            if ds.labels[y] not in labels:
+                continue
             if split == "train":
                 kept[y] = kept.get(y, 0) + 1
-                if kept[y] > per_class:
+                if per_class is not None and kept[y] > per_class:
                     continue
             folder = dest / split / ds.labels[y]
             folder.mkdir(parents=True, exist_ok=True)
-            with Image.open(path) as img:
-                img.transpose(Image.Transpose.ROTATE_90).save(folder / path.name)
+            shutil.copyfile(path, folder / path.name)
     (dest / ".complete").write_text("1\n")
     return dest
 
 
-def source_run(s: Settings) -> Path:
-    """The digits run whose body every fine-tuned run starts from (trained once, then reused)."""
+def folders(data: str, per_class: int = PER_CLASS) -> tuple[Path, Path]:
+    """(source folder, target folder)."""
+    from training.data import guess_color_mode, scan
+
+    labels = scan(data, guess_color_mode(data), log=lambda _m: None).labels
+    source, target = split_classes(labels)
+    return (subset_folder(data, f"source-{len(source)}", source, None),
+            subset_folder(data, f"target-{len(target)}-k{per_class}", target, per_class))
+
+
+def source_run(s: Settings, folder: Path) -> Path:
+    """The run on the source classes whose body every fine-tuned run starts from (trained once, then reused)."""
     from training.fit import FitConfig, fit
 
-    out = _home() / f"{_tag(s.data)}-source-{s.arch}-e{SOURCE_EPOCHS}-lr{s.lr:g}-bs{s.bs}-size{s.size}"
+    out = _home() / f"{folder.name}-run-{s.arch}-e{SOURCE_EPOCHS}-lr{s.lr:g}-bs{s.bs}-size{s.size}"
     if not (out / "model.pth").exists():
-        fit(FitConfig(data=s.data, arch=s.arch, epochs=SOURCE_EPOCHS, out=out, lr=s.lr, bs=s.bs, size=s.size,
+        fit(FitConfig(data=str(folder), arch=s.arch, epochs=SOURCE_EPOCHS, out=out, lr=s.lr, bs=s.bs, size=s.size,
                       seed=0, plots=False, head="linear", label_smoothing=0.0), log=lambda _m: None)
     return out
 
 
 def plan(s: Settings) -> list[RunSpec]:
-    data, source = str(target_folder(s.data)), str(source_run(s) / "model.pth")
+    source_folder, target = folders(s.data)
+    data, source = str(target), str(source_run(s, source_folder) / "model.pth")
     if s.epochs < 2:
         raise ExperimentError(f"transfer needs --epochs >= 2 (one frozen epoch, then the rest), got {s.epochs}")
     # The same budget: fine_tune's frozen epoch counts as one of them.
     return [RunSpec(variant, s.arch, seed, s.lr, s.epochs - (variant == "fine_tune"), data=data,
-                    pretrained=source if variant == "fine_tune" else None)
+                    pretrained=source if variant == "fine_tune" else None, bs=min(s.bs, TARGET_BS))
             for seed in range(s.seeds) for variant in VARIANTS]
 
 
 def analyse(s: Settings, results: list[RunResult], out: Path) -> Report:
     runs = by_variant(results)
     first = results[0]
+    from training.data import guess_color_mode, scan
+
+    source_labels, target_labels = split_classes(scan(s.data, guess_color_mode(s.data), log=lambda _m: None).labels)
     acc = {v: [r.valid_accuracy for r in runs[v]] for v in VARIANTS}
     loss = {v: [r.valid_loss for r in runs[v]] for v in VARIANTS}
     secs = {v: [r.train_seconds for r in runs[v]] for v in VARIANTS}
@@ -117,24 +140,26 @@ def analyse(s: Settings, results: list[RunResult], out: Path) -> Report:
          {v: [[h["accuracy"] for h in r.history] for r in runs[v]] for v in VARIANTS}),
         ("Validation loss", "loss (cross-entropy)",
          {v: [[h["valid_loss"] for h in r.history] for r in runs[v]] for v in VARIANTS}),
-    ], title="Rotated digits, few images: per epoch, mean ± std over seeds (fine_tune: epoch 1 is the frozen one)")
+    ], title="New classes, few images: per epoch, mean ± std over seeds (fine_tune: epoch 1 is the frozen one)")
     return Report(
         name=NAME, title=TITLE,
         question=("Does a body trained on digits help on a related task with few images? The same network "
-                  f"({s.arch}) is trained on digits rotated by 90° with {PER_CLASS} training images per class, "
-                  "either from random weights or fine-tuned from a digits run."),
-        setup=[f"Target task: the images rotated by 90°, {first.n_train} training images "
-               f"({PER_CLASS} per class), {first.n_valid} validation images, {first.size}×{first.size} px.",
-               f"Source: one run on the original images ({s.arch}, linear head, {SOURCE_EPOCHS} epochs, peak lr "
-               f"{s.lr:g}, seed 0, every training image); the fine-tuned runs load its body and get a new head.",
+                  f"({s.arch}) learns the second half of the classes from {PER_CLASS} training images per class, "
+                  "either from random weights or fine-tuned from a run on the first half."),
+        setup=[f"Target task: classes {', '.join(target_labels)} — {first.n_train} training images (at most "
+               f"{PER_CLASS} per class), {first.n_valid} validation images, {first.size}×{first.size} px.",
+               f"Source: one run on classes {', '.join(source_labels)} with every training image ({s.arch}, "
+               f"linear head, {SOURCE_EPOCHS} epochs, peak lr {s.lr:g}, seed 0); the fine-tuned runs load its body "
+               "and get a new head.",
                f"From scratch: {s.epochs} epochs of fastai one-cycle, peak lr {s.lr:g}. Fine-tuned: fastai "
                f"fine_tune(epochs={s.epochs - 1}, base_lr={s.lr:g}, freeze_epochs=1) — {s.epochs} epochs in all, "
-               f"the body at lr/100 once unfrozen. Batch {s.bs}, Adam, weight decay 0.01, plain cross-entropy, "
+               f"the body at lr/100 once unfrozen. Batch {min(s.bs, TARGET_BS)} (source run: {s.bs}), Adam, "
+               "weight decay 0.01, plain cross-entropy, "
                f"{seed_list(s.seeds)}."],
         tables=[table], comparisons=[c_acc, c_loss], findings=findings,
         plots=[("Validation accuracy and loss per epoch", "curves.png")],
-        notes=["The source task and the target share the digits' writers and scanner: this is transfer to a "
-               "related task, the situation fine-tuning is made for, not to unrelated photos.",
+        notes=["Source and target share the writers and the scanner: this is transfer to new classes of a "
+               "familiar domain, not to unrelated photos.",
                "Seconds are wall-clock on a machine shared with other jobs: compare them within this report only."],
         summary=summary,
     )
