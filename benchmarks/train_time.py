@@ -1,4 +1,5 @@
-"""Row family ``training``: seconds of training until digits first reaches 98.5 % validation accuracy.
+"""Row family ``training``: fastai's epochs against a bare PyTorch loop (``benchmarks.fastai_epoch``), and seconds of
+training until digits first reaches 98.5 % validation accuracy.
 
 Two runs of the project's trainer (``training.fit``) on digits (resnet20, 16 px, batch 32, seed 42) with the same
 peak learning rate and the same epoch budget, differing only in the schedule: fastai's one-cycle, and a constant
@@ -92,9 +93,12 @@ def run(ctx: Context) -> list[Row]:
         verdict = f"cut by the {MAX_SECONDS:.0f} s cap after {len(cycle['epochs'])} epochs"
     else:
         verdict = f"{TARGET_ACCURACY:.1%} not reached in {len(cycle['epochs'])} epochs"
-    return [Row("training", f"digits to {TARGET_ACCURACY:.1%} validation accuracy: one-cycle vs constant lr "
-                f"(lr {LR:g}, budget {EPOCHS} epochs, {ctx.threads} threads)",
-                label("constant"), const, label("one-cycle"), one, ratio,
-                ratio_label="time-to-target ratio (constant / one-cycle; > 1: one-cycle faster)",
-                target="digits_accuracy", met=met, verdict=verdict,
-                details={schedule: v for schedule, v in found.items()})]
+    from benchmarks import fastai_epoch
+
+    schedules = Row("training", f"digits to {TARGET_ACCURACY:.1%} validation accuracy: one-cycle vs constant lr "
+                    f"(lr {LR:g}, budget {EPOCHS} epochs, {ctx.threads} threads)",
+                    label("constant"), const, label("one-cycle"), one, ratio,
+                    ratio_label="time-to-target ratio (constant / one-cycle; > 1: one-cycle faster)",
+                    target="digits_accuracy", met=met, verdict=verdict,
+                    details={schedule: v for schedule, v in found.items()})
+    return [*fastai_epoch.rows(ctx), schedules]

@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "ARCHS",
     "EXPANSION",
+    "HEADS",
     "RESNET_SPECS",
     "STEMS",
     "TORCHVISION_SPECS",
@@ -27,10 +28,12 @@ __all__ = [
     "ResNetSpec",
     "Stem",
     "XResNetSpec",
+    "body_children",
     "downsampling",
     "family",
     "spec",
     "stage_stride",
+    "to_named_keys",
 ]
 
 
@@ -137,3 +140,38 @@ def downsampling(arch: str) -> int:
         stem = STEMS[s.stem]
         stem_stride = stem.stride * (stem.pool[1] if stem.pool else 1)
     return stem_stride * math.prod(stage_stride(i) for i in range(len(s.layers)))
+
+
+# ---- body and head -------------------------------------------------------------------------------------------------
+
+# "linear": the network's own head, global average pool → one Linear (``fc``); "fastai": fastai's ``create_head``
+# on the body (``vision_learner``'s model, ``nn.Sequential(body, head)``).
+HEADS: tuple[str, ...] = ("linear", "fastai")
+
+
+def body_children(arch: str, n_stem: int = 3) -> tuple[str, ...]:
+    """Names of the network's children that make its body, in order (fastai's ``cut``: everything before the
+    pooling head). The project's ResNets and torchvision's name them; fastai's XResNet is an ``nn.Sequential``
+    (``n_stem`` ConvLayers, the max-pool, one child per stage)."""
+    s = spec(arch)
+    if isinstance(s, XResNetSpec):
+        return tuple(str(i) for i in range(n_stem + 1 + len(s.layers)))
+    return ("conv1", "bn1", "relu", "maxpool", *(f"layer{i + 1}" for i in range(len(s.layers))))
+
+
+def to_named_keys(state_dict: dict[str, Any], arch: str, n_stem: int = 3) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a fastai-head state_dict (``0.<i>.…`` body, ``1.…`` head) into the body under the network's own
+    names (``0.4.0.conv1.weight`` → ``layer1.0.conv1.weight``) and the head (``1.2.weight`` → ``2.weight``)."""
+    names = body_children(arch, n_stem)
+    body: dict[str, Any] = {}
+    head: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        part, _, rest = key.partition(".")
+        if part == "1":
+            head[rest] = value
+            continue
+        index, _, leaf = rest.partition(".")
+        if part != "0" or not index.isdigit() or int(index) >= len(names):
+            raise ValueError(f"state_dict key {key!r} is not in a fastai body + head model of {arch}")
+        body[f"{names[int(index)]}.{leaf}"] = value
+    return body, head

@@ -6,6 +6,9 @@ The names, families and geometry come from ``models.archs`` (re-exported here: `
 - fastai's xresnet18/34/50 (bag-of-tricks ResNet);
 - torchvision's resnet18/34/50 as ``tv_resnet18`` … (random init: nothing is ever downloaded).
 
+Every arch comes with either head (``models.heads``): ``linear`` (the network's own global-average-pool → ``fc``)
+or ``fastai`` (fastai's body + ``create_head``, as ``vision_learner`` builds it).
+
 A checkpoint is ``{"arch", "kwargs", "state_dict"}`` saved with ``torch.save`` and read back with
 ``torch.load(weights_only=True)``, which refuses to unpickle arbitrary objects.
 """
@@ -28,8 +31,16 @@ XRESNETS: tuple[str, ...] = tuple(XRESNET_SPECS)
 TORCHVISION: tuple[str, ...] = tuple(TORCHVISION_SPECS)
 
 
-def create(arch: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -> nn.Module:
-    """Build ``arch`` with random weights."""
+def create(arch: str, num_classes: int, in_chans: int = 3, head: str = "linear", **kwargs: Any) -> nn.Module:
+    """Build ``arch`` with random weights and the ``head`` classifier."""
+    from models import heads
+
+    heads.check_head(head)
+    model = _network(arch, num_classes, in_chans, **kwargs)
+    return heads.fastai_model(model, arch, num_classes) if head == "fastai" else model
+
+
+def _network(arch: str, num_classes: int, in_chans: int, **kwargs: Any) -> nn.Module:
     fam = family(arch)
     if fam == "project":
         return resnet.build(arch, num_classes=num_classes, in_chans=in_chans, **kwargs)
@@ -49,7 +60,10 @@ def create(arch: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -> nn.
 
 def save_checkpoint(path: str | Path, model: nn.Module, arch: str, num_classes: int, in_chans: int,
                     **kwargs: Any) -> None:
-    """Weights together with the constructor arguments that rebuild the network."""
+    """Weights together with the constructor arguments that rebuild the network (``head`` among them when it is
+    not the default ``linear``, so that linear-head checkpoints keep their format)."""
+    if kwargs.get("head") == "linear":
+        kwargs.pop("head")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"arch": arch, "kwargs": dict(num_classes=num_classes, in_chans=in_chans, **kwargs),
                 "state_dict": state}, path)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from pathlib import Path
+
+STARTED = time.perf_counter()  # before torch and fastai are imported: metrics.json's command_seconds
 
 
 def _fit_parser(sub) -> None:
@@ -22,6 +25,15 @@ def _fit_parser(sub) -> None:
     p.add_argument("--wd", type=float, default=None, help="weight decay (default 0.01)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="ε of the label-smoothed loss (0: plain CE)")
     p.add_argument("--color-mode", choices=["L", "RGB"], default=None, help="default: guessed from the images")
+    p.add_argument("--head", choices=["fastai", "linear"], default=None,
+                   help="fastai: create_head (concat pool, BN, dropout, 2 linear layers; default); linear: global "
+                        "average pool + one linear layer")
+    p.add_argument("--pretrained", type=Path, default=None,
+                   help="start the body from a run's model.pth or a torchvision-format state_dict; trains with "
+                        "fine_tune")
+    p.add_argument("--freeze-epochs", type=int, default=1, help="fine_tune's epochs with the body frozen (default 1)")
+    p.add_argument("--aug", action=argparse.BooleanOptionalAction, default=None,
+                   help="fastai's aug_transforms on training batches (default: on for RGB folders, off otherwise)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--out", required=True, type=Path, help="run directory to write")
@@ -54,12 +66,12 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _experiment_parser(sub) -> None:
-    p = sub.add_parser("experiment", help="rerun a small experiment (batchnorm, skip, one-cycle, pooling) and "
-                                          "write a report with plots")
-    p.add_argument("name", choices=["batchnorm", "skip", "one-cycle", "pooling"])
+    p = sub.add_parser("experiment", help="rerun a small experiment (batchnorm, skip, one-cycle, pooling, transfer) "
+                                          "and write a report with plots")
+    p.add_argument("name", choices=["batchnorm", "skip", "one-cycle", "pooling", "transfer"])
     p.add_argument("--data", default="digits", help="'digits' (bundled, default) or a folder of images")
     p.add_argument("--seeds", type=int, default=None,
-                   help="runs per variant, seeds 0..K-1 (default: 3 for batchnorm and skip, 5 for one-cycle, pooling)")
+                   help="runs per variant, seeds 0..K-1 (default: 3 for batchnorm and skip, 5 for the others)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 5)")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate of the main runs (default: batchnorm 1e-3, others 3e-3)")
@@ -111,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = FitConfig(data=args.data, arch=args.arch, epochs=args.epochs, out=args.out, lr=args.lr, bs=args.bs,
                         size=args.size, seed=args.seed, valid_pct=args.valid_pct, wd=args.wd,
                         color_mode=args.color_mode, device=args.device, plots=not args.no_plots,
-                        label_smoothing=args.label_smoothing)
+                        label_smoothing=args.label_smoothing, head=args.head, pretrained=args.pretrained,
+                        freeze_epochs=args.freeze_epochs, aug=args.aug, started=STARTED)
         try:
             fit(cfg)
         except FitError as e:

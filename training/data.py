@@ -1,4 +1,5 @@
-"""Image folders → a checked list of samples → fastai DataLoaders, all driven by one PreprocessSpec.
+"""Image folders → a checked list of samples → decoded uint8 tensors → fastai DataLoaders, driven by one
+PreprocessSpec.
 
 Accepted layouts:
 - ``PATH/train/<label>/*`` and ``PATH/valid/<label>/*`` (``val/`` also accepted): the split is given;
@@ -8,7 +9,9 @@ Accepted layouts:
 
 Every image is decoded once while the dataset is scanned (the same decode the server uses,
 ``serving.contract.preprocess.load_image``); files that fail are reported with path and reason and left out, so a bad
-file can never stop training halfway through an epoch. The same pass computes the per-channel mean/std.
+file can never stop training halfway through an epoch. The readable files are then decoded once more at the spec's
+size into one uint8 tensor per split (``Pixels``), from which the mean/std are computed and every batch is taken by
+indexing; conversion to float, normalisation and augmentation are fastai batch transforms on whole batches.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -212,63 +216,131 @@ def make_spec(ds: Dataset, size: tuple[int, int], color_mode: str, mean: list | 
     return PreprocessSpec(size=size, color_mode=color_mode, mean=tuple(mean), std=tuple(std), labels=tuple(ds.labels))
 
 
+# ---------------------------------------------------------------------------------------------------- in memory
+
+
+def decode(path: Path, spec: PreprocessSpec) -> np.ndarray:
+    """One file → uint8 pixels at the spec's size (H×W or H×W×C): the serving side's own decode and resize
+    (``serving.contract.preprocess``), so training and serving see the same pixels."""
+    return np.asarray(resize(load_image(path, spec.color_mode), spec))
+
+
+def decode_all(paths: list[Path], spec: PreprocessSpec, workers: int | None = None):
+    """Every file decoded once, as one uint8 tensor N×C×H×W (Pillow releases the GIL: threads decode in parallel)."""
+    import torch
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pixels = list(pool.map(lambda p: decode(p, spec), paths))
+    if not pixels:
+        return torch.zeros((0, *spec.input_shape), dtype=torch.uint8)
+    x = np.stack(pixels)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def pixel_stats(x) -> tuple[list, list]:
+    """Per-channel mean and std of pixel/255 over a uint8 N×C×H×W tensor (what ``channel_stats`` computes)."""
+    import torch
+
+    v = x.transpose(0, 1).reshape(x.shape[1], -1).to(torch.float64) / 255.0
+    mean, std = v.mean(1), v.std(1, unbiased=False).clamp(min=1e-3)
+    return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+
+
+@dataclass
+class Pixels:
+    """Decoded images of one split, kept in memory: uint8 N×C×H×W and their label indices."""
+
+    x: Any
+    y: Any
+
+    @classmethod
+    def of(cls, items: list[tuple[Path, int]], spec: PreprocessSpec) -> Pixels:
+        import torch
+
+        return cls(decode_all([p for p, _ in items], spec), torch.tensor([y for _, y in items], dtype=torch.long))
+
+
 # ---------------------------------------------------------------------------------------------------- fastai side
 
 
-def image_block(spec: PreprocessSpec):
-    """fastai ImageBlock whose files open with serving.contract.preprocess.load_image (EXIF, 16-bit, palette rules)."""
-    from fastai.vision.all import ImageBlock
+def augmentations(spec: PreprocessSpec, flip: bool = True) -> list:
+    """fastai's ``aug_transforms`` (flip, rotation, zoom, lighting, warp) for the spec's size: batch transforms
+    that run on the training batches only (``split_idx`` 0); the spec the server uses is unchanged."""
+    from fastai.vision.augment import aug_transforms
 
-    rgb, bw = image_classes()
-    return ImageBlock(cls=bw if spec.color_mode == "L" else rgb)
-
-
-def item_tfms(spec: PreprocessSpec) -> list:
-    from fastai.vision.all import Resize, ResizeMethod
-
-    from serving.contract.preprocess import RESAMPLE
-
-    return [Resize(spec.size, method=ResizeMethod.Squish, resamples=(RESAMPLE[spec.resample], RESAMPLE["nearest"]))]
+    return aug_transforms(do_flip=flip, size=spec.size, pad_mode="zeros" if spec.color_mode == "L" else "reflection")
 
 
-def batch_tfms(spec: PreprocessSpec) -> list:
-    from fastai.vision.all import Normalize
+def dataloaders(ds: Dataset, spec: PreprocessSpec, bs: int = 64, seed: int = 42, device=None, num_workers: int = 0,
+                aug: list | None = None, pixels: tuple[Pixels, Pixels] | None = None):
+    """fastai DataLoaders over the decoded images, with the spec's normalisation (and ``aug``) as batch transforms.
 
-    return [Normalize.from_stats(list(spec.mean), list(spec.std))]
+    Every image is decoded once (or given as ``pixels``: train, valid); an epoch only indexes uint8 tensors and
+    transforms whole batches. ``num_workers`` is accepted for compatibility: there is no per-item work to spread.
+    """
+    from fastai.data.core import DataLoaders
+    from fastai.vision.all import IntToFloatTensor, Normalize
+
+    train, valid = pixels or (Pixels.of(ds.train, spec), Pixels.of(ds.valid, spec))
+    norm = [IntToFloatTensor(), Normalize.from_stats(list(spec.mean), list(spec.std))]
+    dl_cls = _batch_dl()
+    labels = list(spec.labels)
+    # The training loader shuffles and drops the last partial batch, as fastai's DataBlock does.
+    train_dl = dl_cls(_Split(train, labels, 0), bs=bs, shuffle=True, drop_last=True, device=device,
+                      after_batch=[*norm, *(aug or [])], num_workers=0)
+    valid_dl = dl_cls(_Split(valid, labels, 1), bs=bs, shuffle=False, drop_last=False, device=device,
+                      after_batch=norm, num_workers=0)
+    import random as _random
+
+    train_dl.rng = _random.Random(seed)
+    return DataLoaders(train_dl, valid_dl, device=device)
 
 
-def dataloaders(ds: Dataset, spec: PreprocessSpec, bs: int = 64, seed: int = 42, device=None, num_workers: int = 0):
-    """fastai DataLoaders over the checked samples, with the spec's resize and normalisation."""
-    from fastai.vision.all import CategoryBlock, DataBlock, IndexSplitter
+class _Split:
+    """A split as fastai's loaders see it: indexable (image, category) pairs, plus what Learner asks of a dataset."""
 
-    samples = ds.train + ds.valid
-    valid_idx = list(range(len(ds.train), len(samples)))
-    # Items are indices: fastai would otherwise treat each (path, label) tuple as a tuple of inputs.
-    block = DataBlock(
-        blocks=(image_block(spec), CategoryBlock(vocab=list(spec.labels))),
-        get_x=lambda i: samples[i][0],
-        get_y=lambda i: spec.labels[samples[i][1]],
-        splitter=IndexSplitter(valid_idx),
-        item_tfms=item_tfms(spec),
-        batch_tfms=batch_tfms(spec),
-    )
-    return block.dataloaders(list(range(len(samples))), bs=bs, seed=seed, device=device, num_workers=num_workers)
+    n_inp = 1
 
+    def __init__(self, pixels: Pixels, vocab: list[str], split_idx: int) -> None:
+        from fastai.data.transforms import CategoryMap
+        from fastai.losses import CrossEntropyLossFlat
 
-def _spec_create(cls, fn, **kwargs):
-    if isinstance(fn, str | Path):
-        return cls(load_image(fn, cls._open_args["mode"]))
-    return super(cls, cls).create(fn, **kwargs)
+        self.pixels, self.split_idx = pixels, split_idx
+        self.vocab = CategoryMap(vocab, sort=False)
+        self.c = len(vocab)
+        self.loss_func = CrossEntropyLossFlat()  # what a Learner without loss_func uses (fastai's Categorize's)
+
+    def __len__(self) -> int:
+        return len(self.pixels.y)
+
+    def __getitem__(self, i: int) -> tuple:
+        from fastai.torch_core import TensorCategory, TensorImage
+
+        return TensorImage(self.pixels.x[i]), TensorCategory(self.pixels.y[i])
 
 
 @functools.cache
-def image_classes() -> tuple[type, type]:
-    """fastai PILImage / PILImageBW whose ``create`` opens files with serving.contract.preprocess.load_image."""
-    from fastai.vision.all import PILImage, PILImageBW
+def _batch_dl() -> type:
+    """fastai's TfmdDL whose batches are built by indexing the in-memory tensors with a whole batch of indices
+    (instead of fetching, transforming and collating one item at a time)."""
+    from fastai.data.core import TfmdDL
+    from fastai.torch_core import TensorCategory, TensorImage
 
-    rgb = type("SpecImage", (PILImage,), {"create": classmethod(_spec_create), "__module__": __name__})
-    bw = type("SpecImageBW", (PILImageBW,), {"create": classmethod(_spec_create), "__module__": __name__})
-    return rgb, bw
+    def create_batches(self, samps):
+        import torch
+
+        idxs = list(samps)
+        x, y = self.dataset.pixels.x, self.dataset.pixels.y
+        for start in range(0, len(idxs), self.bs):
+            chunk = idxs[start:start + self.bs]
+            if self.drop_last and len(chunk) < self.bs:
+                break
+            index = torch.as_tensor(chunk, dtype=torch.long)
+            yield TensorImage(x[index]), TensorCategory(y[index])
+
+    return type("InMemoryDL", (TfmdDL,), {"create_batches": create_batches, "__module__": __name__})
 
 
 def save_json(path: Path, obj: dict) -> None:

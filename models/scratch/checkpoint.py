@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from models.archs import ARCHS, family, spec
+from models.archs import ARCHS, family, spec, to_named_keys
 from models.scratch.network import Network
 from models.scratch.resnet import ResNetNumpy
 from models.scratch.xresnet import XResNetNumpy
@@ -48,5 +48,10 @@ def from_checkpoint(header_or_arch: Mapping[str, Any] | str, kwargs: Mapping[str
     if state_dict is None:
         raise ValueError("from_checkpoint needs a state_dict (argument, or the checkpoint's 'state_dict')")
     config = arch_config(arch, kw)
+    if config.get("head", "linear") == "fastai":
+        # nn.Sequential(body, head): the body back under the network's own names, the head under "head.".
+        n_stem = len(config.get("stem_szs", (32, 32, 64)))
+        body, head = to_named_keys(dict(state_dict), arch, n_stem)
+        state_dict = {**body, **{f"head.{k}": v for k, v in head.items()}}
     cls = XResNetNumpy if family(arch) == "xresnet" else ResNetNumpy
     return cls.from_state_dict(config, state_dict, dtype=dtype, fold_bn=fold_bn)

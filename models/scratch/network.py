@@ -1,6 +1,7 @@
 """What every NumPy network shares: NCHW in, logits out, in batch chunks that bound memory.
 
-A network is a body (stem + stages, channels-last) and a head (global average pool → linear). ``forward``
+A network is a body (stem + stages, channels-last) and a head (``models.scratch.heads``: global average pool →
+linear, or fastai's create_head). ``forward``
 converts the NCHW float32 input to NHWC once, and runs it in chunks whose size comes from the layers' own
 shape arithmetic (``scratch`` elements per sample, see ``models.scratch.layers``), so that a batch of thousands
 of images needs no more memory than ``max_bytes`` plus the logits.
@@ -12,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from models.scratch.layers import Linear, Sequential
+from models.scratch.heads import Head
+from models.scratch.layers import Sequential
 from models.scratch.layout import to_nhwc
-from models.scratch.pooling import global_avg_pool2d
 
 __all__ = ["DEFAULT_MAX_BYTES", "Network"]
 
@@ -22,19 +23,19 @@ DEFAULT_MAX_BYTES = 256 * 2**20
 
 
 class Network:
-    """body (NHWC) → global average pool → fc."""
+    """body (NHWC) → head."""
 
-    def __init__(self, body: Sequential, fc: Linear, config: dict[str, Any], dtype: type = np.float32) -> None:
-        self.body, self.fc, self.config, self.dtype = body, fc, dict(config), dtype
+    def __init__(self, body: Sequential, head: Head, config: dict[str, Any], dtype: type = np.float32) -> None:
+        self.body, self.head, self.config, self.dtype = body, head, dict(config), dtype
         self.in_chans = int(config["in_chans"])
-        self.num_classes = int(fc.weight.shape[0])
+        self.num_classes = head.num_classes
 
     def forward_features(self, x_nhwc: np.ndarray) -> np.ndarray:
         """Body on a channels-last batch: (N, H, W, C_in) → (N, h, w, C_features)."""
         return self.body(x_nhwc)
 
     def forward_head(self, features_nhwc: np.ndarray) -> np.ndarray:
-        return self.fc(global_avg_pool2d(features_nhwc, keepdims=False, channels_last=True))
+        return self.head(features_nhwc)
 
     def batch_size_for(self, height: int, width: int, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
         """Largest chunk whose intermediate arrays fit in ``max_bytes`` (at least 1)."""

@@ -5,7 +5,7 @@ resnet18/34/50 (same module names), in eval mode:
 
     stem:   ImageNet  conv 7×7/2 → BN → ReLU → max-pool 3×3/2        CIFAR  conv 3×3/1 → BN → ReLU
     stages: layer1 … layerK of Basic/Bottleneck blocks; the first block of every stage but the first has stride 2
-    head:   global average pool → fc
+    head:   global average pool → fc, or fastai's create_head (``models.scratch.heads``)
 
 Nothing about the geometry is stored in a state_dict, so stems and strides come from ``models.archs`` (the
 table the PyTorch model is built from), paddings from ``models.shapes``, and the widths, groups and class count
@@ -22,7 +22,8 @@ import numpy as np
 
 from models.archs import STEMS, stage_stride
 from models.scratch.blocks import BasicBlock, Bottleneck
-from models.scratch.layers import Layer, Linear, MaxPool2d, ReLU, Sequential, channels_of, conv_norm
+from models.scratch.heads import read_head
+from models.scratch.layers import Layer, MaxPool2d, ReLU, Sequential, channels_of, conv_norm
 from models.scratch.network import Network
 from models.scratch.state import StateReader
 
@@ -48,7 +49,8 @@ class ResNetNumpy(Network):
                 raise ValueError(f"config needs {key!r} (got keys {sorted(config)})")
         if config.get("replace_stride_with_dilation") or config.get("norm_layer") is not None:
             raise NotImplementedError("dilated stages and custom norm layers are not supported by the NumPy ResNet")
-        if config.get("pool", "avg") != "avg" or config.get("pool_size", 1) != 1:
+        fastai_head = config.get("head", "linear") == "fastai"  # then the network's own pooling is cut off
+        if not fastai_head and (config.get("pool", "avg") != "avg" or config.get("pool_size", 1) != 1):
             # Refuse rather than silently compute global average pooling for another head.
             raise NotImplementedError(f"the NumPy ResNet implements the global-average-pool head only, got "
                                       f"pool={config.get('pool')!r}, pool_size={config.get('pool_size')}")
@@ -83,10 +85,6 @@ class ResNetNumpy(Network):
                 layers.append(block)
                 channels = block.out_channels
 
-        fc = Linear.from_state(state, "fc.")
-        if fc.weight.shape[1] != channels:
-            raise ValueError(f"fc.weight takes {fc.weight.shape[1]} features, the last stage gives {channels}")
-        if config.get("num_classes", fc.weight.shape[0]) != fc.weight.shape[0]:
-            raise ValueError(f"config says num_classes={config['num_classes']}, fc.weight gives {fc.weight.shape[0]}")
+        head = read_head(state, config, channels, "fc.", fold_bn)
         state.check_all_used()
-        return cls(Sequential(layers), fc, {**config, "in_chans": in_chans}, dtype)
+        return cls(Sequential(layers), head, {**config, "in_chans": in_chans}, dtype)

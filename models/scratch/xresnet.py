@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from models.scratch.blocks import BasicBlock, Bottleneck, ResidualBlock, conv_path
-from models.scratch.layers import AvgPool2d, Layer, Linear, MaxPool2d, ReLU, Sequential, channels_of, conv_norm
+from models.scratch.heads import read_head
+from models.scratch.layers import AvgPool2d, Layer, MaxPool2d, ReLU, Sequential, channels_of, conv_norm
 from models.scratch.network import Network
 from models.scratch.state import StateReader
 
@@ -32,7 +33,7 @@ __all__ = ["XResNetNumpy"]
 # Keyword arguments of fastai's XResNet this reference understands; anything else (sa, act_cls, ndim, SE blocks…)
 # changes the computation in ways the keys do not show.
 _SUPPORTED_KWARGS = {"num_classes", "in_chans", "n_out", "c_in", "p", "stem_szs", "widen", "ks", "stride",
-                     "expansion", "layers", "arch"}
+                     "expansion", "layers", "arch", "head"}
 
 
 def _conv_layer(state: StateReader, prefix: str, *, stride: int, in_channels: int, act: bool, fold_bn: bool,
@@ -101,11 +102,6 @@ class XResNetNumpy(Network):
                 channels = block.out_channels
 
         # Adaptive pool, flatten and dropout hold no weights; the Linear is three positions after the last stage.
-        fc = Linear.from_state(state, f"{first_stage + len(stages) + 3}.")
-        if fc.weight.shape[1] != channels:
-            raise ValueError(f"the final Linear takes {fc.weight.shape[1]} features, the last stage gives {channels}")
-        num_classes = config.get("num_classes", config.get("n_out", fc.weight.shape[0]))
-        if num_classes != fc.weight.shape[0]:
-            raise ValueError(f"config says num_classes={num_classes}, the final Linear gives {fc.weight.shape[0]}")
+        head = read_head(state, config, channels, f"{first_stage + len(stages) + 3}.", fold_bn)
         state.check_all_used()
-        return cls(Sequential(layers), fc, {**config, "in_chans": in_chans}, dtype)
+        return cls(Sequential(layers), head, {**config, "in_chans": in_chans}, dtype)

@@ -23,14 +23,14 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def run_of(tmp_path_factory: pytest.TempPathFactory) -> MakeRun:
-    """``run_of(arch, classes, in_chans, size)`` → a RUN folder from random weights (made once per arguments;
-    treat as read-only)."""
+    """``run_of(arch, classes, in_chans, size, head)`` → a RUN folder from random weights (made once per
+    arguments; treat as read-only)."""
     cache: dict[tuple, Path] = {}
 
-    def make(arch: str, classes: int = 10, in_chans: int = 1, size: int = 16) -> Path:
-        key = (arch, classes, in_chans, size)
+    def make(arch: str, classes: int = 10, in_chans: int = 1, size: int = 16, head: str = "linear") -> Path:
+        key = (arch, classes, in_chans, size, head)
         if key not in cache:
-            cache[key] = make_run(tmp_path_factory.mktemp(f"run-{arch}"), arch, classes, in_chans, size)
+            cache[key] = make_run(tmp_path_factory.mktemp(f"run-{arch}"), arch, classes, in_chans, size, head=head)
         return cache[key]
 
     return make

@@ -26,12 +26,15 @@ from training.verify import torch_runner
 FILES = {"model.onnx", "model.json", "verification.json", "golden.npz", "config.pbtxt"}
 
 FAMILIES = {
-    # name: (arch, in_chans, size)
-    "resnet20": ("resnet20", 1, 16),
-    "plain20": ("plain20", 1, 16),
-    "resnet18": ("resnet18", 3, 32),
-    "xresnet18": ("xresnet18", 3, 32),
-    "tv_resnet18": ("tv_resnet18", 3, 32),
+    # name: (arch, in_chans, size, head)
+    "resnet20": ("resnet20", 1, 16, "linear"),
+    "plain20": ("plain20", 1, 16, "linear"),
+    "resnet18": ("resnet18", 3, 32, "linear"),
+    "xresnet18": ("xresnet18", 3, 32, "linear"),
+    "tv_resnet18": ("tv_resnet18", 3, 32, "linear"),
+    # fastai's head (BatchNorm1d before each Linear), rebuilt from the checkpoint: the NumPy reference runs too.
+    "resnet20_fastai": ("resnet20", 1, 16, "fastai"),
+    "xresnet18_fastai": ("xresnet18", 3, 32, "fastai"),
 }
 
 
@@ -48,8 +51,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def exported(run_of, repository: Path) -> dict[str, Path]:
     """One published version per family (exported once for the whole module)."""
     out = {}
-    for name, (arch, chans, size) in FAMILIES.items():
-        out[name] = export(run_of(arch, 10, chans, size), repository, name, log=_quiet)
+    for name, (arch, chans, size, head) in FAMILIES.items():
+        out[name] = export(run_of(arch, 10, chans, size, head), repository, name, log=_quiet)
     # fastai vision_learner-style: a torchvision body + create_head (BatchNorm1d before Linear). The registry
     # cannot rebuild it from a checkpoint, so it goes through export_run with the module itself.
     base = load_run(run_of("tv_resnet18", 5, 3, 32))
@@ -113,6 +116,8 @@ def test_verification_record(exported: dict[str, Path], family: str) -> None:
     assert ort_cmp["accuracy"] == ort_cmp["reference_accuracy"] == doc["accuracy"]["pytorch"]
     assert doc["comparisons"]["pytorch_vs_pytorch_folded"]["max_abs_diff"] <= 1e-4
     numpy_cmp = doc["comparisons"]["pytorch_vs_numpy"]
+    if family.endswith("_fastai"):  # create_head: both BatchNorm1d folded into the Linear after them
+        assert doc["fold"]["bn_linear"] == 2
     if family == "head":  # no checkpoint the NumPy reference could read
         assert doc["fold"]["bn_linear"] == 2
         assert numpy_cmp["status"].startswith("skipped: ")

@@ -34,10 +34,10 @@ def randomize_batchnorm(model: nn.Module, in_chans: int, size: int, seed: int = 
     return model.eval()
 
 
-def random_model(arch: str, classes: int, in_chans: int, size: int, seed: int = 0) -> nn.Module:
+def random_model(arch: str, classes: int, in_chans: int, size: int, seed: int = 0, head: str = "linear") -> nn.Module:
     """``registry.create`` with seeded weights and non-trivial BatchNorm statistics, in eval mode."""
     torch.manual_seed(seed)
-    return randomize_batchnorm(registry.create(arch, classes, in_chans), in_chans, size, seed)
+    return randomize_batchnorm(registry.create(arch, classes, in_chans, head=head), in_chans, size, seed)
 
 
 def body_and_head(classes: int = 5) -> nn.Module:
@@ -50,11 +50,11 @@ def body_and_head(classes: int = 5) -> nn.Module:
 
 
 def write_run(out: Path, model: nn.Module, arch: str, labels: tuple[str, ...], in_chans: int, size: int,
-              n_train: int = 24, n_valid: int = 40, seed: int = 0) -> Path:
+              n_train: int = 24, n_valid: int = 40, seed: int = 0, head: str = "linear") -> Path:
     """A complete RUN folder for ``model`` (in eval mode with its BatchNorm statistics)."""
     out.mkdir(parents=True, exist_ok=True)
     classes = len(labels)
-    registry.save_checkpoint(out / "model.pth", model, arch, classes, in_chans)
+    registry.save_checkpoint(out / "model.pth", model, arch, classes, in_chans, head=head)
     mode = "L" if in_chans == 1 else "RGB"
     spec = PreprocessSpec(size=(size, size), color_mode=mode, mean=(0.45,) * in_chans, std=(0.25,) * in_chans,
                           labels=labels)
@@ -75,11 +75,11 @@ def write_run(out: Path, model: nn.Module, arch: str, labels: tuple[str, ...], i
 
 
 def make_run(out: Path, arch: str, labels: int | tuple[str, ...] = 10, in_chans: int = 1, size: int = 16,
-             seed: int = 0, n_train: int = 24, n_valid: int = 40) -> Path:
+             seed: int = 0, n_train: int = 24, n_valid: int = 40, head: str = "linear") -> Path:
     """A RUN folder from random weights; ``labels`` is a tuple of names or a class count (class_0, class_1 …)."""
     names = tuple(f"class_{k}" for k in range(labels)) if isinstance(labels, int) else tuple(labels)
-    model = random_model(arch, len(names), in_chans, size, seed)
-    return write_run(out, model, arch, names, in_chans, size, n_train, n_valid, seed)
+    model = random_model(arch, len(names), in_chans, size, seed, head)
+    return write_run(out, model, arch, names, in_chans, size, n_train, n_valid, seed, head)
 
 
 def torch_probabilities(runs: dict[str, Path]) -> Callable[[str, Path | bytes], np.ndarray]:

@@ -4,7 +4,8 @@
   the largest learning rate that still trains;
 - ``skip``: plain vs residual networks at depth 20/32/56 — the degradation problem (He et al. 2015);
 - ``one-cycle``: fastai's one-cycle policy vs a constant learning rate vs a step schedule, same epoch budget;
-- ``pooling``: global average vs global max pooling vs flatten in the head.
+- ``pooling``: global average vs global max pooling vs flatten in the head;
+- ``transfer``: fine-tuning from a digits run vs training from scratch on rotated digits with few images.
 
 Each writes ``DIR/report.md`` (tables of mean ± std over seeds, and a verdict per comparison that says so when an
 effect does not show on the data used), ``DIR/results.json`` (the same numbers and every run's raw measurements)
@@ -21,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from training.experiments import batchnorm, one_cycle, pooling, report, skip
+from training.experiments import batchnorm, one_cycle, pooling, report, skip, transfer
 from training.experiments.runner import ExperimentError, RunResult, Settings, run_all
 
 EXPERIMENTS: dict[str, ModuleType] = {
@@ -29,6 +30,7 @@ EXPERIMENTS: dict[str, ModuleType] = {
     skip.NAME: skip,
     one_cycle.NAME: one_cycle,
     pooling.NAME: pooling,
+    transfer.NAME: transfer,
 }
 
 __all__ = ["EXPERIMENTS", "ExperimentError", "Settings", "rewrite_report", "run_experiment"]

@@ -101,6 +101,9 @@ class RunSpec:
     trace: int = 0                     # > 0: activation statistics and gradient norms over this many first iterations
     landscape_every: int = 0           # > 0: the loss along the gradient direction every this many iterations
     evals_per_epoch: int = 0           # > 0: validation accuracy this many times per epoch, with the training time
+    data: str | None = None            # this run's data (default: the settings' data)
+    pretrained: str | None = None      # a model.pth to fine_tune from (transfer)
+    bs: int | None = None              # this run's batch size (default: the settings' --bs)
 
     @property
     def run_id(self) -> str:
@@ -303,12 +306,14 @@ def train_one(spec: RunSpec, settings: Settings, run_dir: Path, log: Callable[[s
         from training.experiments.probes import momentum_callback
 
         callbacks.append(momentum_callback(spec.momentum))
-    cfg = FitConfig(data=settings.data, arch=spec.arch, epochs=spec.epochs, out=run_dir, lr=spec.lr,
-                    bs=settings.bs, size=settings.size, seed=spec.seed, plots=False,
+    cfg = FitConfig(data=spec.data or settings.data, arch=spec.arch, epochs=spec.epochs, out=run_dir, lr=spec.lr,
+                    bs=spec.bs or settings.bs, size=settings.size, seed=spec.seed, plots=False,
                     model_kwargs=dict(spec.model_kwargs), schedule=spec.schedule,
                     # Plain cross-entropy: the losses compared are the textbook ones, and label smoothing (a
                     # regulariser, with a loss floor above 0) does not confound the effect under test.
-                    label_smoothing=0.0)
+                    label_smoothing=0.0, head="linear",
+                    pretrained=Path(spec.pretrained) if spec.pretrained else None,
+                    freeze_epochs=1 if spec.pretrained else 0)
     quiet = log if settings.verbose else (lambda _m: None)
     try:
         metrics = fit(cfg, log=quiet, callbacks=callbacks)
