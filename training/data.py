@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.contract.preprocess import COLOR_MODES, PreprocessSpec, load_image, resize
+from serving.contract.preprocess import COLOR_MODES, PreprocessSpec, load_image, model_image
 from serving.errors import InvalidInput
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -181,7 +181,7 @@ def channel_stats(paths: list[Path], color_mode: str, size: tuple[int, int], see
     total_sq = np.zeros(probe.channels)
     n = 0
     for p in paths:
-        x = np.asarray(resize(load_image(p, color_mode), probe), dtype=np.float64) / 255.0
+        x = np.asarray(model_image(p, probe), dtype=np.float64) / 255.0
         x = x.reshape(-1, probe.channels)
         total += x.sum(0)
         total_sq += (x * x).sum(0)
@@ -221,8 +221,9 @@ def make_spec(ds: Dataset, size: tuple[int, int], color_mode: str, mean: list | 
 
 def decode(path: Path, spec: PreprocessSpec) -> np.ndarray:
     """One file → uint8 pixels at the spec's size (H×W or H×W×C): the serving side's own decode and resize
-    (``serving.contract.preprocess``), so training and serving see the same pixels."""
-    return np.asarray(resize(load_image(path, spec.color_mode), spec))
+    (``serving.contract.preprocess.model_image``: a large JPEG decoded at the smallest scale that covers the size,
+    then resized), so training and serving see the same pixels."""
+    return np.asarray(model_image(path, spec))
 
 
 def decode_all(paths: list[Path], spec: PreprocessSpec, workers: int | None = None):

@@ -110,3 +110,26 @@ def test_learn_predict_gives_the_same_probabilities(files: list[Path], mode: str
         assert np.abs(p.numpy() - probs[i]).max() <= 1e-6
         assert label == spec.labels[int(probs[i].argmax())]
         assert int(index) == int(probs[i].argmax())
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_trainer_decodes_large_jpegs_as_the_server_does(tmp_path: Path, mode: str) -> None:
+    """JPEGs at least twice the target size are decoded at a reduced libjpeg scale by the server; the trainer must
+    use the very same decode (stock fastai decodes at full size, so it is left out here)."""
+    from serving.contract.preprocess import load_image
+
+    data = pytest.importorskip("training.data")
+    spec = _spec(mode)
+    rng = np.random.default_rng(3)
+    files = []
+    for i, (w, h) in enumerate([(203, 131), (90, 400), (320, 48)]):
+        shape = (h, w) if mode == "L" else (h, w, 3)
+        grad = np.linspace(0, 200, w)[None, :] * np.ones((h, 1))
+        pixels = grad.reshape(h, w, *([1] * (len(shape) - 2))) + rng.integers(0, 56, shape)
+        files.append(tmp_path / f"{i}.jpg")
+        Image.fromarray(pixels.astype(np.uint8), mode=mode).save(files[-1], quality=90)
+    assert load_image(files[0], mode, min_size=spec.size).size != (203, 131)  # the reduced decode applies
+    ds = data.Dataset(root=tmp_path, labels=list(spec.labels), train=[(f, 0) for f in files[:2]],
+                      valid=[(f, i % 3) for i, f in enumerate(files)])
+    x, _ = data.dataloaders(ds, spec, bs=len(files), device=torch.device("cpu")).valid.one_batch()
+    assert np.abs(x.cpu().numpy() - _serving(spec, files)).max() <= 1e-6
