@@ -11,8 +11,6 @@ No Docker engine, no cluster, no network. What each check does:
   profiles, the server's command and healthcheck equal the Dockerfile's, its SERVING_* variables are options the
   server reads, the model volume is shared between trainer and servers, the stop grace period outlasts the server's,
   scaled services publish no fixed host ports, and host ports do not collide.
-- deploy/envoy.yaml: parsed into Envoy's v3 API (envoy-data-plane), and its upstreams, protocols and health checks
-  checked against the compose services.
 - deploy/prometheus.yml: its scrape targets name the compose services and ports that serve metrics.
 - deploy/kubernetes/: every built-in kind validated against the Kubernetes OpenAPI schemas (as kubernetes-validate
   ships them; strict: unknown fields are errors) for the oldest and newest versions the manifests target; the KServe
@@ -23,14 +21,13 @@ No Docker engine, no cluster, no network. What each check does:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -433,77 +430,6 @@ def check_compose_with_compose(path: Path) -> Problems:
     return problems
 
 
-# ---- envoy.yaml ----------------------------------------------------------------------------------------------------
-
-def _type_urls(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "@type":
-                yield value
-            else:
-                yield from _type_urls(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _type_urls(value)
-
-
-def parse_envoy(document: dict[str, Any]) -> Any:
-    """The config as Envoy's v3 Bootstrap message: unknown fields, bad enums and durations raise."""
-    from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
-
-    for url in set(_type_urls(document)):  # typed_config messages resolve once their module is imported
-        importlib.import_module("envoy_data_plane." + url.rpartition("/")[2].rpartition(".")[0])
-    return Bootstrap.from_dict(document)
-
-
-def check_envoy(document: dict[str, Any], compose: dict[str, Any]) -> Problems:
-    try:
-        bootstrap = parse_envoy(document)
-    except (KeyError, ValueError, TypeError, ImportError) as e:
-        return [f"envoy.yaml: not a valid Envoy v3 bootstrap: {e}"]
-    problems: Problems = []
-    p = problems.append
-    services = compose["services"]
-    envoy = next((n for n, s in services.items() if str(s.get("image", "")).startswith("envoyproxy/")), None)
-    if envoy is None:
-        return ["compose: no Envoy service"]
-    published = {c for _, _, c in _published(services[envoy])}
-    clusters = {c.name: c for c in bootstrap.static_resources.clusters}
-    for listener in bootstrap.static_resources.listeners:
-        if listener.address.socket_address.port_value not in published:
-            p(f"envoy.yaml: listener {listener.name} port is not published by compose service {envoy}")
-        for chain in listener.filter_chains:
-            for flt in chain.filters:
-                hcm = flt.typed_config.unpack()
-                for host in hcm.route_config.virtual_hosts:
-                    for route in host.routes:
-                        if route.route.cluster not in clusters:
-                            p(f"envoy.yaml: route to unknown cluster {route.route.cluster}")
-    if bootstrap.admin.address.socket_address.port_value not in published:
-        p(f"envoy.yaml: the admin port is not published by compose service {envoy}")
-    serve_services = set(services_by_target(compose, SERVE_TARGET))
-    for cluster in clusters.values():
-        addresses = {(e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
-                     for group in cluster.load_assignment.endpoints for e in group.lb_endpoints}
-        if addresses != {(s, GRPC_PORT) for s in serve_services}:
-            p(f"envoy.yaml: cluster {cluster.name} upstreams {sorted(addresses)} are not every server service "
-              f"{sorted(serve_services)} on {GRPC_PORT}")
-        if cluster.type.name != "STRICT_DNS":
-            p(f"envoy.yaml: cluster {cluster.name} must use STRICT_DNS to find every replica")
-        if cluster.lb_policy.name not in ("ROUND_ROBIN", "LEAST_REQUEST"):
-            p(f"envoy.yaml: cluster {cluster.name} lb_policy {cluster.lb_policy.name}")
-        options = [o.unpack() for o in cluster.typed_extension_protocol_options.values()]
-        if not any(o.explicit_http_config and o.explicit_http_config.http2_protocol_options for o in options):
-            p(f"envoy.yaml: cluster {cluster.name} must speak HTTP/2 upstream (gRPC)")
-        grpc_checks = [h.grpc_health_check for h in cluster.health_checks if h.grpc_health_check is not None]
-        if not grpc_checks:
-            p(f"envoy.yaml: cluster {cluster.name} needs a grpc.health.v1 health check")
-        for check in grpc_checks:
-            if check.service_name not in health_service_names():
-                p(f"envoy.yaml: health check asks for unknown service {check.service_name!r}")
-    return problems
-
-
 # ---- prometheus.yml ------------------------------------------------------------------------------------------------
 
 PROMETHEUS_TOP = {"global", "scrape_configs", "rule_files", "alerting", "remote_write", "remote_read",
@@ -779,7 +705,6 @@ def run_all(root: Path = ROOT, with_hadolint: bool = True) -> dict[str, Problems
         "Dockerfile": lambda: check_dockerfile(dockerfile, DockerIgnore.read(root / ".dockerignore"), root),
         "docker-compose.yml": lambda: check_compose(compose, dockerfile, root),
         "docker compose config": lambda: check_compose_with_compose(root / "docker-compose.yml"),
-        "deploy/envoy.yaml": lambda: check_envoy(load_yaml_documents(root / "deploy" / "envoy.yaml")[0], compose),
         "deploy/prometheus.yml": lambda: check_prometheus(
             load_yaml_documents(root / "deploy" / "prometheus.yml")[0], compose),
         "deploy/kubernetes": lambda: check_kubernetes(root / "deploy" / "kubernetes", dockerfile),

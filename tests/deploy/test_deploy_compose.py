@@ -40,7 +40,7 @@ def test_the_schema_is_the_compose_spec() -> None:
 def test_profiles_and_the_scale_out_layout(compose: Compose) -> None:
     services = compose["services"]
     assert {n: s.get("profiles") for n, s in services.items()} == {
-        "trainer": None, "server": None, "replica": ["scale"], "envoy": ["scale"], "prometheus": ["monitoring"]}
+        "trainer": None, "server": None, "replica": ["scale"], "balancer": ["scale"], "prometheus": ["monitoring"]}
     assert services["trainer"]["build"]["target"] == "train"
     assert services["server"]["build"]["target"] == services["replica"]["build"]["target"] == "serve"
     assert "ports" not in services["replica"]  # `--scale replica=N` needs no fixed host port
@@ -67,7 +67,7 @@ def _mutate(path: str, value: Any) -> Callable[[Compose], None]:
     (_mutate("services.server.depends_on", {"trainr": {"condition": "service_started"}}), "not a service"),
     (_mutate("services.server.depends_on", ["trainer"]), "service_completed_successfully"),
     (_mutate("services.server.depends_on", {"trainer": {"condition": "service_completed_successfully"},
-                                            "envoy": {"condition": "service_started"}}), "only runs in profiles"),
+                                            "balancer": {"condition": "service_started"}}), "only runs in profiles"),
     (_mutate("services.server.command", ["python", "-m", "serving", "serve", "--port", "9"]), "overrides"),
     (_mutate("services.server.healthcheck.test", ["CMD", "true"]), "differs from the Dockerfile's HEALTHCHECK"),
     (_mutate("services.server.environment.SERVING_MAX_BATHC", "3"), "does not read"),
@@ -85,7 +85,7 @@ def _mutate(path: str, value: Any) -> Callable[[Compose], None]:
     (_mutate("services.trainer.restart", "on-failure"), "one-shot"),
     (_mutate("services.trainer.environment.TRAIN_EPOCS", "3"), "does not use"),
     (_mutate("services.trainer.volumes", ["runs:/runs"]), "writable volume"),
-    (_mutate("services.envoy.volumes", ["./deploy/envoy.yml:/etc/envoy/envoy.yaml:ro"]), "does not exist"),
+    (_mutate("services.balancer.volumes", ["./deploy/haproxy.conf:/etc/haproxy/haproxy.cfg:ro"]), "does not exist"),
     (_mutate("volumes", {"runs": None, "prometheus": None}), "not declared"),
 ])
 def test_compose_rules_catch(compose: Compose, dockerfile: Dockerfile, mutation: Callable[[Compose], None],
@@ -125,7 +125,7 @@ def test_docker_compose_accepts_every_profile() -> None:
     assert sorted(rendered["services"]) == ["server", "trainer"]  # the profiled services stay off by default
     rendered, _ = check.compose_config(ROOT / "docker-compose.yml", ("scale", "monitoring"))
     assert rendered is not None
-    assert sorted(rendered["services"]) == ["envoy", "prometheus", "replica", "server", "trainer"]
+    assert sorted(rendered["services"]) == ["balancer", "prometheus", "replica", "server", "trainer"]
 
 
 def test_docker_compose_rejects_a_broken_file(tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_docker_compose_rejects_a_broken_file(tmp_path: Path) -> None:
 
 
 def test_interpolation_here_matches_docker_compose() -> None:
-    env = {"SERVER_CPUS": "3", "SERVING_MAX_BATCH": "8", "PUBLISH_ADDRESS": "0.0.0.0", "ENVOY_GRPC_PORT": "19001",
+    env = {"SERVER_CPUS": "3", "SERVING_MAX_BATCH": "8", "PUBLISH_ADDRESS": "0.0.0.0", "BALANCER_GRPC_PORT": "19001",
            "MODEL_NAME": "cats", "TRAIN_ARGS": "--lr 0.01 --size 32"}
     rendered, errors = check.compose_config(ROOT / "docker-compose.yml", ("scale", "monitoring"), env)
     assert rendered is not None, errors
