@@ -31,17 +31,19 @@ ENV PYTHONUNBUFFERED=1 \
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app --shell /usr/sbin/nologin app
 
-# ---- serve-deps: the serve venv -----------------------------------------------------------
-# Only pyproject.toml, README.md and the lock are copied, so these layers are rebuilt when dependencies change, not
-# when code does. The project itself installs as an empty wheel (no package folders here): it resolves the extra and
-# leaves the project's version in the venv's metadata (the server reports it); the code is copied into /app by the
-# final stages. The serve venv also drops pip and setuptools: nothing installs at run time.
+# ---- serve-deps: the serve venv ------------------------------------------------------------------------------------
+# Only pyproject.toml and the lock are copied, so these layers are rebuilt when dependencies change, not when code
+# or docs do (pyproject's readme, README.md, is an empty stand-in here). The project itself installs as an empty
+# wheel (no package folders here): it resolves the extra and leaves the project's version in the venv's metadata
+# (the server reports it); the code is copied into /app by the final stages. The serve venv also drops pip and
+# setuptools: nothing installs at run time.
 FROM base AS serve-deps
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 COPY requirements/constraints.txt requirements/constraints.txt
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && touch README.md \
     && python -m venv /opt/venv \
     && /opt/venv/bin/pip install -c requirements/constraints.txt ".[serve]" \
     && /opt/venv/bin/pip check \
@@ -55,10 +57,11 @@ RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=pip-ca \
 # copy would write those 6 GB twice.
 FROM base AS train
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 COPY requirements/constraints.txt requirements/constraints.txt
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && touch README.md \
     && python -m venv /opt/venv \
     && /opt/venv/bin/pip install -c requirements/constraints.txt ".[train]" \
     && /opt/venv/bin/pip check
