@@ -86,6 +86,7 @@ ENV PATH="/opt/venv/bin:${PATH}" \
     TRAIN_ARCH=resnet20 \
     TRAIN_EPOCHS=5 \
     TRAIN_ARGS="" \
+    TRAIN_THREADS="" \
     EXPORT_ARGS="" \
     TRAIN_FORCE=0
 USER 10001:10001
@@ -101,8 +102,12 @@ COPY --from=serve-deps /opt/venv /opt/venv
 WORKDIR /app
 COPY serving/ serving/
 # Byte-compiled at build time: the root filesystem can be read-only and start-up does not compile.
+# The mount point belongs to the user as in the train image: Docker fills a new named volume from whichever container
+# mounts it first, and `docker compose up` creates the servers before the trainer runs. A root-owned mount point
+# here made the shared volume root's, and the trainer failed with "Permission denied: '/model_repository/digits'".
 RUN /opt/venv/bin/python -m compileall -q serving \
-    && mkdir -p /model_repository
+    && mkdir -p /model_repository \
+    && chown app:app /model_repository
 # SERVING_GRACE_S is the seconds in-flight requests get after SIGTERM. Docker's default stop timeout is also 10 s and
 # does not include shutting the batchers down, so whoever stops the container gives it more: docker-compose.yml sets
 # stop_grace_period: 15s, deploy/kubernetes terminationGracePeriodSeconds: 20 (with a 5 s preStop pause); use

@@ -83,14 +83,14 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(docker: Docker, serve_image: str, train_image: str, balancer_image: str,
           prometheus_image: str) -> Iterator[Stack]:
-    env = {"TRAIN_EPOCHS": "1", "TRAIN_ARGS": "--lr 0.01 --no-plots", "SERVER_CPUS": "1"}
+    env = {"TRAIN_EPOCHS": "1", "TRAIN_ARGS": "--lr 0.01 --no-plots", "TRAIN_THREADS": "1", "SERVER_CPUS": "1"}
     for name in ("SERVER_GRPC_PORT", "SERVER_METRICS_PORT", "BALANCER_GRPC_PORT", "BALANCER_STATS_PORT",
                  "PROMETHEUS_PORT"):
         env[name] = str(free_port())
     stack = Stack(docker, f"resnet-serving-test-{uuid.uuid4().hex[:8]}", env)
     try:
         up = stack.compose("up", "--detach", "--no-build", "--scale", f"replica={REPLICAS}", timeout=900)
-        assert up.returncode == 0, up.stderr[-3000:]
+        assert up.returncode == 0, up.stderr[-1000:] + stack.compose("logs", "--tail", "30").stdout[-4000:]
         yield stack
     finally:
         stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "15", timeout=180)

@@ -1,8 +1,9 @@
 """The train image, built and run by a Docker engine (skipped without one): it trains the bundled digits and exports
 into a named volume, which the serve image then serves.
 
-One epoch with a fixed learning rate (no lr_find) keeps the run to about a minute on two cores: what is tested is the
-image — its user, its command, the volume's ownership, the hand-over to the server — not the accuracy.
+One epoch with a fixed learning rate (no lr_find) and one torch thread keeps the run to about a minute and a half on
+two busy cores: what is tested is the image — its user, its command, the volume's ownership, the hand-over to the
+server — not the accuracy.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tests.support.servers import classify_request
 
 pytestmark = pytest.mark.slow
 
-QUICK = {"TRAIN_EPOCHS": "1", "TRAIN_ARGS": "--lr 0.01 --no-plots"}
+QUICK = {"TRAIN_EPOCHS": "1", "TRAIN_ARGS": "--lr 0.01 --no-plots", "TRAIN_THREADS": "1"}
 
 
 @pytest.fixture

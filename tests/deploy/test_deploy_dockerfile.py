@@ -64,7 +64,8 @@ def test_dockerignore_lets_through_only_what_is_copied() -> None:
     for path in ("serving/cli.py", "models/resnet.py", "training/export.py", "requirements/constraints.txt",
                  "pyproject.toml", "deploy/train.sh"):
         assert not ignore.excluded(path), path
-    for path in (*check.CONTEXT_EXCLUDED, "README.md", "tests/conftest.py", "deploy/check.py", "requirements/other.txt"):
+    for path in (*check.CONTEXT_EXCLUDED, "README.md", "tests/conftest.py", "deploy/check.py",
+                 "requirements/other.txt"):
         assert ignore.excluded(path), path
 
 
