@@ -150,7 +150,11 @@ FROM serve AS serve-gpu
 USER root
 RUN rm -rf /opt/venv
 COPY --from=serve-gpu-deps /opt/venv /opt/venv
-ENV SERVING_DEVICE=cuda
+# onnxruntime's CUDA provider dlopens cuBLAS, cuDNN … by name: the nvidia-* wheels keep them in site-packages, out of
+# the loader's search path (without this: "libcublasLt.so.13: cannot open shared object file", GPU or not).
+ARG NVIDIA_LIBS=/opt/venv/lib/python3.11/site-packages/nvidia
+ENV SERVING_DEVICE=cuda \
+    LD_LIBRARY_PATH=${NVIDIA_LIBS}/cu13/lib:${NVIDIA_LIBS}/cudnn/lib
 USER 10001:10001
 
 # ---- balancer, prometheus: the other services of docker-compose.yml, from Debian packages ---------------------------

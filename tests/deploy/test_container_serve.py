@@ -150,3 +150,19 @@ def test_bad_input_gives_one_line_and_a_non_zero_exit(docker: Docker, serve_imag
         assert container.inspect()["RestartCount"] == 0
     finally:
         container.remove()
+
+
+def test_serve_gpu_image_falls_back_to_cpu_without_a_gpu(docker: Docker, served_repository: Path) -> None:
+    """serve-gpu on a machine without GPU: healthy, serving on the CPU, with the fallback logged. Not built by the
+    tests (its CUDA wheels are 2.8 GB): `make images IMAGES=serve-gpu` first. On a GPU (`--gpus all`) it is untested."""
+    image = "resnet-serving:serve-gpu"
+    if not docker.has_image(image):
+        pytest.skip(f"{image} is not built (make images IMAGES=serve-gpu)")
+    container = run_server(docker, image, served_repository)
+    try:
+        container.wait_healthy(timeout=90)
+        records = [json.loads(line) for line in container.logs().splitlines() if line.startswith("{")]
+        warnings = [r["msg"] for r in records if r["level"] == "warning"]
+        assert "--device cuda: the CUDA provider failed to initialise for digits; using CPU" in warnings
+    finally:
+        container.remove()
