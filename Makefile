@@ -43,7 +43,8 @@ demo: $(STAMP)
 	PY=$(PY) DEMO_RUN=$(DEMO_RUN) DEMO_REPO=$(DEMO_REPO) DEMO_PORT=$(DEMO_PORT) \
 	    DEMO_METRICS_PORT=$(DEMO_METRICS_PORT) scripts/demo.sh
 
-# Container files without a Docker engine (deploy/check.py), then the images' commands run here (tests/deploy).
+# Container files (deploy/check.py), then tests/deploy: the images built and run when a Docker engine answers, else
+# their commands run here.
 check-deploy: $(STAMP)
 	$(PY) -m deploy.check
 	$(PY) -m pytest -q tests/deploy
