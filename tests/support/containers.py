@@ -201,7 +201,7 @@ def docker_or_skip_reason() -> tuple[Docker | None, str]:
     except BuildError as e:
         return None, str(e)
     try:
-        info = docker.run("info", "--format", "{{.ServerVersion}}", timeout=20)
+        info = docker.run("version", "--format", "{{.Server.Version}}", timeout=20)
     except subprocess.TimeoutExpired:
         return None, "no Docker engine answered within 20 s"
     if info.returncode != 0 or not info.stdout.strip():
