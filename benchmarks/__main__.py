@@ -18,11 +18,13 @@ import time
 import traceback
 from pathlib import Path
 
-# family name → module (names that would shadow a package — numpy, training — get another module name)
-MODULES = {"runtime": "runtime", "folding": "folding", "server": "server", "batch": "batch_cli", "numpy": "numpy_ref",
-           "training": "train_time", "startup": "startup"}
+# family name → module (names that would shadow a package — numpy, training, http — get another module name)
+MODULES = {"runtime": "runtime", "folding": "folding", "server": "server", "http": "http_vs_grpc",
+           "explain": "explain_cost", "photos": "photos", "batch": "batch_cli", "ray": "batch_ray",
+           "numpy": "numpy_ref", "training": "train_time", "startup": "startup"}
 FAMILIES = tuple(MODULES)
-QUICK_SKIPS = ("folding", "training")  # exports and minutes of training have no place in a 45-second check
+# Exports, minutes of training and a Ray cluster's start-up have no place in a 45-second check.
+QUICK_SKIPS = ("folding", "training", "ray")
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results"
 UNDER_LOAD = 1.0  # 1-minute load average at start above which the run is marked as measured under load

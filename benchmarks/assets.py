@@ -89,6 +89,61 @@ def draw(seed: int, size: tuple[int, int], mode: str):  # type: ignore[no-untype
     return img.convert(mode)
 
 
+# name → (width, height): a phone's main camera, a 4-MP camera or downscaled upload, a VGA frame
+PHOTO_SIZES = {"12mp": (4032, 3024), "4mp": (2304, 1728), "0.3mp": (640, 480)}
+
+
+def _octaves(rng: np.random.Generator, shape: tuple[int, int], amplitude: float, finest: int) -> np.ndarray:
+    """1/f noise: random fields from 6x4 up to ``finest`` columns, each twice as fine and 0.6x as strong."""
+    from PIL import Image
+
+    h, w = shape
+    acc = np.zeros(shape, np.float32)
+    cw, ch = 6, 4
+    while cw <= finest:
+        field = rng.normal(0, amplitude, (ch, cw)).astype(np.float32)
+        acc += np.asarray(Image.fromarray(field, "F").resize((w, h), Image.Resampling.BICUBIC))
+        cw, ch, amplitude = cw * 2, ch * 2, amplitude * 0.6
+    return acc
+
+
+def photo(seed: int, size: tuple[int, int]):  # type: ignore[no-untyped-def]
+    """A reproducible photo-like RGB picture: a sky-to-ground gradient, objects of muted colours, 1/f lighting and
+    texture, sensor grain. At 12 MP it encodes to about 2 MB of JPEG (quality 90), as phone photos do, so decoding
+    it costs what decoding a photo costs (flat drawings or white noise compress far better or far worse)."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    lw, lh = max(16, w // 4), max(12, h // 4)  # the scene is drawn at a quarter of the size, the grain at full size
+    top, bottom = rng.integers(40, 220, 3), rng.integers(40, 220, 3)
+    t = np.linspace(0, 1, lh, dtype=np.float32)[:, None, None]
+    scene = Image.fromarray((top * (1 - t) + bottom * t).repeat(lw, 1).astype(np.uint8), "RGB")
+    pen = ImageDraw.Draw(scene)
+    for _ in range(10):
+        x0, y0 = int(rng.integers(0, lw)), int(rng.integers(0, lh))
+        r = int(rng.integers(max(1, lw // 25), max(2, lw // 5)))
+        grey = int(rng.integers(30, 230))
+        fill = tuple(int(0.6 * grey + 0.4 * v) for v in rng.integers(0, 256, 3))
+        (pen.ellipse if rng.random() < 0.5 else pen.rectangle)((x0 - r, y0 - r, x0 + r, y0 + 2 * r), fill=fill)
+    light = _octaves(rng, (lh, lw), 40.0, lw)[..., None]
+    tint = np.stack([_octaves(rng, (lh, lw), 10.0, lw // 8) for _ in range(3)], -1)
+    low = np.clip(np.asarray(scene, np.float32) + light + tint, 0, 255).astype(np.uint8)
+    img = Image.fromarray(low, "RGB").resize((w, h), Image.Resampling.BICUBIC)
+    grain = rng.integers(-5, 6, (h, w, 1), dtype=np.int16) + rng.integers(-2, 3, (h, w, 3), dtype=np.int16)
+    return Image.fromarray(np.clip(np.asarray(img, np.int16) + grain, 0, 255).astype(np.uint8), "RGB")
+
+
+def photo_file(ctx: Context, name: str, fmt: str = "JPEG", seed: int = 0) -> Path:
+    """``WORK/photos/<name>-<seed>.jpg|png``, written on first use (JPEG quality 90; PNG zlib level 1)."""
+    path = ctx.work / "photos" / f"{name}-{seed}.{'jpg' if fmt == 'JPEG' else 'png'}"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        options = {"quality": 90} if fmt == "JPEG" else {"compress_level": 1}
+        photo(seed, PHOTO_SIZES[name]).save(path, format=fmt, **options)
+    return path
+
+
 def encode(img, fmt: str) -> bytes:  # type: ignore[no-untyped-def]
     buf = io.BytesIO()
     img.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
@@ -154,14 +209,15 @@ def _export(ctx: Context, run: Path, name: str, **kwargs: Any) -> Path:
 # ---- digits ---------------------------------------------------------------------------------------------------------
 
 def _reusable_version(ctx: Context, run: Path) -> Path | None:
-    """The newest model_repository/digits version exported from ``run``, if there is one."""
+    """The newest model_repository/digits version exported from ``run`` by the current exporter (with its explain
+    graph), if there is one."""
     folders = layout.version_dirs(ctx.root / "model_repository" / "digits")
     for _, version in sorted(folders.items(), reverse=True):
         if not (version / "model.json").is_file():
             continue
         doc = json.loads((version / "model.json").read_text())
         source = Path(str(doc.get("source", {}).get("run", "")))
-        if doc.get("variant", "fp32") == "fp32" and source.resolve() == run.resolve():
+        if doc.get("variant", "fp32") == "fp32" and source.resolve() == run.resolve() and doc.get("explain"):
             return version
     return None
 

@@ -7,7 +7,9 @@ method (no protobuf work per request on the client side: the client is not what 
 previous one is answered (closed loop).
 
 SPEC: ``{"target": "127.0.0.1:PORT", "scenarios": [{"name", "method", "payload" (a file of request bytes),
-"concurrency", "warmup_s", "windows", "window_s", "timeout_s"}], "server_pid": PID (optional)}``. For each
+"concurrency", "warmup_s", "windows", "window_s", "timeout_s"}], "server_pid": PID (optional)}``. A scenario with
+``"url"`` (and optional ``"headers"``) instead of ``"method"`` POSTs the payload over HTTP/1.1 keep-alive connections
+(aiohttp, one per worker) instead: the HTTP front end measured by the same loop, clock and counters. For each
 scenario: requests completed in each window (→ requests/s per window), latency percentiles over every request
 completed after the warm-up, per-window p50s, errors by status code, and the CPU seconds that this client and (with
 ``server_pid``, read from ``/proc``) the server spent during the measured windows — CPU per request is what limits
@@ -45,8 +47,31 @@ async def _cpu_at(when: float, pid: int | None) -> tuple[float, float | None]:
     return time.process_time(), process_cpu_s(pid) if pid else None
 
 
-async def scenario(channel: grpc.aio.Channel, spec: dict[str, Any], server_pid: int | None = None) -> dict[str, Any]:
-    call = channel.unary_unary(spec["method"])  # no (de)serializers: bytes in, bytes out
+class HttpError(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+def _http_call(session: Any, spec: dict[str, Any]) -> Any:
+    import aiohttp
+
+    url, headers = spec["url"], spec.get("headers", {})
+
+    async def call(payload: bytes, timeout: float) -> bytes:
+        async with session.post(url, data=payload, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            body = await response.read()
+            if response.status != 200:
+                raise HttpError(response.status)
+            return body
+
+    return call
+
+
+async def scenario(channel: grpc.aio.Channel | None, spec: dict[str, Any], server_pid: int | None = None,
+                   session: Any = None) -> dict[str, Any]:
+    # no (de)serializers on either transport: bytes in, bytes out
+    call = _http_call(session, spec) if "url" in spec else channel.unary_unary(spec["method"])  # type: ignore[union-attr]
     payload = Path(spec["payload"]).read_bytes()
     timeout = float(spec.get("timeout_s", 30.0))
     first = await call(payload, timeout=timeout)  # fails loudly when the target cannot answer at all
@@ -62,8 +87,8 @@ async def scenario(channel: grpc.aio.Channel, spec: dict[str, Any], server_pid: 
         while (started := time.perf_counter()) < end:
             try:
                 await call(payload, timeout=timeout)
-            except grpc.aio.AioRpcError as e:
-                errors[e.code().name] += 1
+            except (grpc.aio.AioRpcError, HttpError) as e:
+                errors[f"HTTP {e.status}" if isinstance(e, HttpError) else e.code().name] += 1
                 if sum(errors.values()) > 1000:  # a broken target: stop instead of spinning on errors
                     return
                 continue
@@ -94,9 +119,14 @@ async def scenario(channel: grpc.aio.Channel, spec: dict[str, Any], server_pid: 
 
 
 async def main_async(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    async with grpc.aio.insecure_channel(spec["target"], options=OPTIONS) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 30)
-        return [await scenario(channel, s, spec.get("server_pid")) for s in spec["scenarios"]]
+    import aiohttp
+
+    limit = max(int(s["concurrency"]) for s in spec["scenarios"])
+    async with grpc.aio.insecure_channel(spec["target"], options=OPTIONS) as channel, \
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit)) as session:
+        if any("method" in s for s in spec["scenarios"]):
+            await asyncio.wait_for(channel.channel_ready(), 30)
+        return [await scenario(channel, s, spec.get("server_pid"), session) for s in spec["scenarios"]]
 
 
 def main(argv: list[str] | None = None) -> int:

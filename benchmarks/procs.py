@@ -131,7 +131,8 @@ def start_server(ctx: Context, repository: Path, models: Sequence[str], *, max_b
     log = ctx.work / "logs" / f"{tag}-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "serving", "serve", "--repository", str(repository), "--models", *models,
-           "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1", "--threads", str(ctx.threads),
+           "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1", "--http-port", "-1",
+           "--threads", str(ctx.threads),
            "--max-batch", str(max_batch), "--grace-s", "1", *extra]
     with open(log, "wb") as err:
         started = time.perf_counter()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole product in one go: train on the bundled digits, export + verify, serve, classify over gRPC, stop.
-# Called by `make demo` (which first creates .venv). Settings: DEMO_RUN, DEMO_REPO, DEMO_PORT, DEMO_METRICS_PORT.
+# The whole product in one go: train on the bundled digits, export + verify, serve, classify over gRPC and HTTP, stop.
+# Called by `make demo` (which first creates .venv). Settings: DEMO_RUN, DEMO_REPO, DEMO_PORT, DEMO_HTTP_PORT,
+# DEMO_METRICS_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,7 @@ PY=${PY:-.venv/bin/python}
 RUN=${DEMO_RUN:-runs/digits}
 REPO=${DEMO_REPO:-model_repository}
 PORT=${DEMO_PORT:-8001}
+HTTP_PORT=${DEMO_HTTP_PORT:-8000}
 METRICS_PORT=${DEMO_METRICS_PORT:-8002}
 SERVER_LOG=${RUN}/server.log
 
@@ -34,8 +36,9 @@ for key in ("onnxruntime", "numpy"):
 print(f"batchnorm_nodes={v.get('batchnorm_nodes')}  passed={v.get('passed')}  → {sys.argv[1]}")
 PYEOF
 
-step "3/5 serve: gRPC on :$PORT, metrics on :$METRICS_PORT (log: $SERVER_LOG)"
-"$PY" -m serving serve --repository "$REPO" --models digits --port "$PORT" --metrics-port "$METRICS_PORT" \
+step "3/5 serve: gRPC on :$PORT, HTTP on :$HTTP_PORT, metrics on :$METRICS_PORT (log: $SERVER_LOG)"
+"$PY" -m serving serve --repository "$REPO" --models digits --port "$PORT" --http-port "$HTTP_PORT" \
+    --metrics-port "$METRICS_PORT" \
     --log-format text >"$SERVER_LOG" 2>&1 &
 SERVER_PID=$!
 trap 'kill -TERM $SERVER_PID 2>/dev/null || true; wait $SERVER_PID 2>/dev/null || true' EXIT
@@ -46,12 +49,23 @@ for _ in $(seq 1 100); do
 done
 "$PY" -m serving health --server "localhost:$PORT" --model digits
 
-step "4/5 classify: one validation PNG per digit, over gRPC"
+step "4/5 classify: one validation PNG per digit over gRPC, then one over HTTP (the curl command)"
 SAMPLES=()
 for d in 0 1 2 3 4 5 6 7 8 9; do
     SAMPLES+=("$(ls data/digits/valid/$d/*.png | head -n 1)")
 done
 "$PY" -m serving classify --server "localhost:$PORT" --model digits --top-k 3 "${SAMPLES[@]}"
+echo "\$ curl -sS -F image=@${SAMPLES[7]} 'localhost:$HTTP_PORT/v1/models/digits/classify?top_k=3'"
+"$PY" - "${SAMPLES[7]}" "http://localhost:$HTTP_PORT/v1/models/digits/classify?top_k=3" <<'PYEOF'
+# What the curl command above does (curl may be missing on a fresh machine): one multipart upload, JSON back.
+import json, sys, urllib.request, uuid
+path, url = sys.argv[1:]
+boundary = uuid.uuid4().hex
+body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{path.rsplit('/', 1)[-1]}\"\r\n"
+        f"Content-Type: image/png\r\n\r\n").encode() + open(path, "rb").read() + f"\r\n--{boundary}--\r\n".encode()
+request = urllib.request.Request(url, data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+print(json.dumps(json.load(urllib.request.urlopen(request, timeout=30))))
+PYEOF
 
 step "5/5 stop: SIGTERM → drain → exit"
 kill -TERM $SERVER_PID

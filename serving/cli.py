@@ -51,13 +51,20 @@ def _option(p: argparse.ArgumentParser, flag: str, convert: Callable[[str], Any]
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the gRPC server", description="Run the gRPC inference server.")
+    p = sub.add_parser("serve", help="run the server", description="Run the inference server (gRPC and HTTP).")
     _option(p, "--repository", Path, required=_env("repository", None) is None,
             help="model repository: NAME/VERSION/ folders")
     _option(p, "--host", str, "0.0.0.0", "address to bind (default 0.0.0.0)")
     _option(p, "--port", int, 8001, "gRPC port (default 8001; 0: any)")
     _option(p, "--metrics-port", _optional_int, 8002, "Prometheus /metrics port (default 8002; 0: any; -1: off)")
     _option(p, "--metrics-host", str, None, "address the metrics endpoint binds (default: the same as --host)")
+    _option(p, "--http-port", _optional_int, 8000, "HTTP/REST port: KServe v2 and /v1 classify (default 8000; "
+            "0: any; -1: off)")
+    _option(p, "--max-http-connections", int, 1000, "HTTP connections open at once; more are closed (default 1000)")
+    _option(p, "--http-timeout-s", float, 30.0, "an HTTP client must start each request, send its body and read "
+            "the answer within this long (default 30)")
+    _option(p, "--auth-token-file", Path, None, "require 'authorization: Bearer TOKEN' on every call but health, "
+            "TOKEN one of the file's lines (reread on SIGHUP)")
     _option(p, "--device", str, "cpu", choices=("cpu", "cuda"))
     p.add_argument("--models", nargs="+", metavar="NAME[:VERSION]",
                    default=_env("models", [], lambda v: v.replace(",", " ").split()),
@@ -125,22 +132,37 @@ def _add_client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
     p.add_argument("--tls-key", type=Path, help="client private key (mutual TLS)")
     p.add_argument("--tls-server-name", help="expected name in the server certificate, if not the host")
+    p.add_argument("--auth-token-file", type=Path, default=_env("auth-token-file", None, Path),
+                   help="file whose first line is the token for a server started with --auth-token-file "
+                        "(or set SERVING_AUTH_TOKEN)")
 
 
-def _client(args: argparse.Namespace, model: str | None = None):  # type: ignore[no-untyped-def]
+def client_token(args: argparse.Namespace) -> str | None:
+    from serving.grpc.client import read_token
+
+    try:
+        return read_token(args.auth_token_file)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _client(args: argparse.Namespace, model: str | None = None, **options: Any):  # type: ignore[no-untyped-def]
     from serving.grpc.client import Client
 
-    return Client(args.server, model, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                  tls_key=args.tls_key, server_name=args.tls_server_name)
+    return Client(args.server, model, timeout=args.timeout, token=client_token(args), tls_ca=args.tls_ca,
+                  tls_cert=args.tls_cert, tls_key=args.tls_key, server_name=args.tls_server_name, **options)
 
 
 def _add_classify(sub: argparse._SubParsersAction) -> None:
+    from serving.grpc.prepare import add_send_options
+
     p = sub.add_parser("classify", help="classify image files with a running server")
     _add_client_options(p)
     p.add_argument("--model", required=True)
     p.add_argument("--version", type=int, default=0)
     p.add_argument("--top-k", type=int, default=0, help="labels per image (default: 5 or the number of classes)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
+    add_send_options(p)
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     p.set_defaults(func=_classify)
 
@@ -150,7 +172,7 @@ def _classify(args: argparse.Namespace) -> int:
         if not path.is_file():
             print(f"error: {path}: no such file", file=sys.stderr)
             return EXIT_USAGE
-    with _client(args, args.model) as client:
+    with _client(args, args.model, send=args.send, jpeg_quality=args.jpeg_quality) as client:
         results = client.classify(args.images, top_k=args.top_k, version=args.version)
     for path, preds in zip(args.images, results, strict=True):
         if args.json:
@@ -183,7 +205,7 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serving", description="Image classification over gRPC.")
+    parser = argparse.ArgumentParser(prog="python -m serving", description="Image classification over gRPC and HTTP.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_classify(sub)

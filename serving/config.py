@@ -18,6 +18,7 @@ class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 8001                         # Triton's gRPC port; 0 picks a free one (tests)
     metrics_port: int | None = 8002          # Triton's metrics port; None: no metrics endpoint, 0: any free port
+    http_port: int | None = 8000             # Triton's HTTP port; None: no HTTP front end, 0: any free port
     device: str = "cpu"
     models: tuple[str, ...] = ()             # NAME or NAME:VERSION; empty: every model, latest version
     max_batch: int = 32
@@ -36,6 +37,10 @@ class ServerConfig:
     keepalive_s: float = 60.0                # ping an idle client this often; no answer in 20 s drops it
     stream_write_timeout_s: float = 30.0     # a stream whose client reads no response for this long is ended
     metrics_host: str | None = None          # None: the same address as host
+    max_http_connections: int = 1000         # HTTP connections open at once; more are closed as they arrive
+    http_timeout_s: float = 30.0             # an HTTP client must start a request, send its body, and read the
+                                             # answer within this long each
+    auth_token_file: Path | None = None      # set: every call but health needs 'authorization: Bearer <token>'
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None        # set: clients must present a certificate signed by it (mTLS)
@@ -50,8 +55,10 @@ class ServerConfig:
             raise ValueError("--max-message-mb, --max-images-per-request and --max-concurrent-streams must be >= 1")
         if min(self.max_connection_idle_s, self.max_connection_age_s, self.keepalive_s) < 0:
             raise ValueError("--max-connection-idle-s, --max-connection-age-s and --keepalive-s must be >= 0")
-        if not self.stream_write_timeout_s > 0:
-            raise ValueError("--stream-write-timeout-s must be > 0")
+        if not self.stream_write_timeout_s > 0 or not self.http_timeout_s > 0:
+            raise ValueError("--stream-write-timeout-s and --http-timeout-s must be > 0")
+        if self.max_http_connections < 1:
+            raise ValueError("--max-http-connections must be >= 1")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:

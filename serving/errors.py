@@ -37,3 +37,7 @@ class ModelRejected(ServingError):
 
 class DeadlineExceeded(ServingError):
     """The request's deadline passed before it was processed (it is dropped from the queue, never run)."""
+
+
+class Unauthenticated(ServingError):
+    """The server wants a bearer token (``--auth-token-file``) and the request had none, or not a valid one."""

@@ -9,6 +9,8 @@
 3. run the whole validation set (``RUN/data.json``, preprocessed by ``serving.contract.preprocess``) through
    the original PyTorch model, the folded one, onnxruntime and the NumPy reference, at batch 32 and a few samples
    at batch 1; any logit further than ``atol`` from PyTorch's or any different top-1 class fails the export;
+   then the explain graph (``explain.onnx``, training.explain: the same folded network with each stage's feature
+   map and the class activation maps as outputs) is exported and checked against PyTorch the same way;
 4. optionally quantize to INT8 (its own version, judged by accuracy drop and top-1 agreement against FP32) and
    save an onnxruntime-optimized copy;
 5. write golden.npz, verification.json, model.json and config.pbtxt, then publish the folder with one rename.
@@ -20,6 +22,7 @@ version.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -27,7 +30,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +43,10 @@ from torch import nn
 
 from models import registry
 from serving.contract import layout, triton
-from serving.contract.manifest import INPUT_NAME, OUTPUT_NAME, ModelManifest
+from serving.contract.manifest import EXPLAIN_FILE, INPUT_NAME, OUTPUT_NAME, ExplainGraph, ModelManifest
 from serving.contract.preprocess import PreprocessSpec
 from serving.errors import InvalidInput
-from training import verify
+from training import explain, verify
 from training.fold import FoldReport, fold_batchnorm
 
 __all__ = ["OPSET", "ExportError", "Run", "VerificationFailed", "batchnorm_nodes", "export", "export_run", "load_run",
@@ -156,12 +159,13 @@ def batchnorm_nodes(model: onnx.ModelProto) -> int:
     return count(model.graph) + sum(node.op_type == "BatchNormalization" for f in model.functions for node in f.node)
 
 
-def to_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def to_onnx(model: nn.Module, example: torch.Tensor, path: Path, output_names: Sequence[str] = (OUTPUT_NAME,)) -> None:
     """Dynamo export at opset 18 with a dynamic batch dimension, weights inside the one file."""
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     try:
         program = torch.onnx.export(
-            model, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            model, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
+            output_names=list(output_names),
             dynamic_shapes=({0: batch},), verbose=False,
         )
     except Exception as e:  # torch.export / onnxscript raise many types; the first line says what was unsupported
@@ -331,6 +335,7 @@ def _build(run: Run, out: Path, name: str, version: int, quantize: str | None, a
 
         fp32_doc, fp32_out = _verify_fp32(run, fp32_path, folded, atol, log)
         fp32_doc["fold"] = report.summary()
+        explain_graph = None if quantize else _explain(run, folded, example, golden_inputs, out, atol, fp32_doc, log)
         if quantize:
             doc, golden_logits, golden_atol = _quantize(run, fp32_path, model_path, fp32_out, max_int8_drop,
                                                         golden_inputs, log)
@@ -357,8 +362,26 @@ def _build(run: Run, out: Path, name: str, version: int, quantize: str | None, a
         summary |= {"atol": atol, "accuracy": doc["accuracy"]["onnxruntime"],
                     "numpy": doc["comparisons"]["pytorch_vs_numpy"]["status"]}
     manifest = _manifest(run, name, version, variant, sha256(model_path), golden_atol, summary, optimized)
+    manifest = dataclasses.replace(manifest, explain=explain_graph)
     manifest.save(out / "model.json")
     (out / "config.pbtxt").write_text(triton.config_pbtxt(manifest))
+
+
+def _explain(run: Run, folded: nn.Module, example: torch.Tensor, samples: np.ndarray, out: Path, atol: float,
+             doc: dict[str, Any], log: Log) -> ExplainGraph | None:
+    """The explain graph (training.explain) beside model.onnx, verified against PyTorch; None for other archs."""
+    if not explain.supports(folded):
+        doc["explain"] = {"skipped": f"{type(folded).__name__} has no named stages: explanations by occlusion only"}
+        return None
+    path = out / EXPLAIN_FILE
+    graph, record = explain.export_explain(folded, run.model, example[:2] if len(example) >= 2 else
+                                           example.repeat(2, 1, 1, 1), samples, path, atol, to_onnx)
+    doc["explain"] = record
+    if not record["passed"]:
+        raise VerificationFailed("explain graph: " + "; ".join(record["failures"]))
+    log(f"explain: {path.name} with {len(graph.stages)} stage maps{' and CAM' if graph.cam else ''}, max |Δ| "
+        f"{max(record['max_abs_diff'].values()):.3g} over {record['samples']} images")
+    return dataclasses.replace(graph, sha256=sha256(path))
 
 
 def _verify_fp32(run: Run, path: Path, folded: nn.Module, atol: float,

@@ -205,3 +205,73 @@ class ModelInfo(_message.Message):
     created: str
     available_versions: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[ModelInfo.State, str]] = ..., reason: _Optional[str] = ..., arch: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., output: _Optional[_Union[OutputSpec, _Mapping]] = ..., preprocess: _Optional[_Union[Preprocess, _Mapping]] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ..., variant: _Optional[str] = ..., onnx_sha256: _Optional[str] = ..., created: _Optional[str] = ..., available_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("model", "version", "image", "class_index", "method", "top_k", "stages", "request_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CLASS_INDEX_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    image: Image
+    class_index: int
+    method: str
+    top_k: int
+    stages: bool
+    request_id: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., class_index: _Optional[int] = ..., method: _Optional[str] = ..., top_k: _Optional[int] = ..., stages: bool = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class Heatmap(_message.Message):
+    __slots__ = ("height", "width", "values", "raw_max")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    RAW_MAX_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    width: int
+    values: _containers.RepeatedScalarFieldContainer[float]
+    raw_max: float
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., raw_max: _Optional[float] = ...) -> None: ...
+
+class FeatureMaps(_message.Message):
+    __slots__ = ("name", "channels", "height", "width", "total_channels", "values")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    channels: int
+    height: int
+    width: int
+    total_channels: int
+    values: bytes
+    def __init__(self, name: _Optional[str] = ..., channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., total_channels: _Optional[int] = ..., values: _Optional[bytes] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("model", "version", "request_id", "predictions", "class_index", "label", "method", "heatmap", "stages")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    CLASS_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    request_id: str
+    predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
+    class_index: int
+    label: str
+    method: str
+    heatmap: Heatmap
+    stages: _containers.RepeatedCompositeFieldContainer[FeatureMaps]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., request_id: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., class_index: _Optional[int] = ..., label: _Optional[str] = ..., method: _Optional[str] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[FeatureMaps, _Mapping]]] = ...) -> None: ...

@@ -55,6 +55,11 @@ class ImageClassifierStub(object):
                 request_serializer=imageclassifier__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=imageclassifier__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/imageclassifier.v1.ImageClassifier/Explain',
+                request_serializer=imageclassifier__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=imageclassifier__pb2.ExplainResponse.FromString,
+                _registered_method=True)
 
 
 class ImageClassifierServicer(object):
@@ -89,6 +94,14 @@ class ImageClassifierServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """Why one image got its answer: the top-k, a heatmap of the evidence for one class (class activation map, or
+        occlusion for any model), and optionally what each stage of the network sees.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageClassifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +124,11 @@ def add_ImageClassifierServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=imageclassifier__pb2.GetModelRequest.FromString,
                     response_serializer=imageclassifier__pb2.ModelInfo.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=imageclassifier__pb2.ExplainRequest.FromString,
+                    response_serializer=imageclassifier__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +239,33 @@ class ImageClassifier(object):
             '/imageclassifier.v1.ImageClassifier/GetModel',
             imageclassifier__pb2.GetModelRequest.SerializeToString,
             imageclassifier__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imageclassifier.v1.ImageClassifier/Explain',
+            imageclassifier__pb2.ExplainRequest.SerializeToString,
+            imageclassifier__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,7 +2,9 @@
 
 Rules (also in ``python -m serving batch --help``):
 - an INPUT that exists is taken as a path, even when its name holds ``*?[`` (``photo [1].png``);
-- a file is always classified, whatever its name (a non-image then gets an error row);
+- a file is always classified, whatever its name (a non-image then gets an error row), except a list of paths:
+  a ``.csv`` file with a ``path`` column (a header row names the columns; the batch CLI's own output is one) or a
+  ``.parquet`` file or folder with a ``path`` column, whose paths are taken like lines on stdin (below);
 - a folder is walked — recursively unless ``recursive=False`` — for files with an image suffix
   (:data:`IMAGE_SUFFIXES`, any case); names starting with ``.`` (``.DS_Store``, macOS ``._x.jpg`` resource forks,
   ``.git/``) are skipped, and symlinked folders are not followed (no loops);
@@ -20,12 +22,14 @@ place only, so each input gets exactly one row.
 
 from __future__ import annotations
 
+import csv
 import glob
 import os
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+LIST_SUFFIXES = frozenset({".csv", ".parquet"})
 STDIN = "-"
 
 
@@ -69,7 +73,39 @@ def read_path_list(stream: TextIO) -> list[str]:
     return [line.rstrip("\r\n") for line in lines if line.strip("\r\n")]
 
 
+def _read_csv_list(path: str) -> list[str]:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        reader = csv.DictReader(f)
+        if "path" not in (reader.fieldnames or ()):
+            raise InputError(f"{path}: a list of paths needs a 'path' column, found {reader.fieldnames or 'none'}")
+        return [row["path"] for row in reader if row["path"]]
+
+
+def _read_parquet_list(path: str) -> list[str]:
+    from serving.batch.output import unescape_surrogates
+    from serving.batch.parquet import arrow
+
+    try:
+        arrow()
+        import pyarrow.parquet as pq
+
+        column = pq.read_table(path, columns=["path"]).column("path")
+    except (ImportError, ValueError, KeyError) as e:  # no pyarrow; not Parquet; no such column (ArrowInvalid)
+        raise InputError(f"{path}: cannot read a 'path' column: {e}") from None
+    return [unescape_surrogates(p) for p in column.to_pylist() if p]  # as the Parquet output writes names
+
+
+def read_list_file(path: str) -> list[str]:
+    """The paths a ``.csv`` or ``.parquet`` list names, in its order (``InputError`` if it has no ``path`` column)."""
+    try:
+        return (_read_parquet_list if path.lower().endswith(".parquet") else _read_csv_list)(path)
+    except OSError as e:
+        raise InputError(f"cannot read the list {path}: {e.strerror or e}") from None
+
+
 def _expand_one(item: str, recursive: bool, from_list: bool) -> list[str]:
+    if not from_list and os.path.splitext(item)[1].lower() in LIST_SUFFIXES and os.path.exists(item):
+        return [p for listed in read_list_file(item) for p in _expand_one(listed, recursive, from_list=True)]
     if os.path.isdir(item):
         return walk_folder(item, recursive)
     if os.path.lexists(item) or from_list:

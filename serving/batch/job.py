@@ -1,10 +1,11 @@
-"""Batch inference: ``python -m serving batch INPUT… (--repository DIR | --server HOST:PORT) --model NAME --output
-F.csv|F.jsonl`` — one row per image file, written as it completes, resumable after a crash.
+"""Batch inference: ``python -m serving batch INPUT… (--repository DIR [--engine local|ray] | --server HOST:PORT)
+--model NAME --output F.csv|F.jsonl|F.parquet`` — one row per image file, written as it completes, resumable after a
+crash.
 
-The pieces, one idea each: ``batch_inputs`` (INPUT arguments → ordered unique paths), ``batch_runners`` (paths →
-rows, locally through the shared Predictor or through the gRPC server), ``batch_decode`` (files → tensors in worker
-processes), ``batch_output`` (rows ↔ CSV/JSONL, torn tails, resume) and ``batch_progress`` (progress bar or lines,
-summary). :func:`run_job` ties them together;
+The pieces, one idea each: ``inputs`` (INPUT arguments → ordered unique paths), ``runners`` (paths → rows, locally
+through the shared Predictor or through the gRPC server), ``decode`` (files → tensors in worker processes),
+``ray_engine`` (the local runner in Ray Data actors), ``output`` and ``parquet`` (rows ↔ CSV/JSONL/Parquet, torn
+tails, resume) and ``progress`` (progress bar or lines, summary). :func:`run_job` ties them together;
 :func:`add_arguments` and :func:`run` are the command line (serving/cli.py mounts them as ``batch``).
 
 Exit codes: 0 every input has a prediction; 3 the job finished but some rows are errors; 2 usage error (bad
@@ -21,11 +22,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from serving.batch.inputs import IMAGE_SUFFIXES, InputError, expand_inputs
-from serving.batch.output import Existing, OutputError, OutputFile, Row, check_output, read_existing
+from serving.batch.output import Existing, OutputError, OutputFile, Row, check_output, open_output, read_existing
 from serving.batch.progress import Progress, Summary
+
+if TYPE_CHECKING:
+    from serving.batch.parquet import ParquetOutput
+    from serving.runtime.loader import LoadedModel
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ROW_ERRORS = 0, 1, 2, 3  # the first three as in serving.cli
 
@@ -63,7 +68,8 @@ def _count(summary: Summary, rows: Iterable[Row]) -> None:
             summary.errors += 1
 
 
-def run_job(batches: Iterator[list[Row]], out: OutputFile, summary: Summary, progress: Progress) -> Summary:
+def run_job(batches: Iterator[list[Row]], out: OutputFile | ParquetOutput, summary: Summary,
+            progress: Progress) -> Summary:
     """Write each batch of rows as it comes, keeping ``summary`` and ``progress`` up to date."""
     started = time.perf_counter()
     errors_before = summary.errors
@@ -82,14 +88,17 @@ def run_job(batches: Iterator[list[Row]], out: OutputFile, summary: Summary, pro
 # ---- command line --------------------------------------------------------------------------------------------------
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from serving.grpc.prepare import add_send_options
+
     p.description = (
-        "Classify image files into a CSV or JSON Lines file: one row per file (path, label, probability, top_k, "
-        "error), written as it completes. Locally with --repository (no server needed), or through a running "
-        "server with --server."
+        "Classify image files into a CSV, JSON Lines or Parquet output: one row per file (path, label, probability, "
+        "top_k, error), written as it completes. Locally with --repository (no server needed; --engine ray spreads "
+        "the work over a Ray cluster), or through a running server with --server."
     )
     p.epilog = (
         "INPUT: a file (always classified); a folder (walked for " + "/".join(sorted(IMAGE_SUFFIXES)) +
         " files, any case, skipping names that start with '.'); a glob pattern (quote it; '**' spans folders); "
+        "a .csv or .parquet file: a list of paths (its 'path' column); "
         "or '-' for one path per line on stdin. Order: arguments as given, each folder's files sorted by path. "
         "Exit codes: 0 all classified, 3 finished with error rows, 2 usage error, 1 job failed (rows so far are "
         "kept: rerun with --resume), 130 interrupted."
@@ -100,15 +109,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--server", metavar="HOST:PORT", help="send the images to a running server")
     p.add_argument("--model", required=True)
     p.add_argument("--version", type=int, default=0, metavar="V", help="model version (default: the latest)")
-    p.add_argument("--output", "-o", type=Path, required=True, metavar="F.csv|F.jsonl",
-                   help="the output file; its suffix picks the format")
+    p.add_argument("--output", "-o", type=Path, required=True, metavar="F.csv|F.jsonl|F.parquet",
+                   help="the output file (Parquet: a folder of parts); its suffix picks the format")
+    p.add_argument("--format", choices=("csv", "jsonl", "parquet"),
+                   help="the output format, whatever the output's suffix")
     p.add_argument("--top-k", type=int, default=0, metavar="K",
                    help="labels per row (default: 5 or the number of classes)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N",
                    help="images per onnxruntime run / per request (32)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="local: decoding processes (default: the usable cores; 0: decode between onnxruntime "
-                        "runs); remote: requests in flight (default 4)")
+                        "runs); ray: actors at most (default: the cluster's CPUs / --threads); remote: requests in "
+                        "flight (default 4)")
     p.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
                    help="walk folders (and '**' in patterns) into subfolders (default; --no-recursive: top only)")
     again = p.add_mutually_exclusive_group()
@@ -119,23 +131,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress-interval", type=float, default=10.0, metavar="S",
                    help="seconds between progress lines when stderr is not a terminal (10)")
     local = p.add_argument_group("local mode")
+    local.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: this machine's cores (default); ray: a pool of Ray Data actors, each with its own "
+                            "onnxruntime session")
+    local.add_argument("--ray-address", metavar="ADDRESS",
+                       help="the Ray cluster to join (host:port, ray://host:10001 or auto; default: RAY_ADDRESS, "
+                            "else a new local one)")
     local.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     local.add_argument("--threads", type=int, default=None, metavar="N",
-                       help="onnxruntime intra-op threads (default: the usable cores)")
+                       help="onnxruntime intra-op threads (default: the usable cores; ray: the CPUs each actor "
+                            "reserves, default 1)")
     remote = p.add_argument_group("remote mode")
     remote.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds per request (60)")
     remote.add_argument("--retries", type=int, default=5, metavar="N",
                         help="retries of a request the server could not take (UNAVAILABLE, RESOURCE_EXHAUSTED, "
                              "DEADLINE_EXCEEDED), 0.2 s apart and doubling, before the job stops (5)")
+    add_send_options(remote)
     remote.add_argument("--tls-ca", type=Path, help="CA certificate to verify the server with (enables TLS)")
     remote.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
     remote.add_argument("--tls-key", type=Path, help="client private key (mutual TLS)")
     remote.add_argument("--tls-server-name", help="expected name in the server certificate, if not the host")
+    remote.add_argument("--auth-token-file", type=Path,
+                        help="file whose first line is the server's token (or set SERVING_AUTH_TOKEN)")
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
+    if args.server and args.engine == "ray":
+        raise UsageError("--engine ray runs the model in Ray actors: use it with --repository, not --server")
+    if args.ray_address and args.engine != "ray":
+        raise UsageError("--ray-address needs --engine ray")
     workers = 4 if args.workers is None else args.workers  # any default passes
-    for name, value, low in (("--batch-size", args.batch_size, 1), ("--workers", workers, 1 if args.server else 0),
+    pool = args.server or args.engine == "ray"  # a pool of actors or of requests cannot be empty
+    for name, value, low in (("--batch-size", args.batch_size, 1), ("--workers", workers, 1 if pool else 0),
                              ("--top-k", args.top_k, 0), ("--version", args.version, 0),
                              ("--threads", args.threads or 1, 1), ("--retries", args.retries, 0),
                              ("--progress-interval", args.progress_interval, 0)):
@@ -154,14 +181,28 @@ class Backend:
     close: Callable[[], None] = lambda: None
 
 
+def load_checked(args: argparse.Namespace, threads: int | None = None) -> LoadedModel:
+    """The model loaded with every check the server makes (sha256, golden self-check), and ``--top-k`` checked."""
+    from serving.errors import InvalidInput, ModelNotFound, ModelRejected
+    from serving.runtime import loader
+
+    try:
+        loaded = loader.load(args.repository, args.model, args.version or None, device=args.device,
+                             threads=threads or args.threads)
+        loaded.predictor.resolve_top_k(args.top_k)
+    except (FileNotFoundError, ModelNotFound, InvalidInput) as e:
+        raise UsageError(str(e)) from None
+    except ModelRejected as e:
+        raise JobFailed(f"model {args.model!r} refused: {e}") from None
+    return loaded
+
+
 def local_backend(args: argparse.Namespace, todo: list[str]) -> Backend:
-    """The model loaded with every check the server makes (sha256, golden self-check), and the decoders."""
+    """The model loaded with every check, and the decoders."""
     from concurrent.futures.process import BrokenProcessPool
 
     from serving.batch.decode import start_decoders
     from serving.batch.runners import classify_local
-    from serving.errors import InvalidInput, ModelNotFound, ModelRejected
-    from serving.runtime import loader
     from serving.runtime.predictor import available_cores
 
     workers = available_cores() if args.workers is None else args.workers
@@ -169,19 +210,12 @@ def local_backend(args: argparse.Namespace, todo: list[str]) -> Backend:
     pool = start_decoders(workers) if workers and len(todo) > 2 * args.batch_size else None
     close = (lambda: pool.shutdown(wait=True, cancel_futures=True)) if pool else (lambda: None)
     try:
-        loaded = loader.load(args.repository, args.model, args.version or None, device=args.device,
-                                 threads=args.threads)
-        k = loaded.predictor.resolve_top_k(args.top_k)
-    except (FileNotFoundError, ModelNotFound, InvalidInput) as e:
-        close()
-        raise UsageError(str(e)) from None
-    except ModelRejected as e:
-        close()
-        raise JobFailed(f"model {args.model!r} refused: {e}") from None
+        loaded = load_checked(args)
     except BaseException:
         close()
         raise
     predictor = loaded.predictor
+    k = predictor.resolve_top_k(args.top_k)
 
     def batches(todo: list[str]) -> Iterator[list[Row]]:
         try:
@@ -199,10 +233,15 @@ def remote_backend(args: argparse.Namespace, todo: list[str]) -> Backend:
     import grpc
 
     from serving.batch.runners import RemoteClassifier, RemoteError, classify_remote
-    from serving.grpc.client import Client
+    from serving.grpc.client import Client, read_token
 
-    client = Client(args.server, args.model, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                    tls_key=args.tls_key, server_name=args.tls_server_name)
+    try:
+        token = read_token(args.auth_token_file)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    client = Client(args.server, args.model, timeout=args.timeout, send=args.send, jpeg_quality=args.jpeg_quality,
+                    token=token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                    server_name=args.tls_server_name)
     try:
         try:
             info = client.get_model(args.model, args.version)
@@ -234,12 +273,19 @@ def remote_backend(args: argparse.Namespace, todo: list[str]) -> Backend:
 def _run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     _check_numbers(args)
     # Everything that can be refused is refused before the model loads and before the output is touched.
-    check_output(args.output, resume=args.resume, overwrite=args.overwrite)
+    check_output(args.output, resume=args.resume, overwrite=args.overwrite, fmt=args.format)
     paths = expand_inputs(args.inputs, recursive=args.recursive, stdin=stdin)
-    existing = read_existing(args.output) if args.resume else None
+    existing = read_existing(args.output, args.format) if args.resume else None
     todo, summary = plan(paths, existing, str(args.output))
 
-    backend = (remote_backend if args.server else local_backend)(args, todo)
+    if args.server:
+        backend = remote_backend(args, todo)
+    elif args.engine == "ray":
+        from serving.batch.ray_engine import ray_backend
+
+        backend = ray_backend(args, todo)
+    else:
+        backend = local_backend(args, todo)
     try:
         if not args.quiet:
             print(f"batch: {backend.described}: {len(todo)} files to classify"
@@ -247,7 +293,7 @@ def _run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextIO
                   file=stderr)
         progress = Progress(len(todo), stderr, interval_s=args.progress_interval, enabled=not args.quiet)
         try:
-            with OutputFile(args.output, existing=existing, overwrite=args.overwrite) as out:
+            with open_output(args.output, existing=existing, overwrite=args.overwrite, fmt=args.format) as out:
                 run_job(backend.batches(todo), out, summary, progress)
         except KeyboardInterrupt:
             print(f"batch: interrupted after {summary.processed} files; rerun with --resume to continue",

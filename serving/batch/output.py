@@ -1,4 +1,4 @@
-"""The batch job's output file: one row per input, CSV or JSON Lines, appended and flushed as rows complete.
+"""The batch job's output: one row per input, CSV or JSON Lines (appended and flushed as rows complete) or Parquet.
 
 Columns: ``path``, ``label`` (top-1), ``probability`` (its probability), ``top_k`` (the top-k as a list of
 ``{"label", "index", "probability"}``; in CSV that list is a JSON string in one cell) and ``error`` (why the file
@@ -10,6 +10,9 @@ killed process loses at most the rows it had not written yet, and a torn record 
 reads the file back, drops a torn last record (the bytes after the last complete one: a record is complete when it
 ends with a newline outside any quoted CSV field), and appends. A malformed record *before* the end is not ours to
 guess about: :class:`OutputError`.
+
+Parquet output is a folder of parts written whole (``serving.batch.parquet``); :func:`check_output`,
+:func:`read_existing` and :func:`open_output` take either kind.
 """
 
 from __future__ import annotations
@@ -23,16 +26,30 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serving.runtime.prediction import Prediction
 
+if TYPE_CHECKING:
+    from serving.batch.parquet import ParquetOutput
+
 COLUMNS = ("path", "label", "probability", "top_k", "error")
-FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 # Undecodable bytes in file names (os.fsdecode gives them as lone surrogates) survive a write/read round trip: CSV
-# writes them back as the original bytes, JSONL as escapes.
+# writes them back as the original bytes, JSONL and Parquet as escapes.
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"
 _LONE_SURROGATE = re.compile("[\udc80-\udcff]")
+_SURROGATE_ESCAPE = re.compile(r"\\udc[89a-f][0-9a-f]")
+
+
+def escape_surrogates(text: str) -> str:
+    """A name's undecodable bytes (lone surrogates) as ``\\udcXX`` escapes: valid UTF-8 for JSON and Arrow."""
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def unescape_surrogates(text: str) -> str:
+    """The inverse of :func:`escape_surrogates` (JSON readers do it themselves)."""
+    return _SURROGATE_ESCAPE.sub(lambda m: chr(int(m.group()[2:], 16)), text)
 
 
 class OutputError(ValueError):
@@ -60,12 +77,25 @@ class Row:
         return self.predictions[0].probability if self.predictions else None
 
 
-def output_format(path: str | Path) -> str:
-    """``csv`` or ``jsonl``, from the file's suffix."""
+def output_format(path: str | Path, fmt: str | None = None) -> str:
+    """``csv``, ``jsonl`` or ``parquet``: ``fmt`` if given (unless the suffix names another), else from the suffix."""
     suffix = Path(path).suffix.lower()
+    if fmt is not None:
+        if fmt not in FORMATS.values():
+            raise OutputError(f"format must be one of {', '.join(FORMATS.values())}, got {fmt!r}")
+        if FORMATS.get(suffix, fmt) != fmt:
+            raise OutputError(f"output {str(path)!r} has the suffix of {FORMATS[suffix]}, but the format is {fmt}")
+        return fmt
     if suffix not in FORMATS:
-        raise OutputError(f"output must end in {' or '.join(FORMATS)} (it picks the format), got {str(path)!r}")
+        *others, last = FORMATS
+        raise OutputError(f"output must end in {', '.join(others)} or {last} (it picks the format; or pass "
+                          f"--format), got {str(path)!r}")
     return FORMATS[suffix]
+
+
+def one_line(error: str) -> str:
+    """An error text as every format writes it: whitespace runs (newlines too) become one space."""
+    return " ".join(error.split())
 
 
 def _short(p: float) -> float:
@@ -82,14 +112,14 @@ def _top_k(row: Row) -> list[dict[str, Any]]:
 
 
 def encode_row(row: Row, fmt: str) -> bytes:
-    error = " ".join(row.error.split()) if row.error else ""  # one line, whatever the exception said
+    error = one_line(row.error)  # whatever the exception said
     if fmt == "jsonl":
         doc = {"path": row.path, "label": row.label,
                "probability": None if row.probability is None else _short(row.probability),
                "top_k": _top_k(row), "error": error or None}
         # A name's undecodable bytes (lone surrogates here) become \udcXX escapes: the line stays valid UTF-8 for
         # every JSON reader, and Python's json.loads gives the very same name back.
-        text = _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(doc, ensure_ascii=False))
+        text = escape_surrogates(json.dumps(doc, ensure_ascii=False))
         return (text + "\n").encode(_ENCODING)
     buf = io.StringIO()
     probability = "" if row.probability is None else repr(_short(row.probability))
@@ -161,23 +191,46 @@ def parse_output(data: bytes, fmt: str, name: str = "output") -> tuple[list[Row]
 
 # ---- writing -------------------------------------------------------------------------------------------------------
 
-def check_output(path: str | Path, *, resume: bool, overwrite: bool) -> str:
+def _check_parquet_folder(path: Path, *, resume: bool, overwrite: bool) -> Path:
+    """The folder that must be writable: the dataset folder if it exists, else its parent."""
+    from serving.batch import parquet
+
+    try:
+        parquet.arrow()
+    except ImportError as e:
+        raise OutputError(str(e)) from None
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output {path} is a file (Parquet output is a folder of parts)")
+    if not path.is_dir():
+        return path.parent
+    if other := parquet.foreign(path):
+        raise OutputError(f"output folder {path} holds files this tool did not write ({', '.join(other[:3])}"
+                          f"{', …' if len(other) > 3 else ''}); choose another output")
+    if parquet.parts(path) and not (resume or overwrite):
+        raise OutputError(f"output {path} exists: pass --resume to continue it or --overwrite to replace it")
+    return path
+
+
+def check_output(path: str | Path, *, resume: bool, overwrite: bool, fmt: str | None = None) -> str:
     """Everything that can be said about the output before any work; returns the format. ``OutputError`` if unusable."""
     path = Path(path)
-    fmt = output_format(path)
-    folder = path.parent
-    if path.is_dir():
-        raise OutputError(f"output {path} is a folder")
-    if not folder.is_dir():
-        raise OutputError(f"output folder {folder} does not exist")
-    if path.exists() and not (resume or overwrite):
-        raise OutputError(f"output {path} exists: pass --resume to continue it or --overwrite to replace it")
+    fmt = output_format(path, fmt)
+    if not path.parent.is_dir():
+        raise OutputError(f"output folder {path.parent} does not exist")
+    if fmt == "parquet":
+        folder = _check_parquet_folder(path, resume=resume, overwrite=overwrite)
+    else:
+        folder = path.parent
+        if path.is_dir():
+            raise OutputError(f"output {path} is a folder")
+        if path.exists() and not (resume or overwrite):
+            raise OutputError(f"output {path} exists: pass --resume to continue it or --overwrite to replace it")
     # os.access would say yes to root on a read-only folder; creating a file is the only honest test.
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".batch-probe-")
         os.close(fd)
         os.unlink(probe)
-        if path.exists():
+        if path.is_file():
             os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
     except OSError as e:
         raise OutputError(f"cannot write the output {path}: {e.strerror or e}") from None
@@ -189,33 +242,49 @@ class Existing:
     """What an output to be resumed already holds: its rows, and how much of it is intact."""
 
     rows: list[Row]
-    end: int                       # bytes before a torn last record
-    size: int
+    end: int                       # bytes before a torn last record (Parquet: in complete parts)
+    size: int                      # bytes found (Parquet: with half-written parts)
 
     @property
     def torn_bytes(self) -> int:
         return self.size - self.end
 
 
-def read_existing(path: str | Path) -> Existing:
+def _read_parquet(path: Path) -> Existing:
+    from serving.batch import parquet
+
+    try:
+        rows, torn = parquet.read_rows(path)
+    except (ValueError, KeyError, TypeError) as e:  # pyarrow's errors are ValueErrors (ArrowInvalid, …)
+        raise OutputError(f"{path}: a part is not Parquet of this tool ({e}); fix it, or start again with "
+                          "--overwrite") from None
+    end = sum(p.stat().st_size for p in parquet.parts(path))
+    return Existing(rows, end, end + torn)
+
+
+def read_existing(path: str | Path, fmt: str | None = None) -> Existing:
     """Parse an output written by an earlier run (``OutputError`` if it is not one); nothing is changed yet."""
     path = Path(path)
+    fmt = output_format(path, fmt)
     try:
+        if fmt == "parquet":
+            return _read_parquet(path) if path.is_dir() else Existing([], 0, 0)
         data = path.read_bytes()
     except FileNotFoundError:
         return Existing([], 0, 0)
     except OSError as e:
         raise OutputError(f"cannot read the output {path} to resume it: {e.strerror or e}") from None
-    rows, end = parse_output(data, output_format(path), str(path))
+    rows, end = parse_output(data, fmt, str(path))
     return Existing(rows, end, len(data))
 
 
 class OutputFile:
     """An output opened for appending rows: new (``xb``; ``wb`` with ``overwrite``) or resumed after ``existing``."""
 
-    def __init__(self, path: str | Path, *, existing: Existing | None = None, overwrite: bool = False) -> None:
+    def __init__(self, path: str | Path, *, existing: Existing | None = None, overwrite: bool = False,
+                 fmt: str | None = None) -> None:
         self.path = Path(path)
-        self.format = output_format(self.path)
+        self.format = output_format(self.path, fmt)
         if existing is not None and existing.size:
             self._file = open(self.path, "r+b", buffering=0)  # noqa: SIM115 - closed by close()
             self._file.truncate(existing.end)  # drop a torn last record
@@ -245,3 +314,13 @@ class OutputFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_output(path: str | Path, *, existing: Existing | None = None, overwrite: bool = False,
+                fmt: str | None = None) -> OutputFile | ParquetOutput:
+    """The output to append rows to, in its format: :class:`OutputFile` or a Parquet dataset folder."""
+    if output_format(path, fmt) == "parquet":
+        from serving.batch.parquet import ParquetOutput
+
+        return ParquetOutput(Path(path), overwrite=overwrite)
+    return OutputFile(path, existing=existing, overwrite=overwrite, fmt=fmt)

@@ -98,7 +98,8 @@ def _status(e: grpc.RpcError) -> tuple[str, str]:
 class RemoteClassifier:
     """Classify requests for groups of files, with per-file errors and bounded retries of transient failures."""
 
-    TRANSIENT = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"})
+    # CANCELLED: this client never cancels a call, so it is the server cutting its calls short on its way down.
+    TRANSIENT = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED"})
     # Codes that can be caused by one file's content; anything else (NOT_FOUND, UNAUTHENTICATED…) is about the job.
     PER_FILE = frozenset({"INVALID_ARGUMENT", "INTERNAL", "UNKNOWN", "DATA_LOSS"})
 

@@ -18,6 +18,30 @@ from serving.errors import ModelRejected
 
 FILE = "model.json"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+EXPLAIN_FILE = "explain.onnx"
+CAM_OUTPUT = "cam"
+STAGE_PREFIX = "stage."  # explain.onnx names its feature-map outputs stage.<module name>
+
+
+@dataclass(frozen=True)
+class ExplainGraph:
+    """The second graph an exported version may carry (``explain.onnx``): the same folded network with more
+    outputs — ``logits``, each stage's feature map (``stages``, in order), and, when the head is global-average-pool
+    + one linear layer, ``cam``: the class activation maps (N, classes, h, w) of the last feature map. The served
+    ``model.onnx`` is untouched; this one runs only when somebody asks for an explanation."""
+
+    sha256: str
+    stages: tuple[str, ...]
+    cam: bool
+    file: str = EXPLAIN_FILE
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExplainGraph:
+        return cls(sha256=str(d["sha256"]).lower(), stages=tuple(str(s) for s in d["stages"]), cam=bool(d["cam"]),
+                   file=str(d.get("file", EXPLAIN_FILE)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256, "stages": list(self.stages), "cam": self.cam}
 
 
 @dataclass(frozen=True)
@@ -42,6 +66,7 @@ class ModelManifest:
     verification: dict[str, Any] = field(default_factory=dict)  # summary of verification.json
     producer: dict[str, Any] = field(default_factory=dict)      # library versions that built the file
     optimized: dict[str, Any] | None = None                     # the onnxruntime-optimized copy, if saved
+    explain: ExplainGraph | None = None                         # the graph behind explanations, if exported
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelManifest:
@@ -59,6 +84,7 @@ class ModelManifest:
                 created=str(d.get("created", "")), source=dict(d.get("source") or {}),
                 verification=dict(d.get("verification") or {}), producer=dict(d.get("producer") or {}),
                 optimized=dict(d["optimized"]) if d.get("optimized") else None,
+                explain=ExplainGraph.from_dict(d["explain"]) if d.get("explain") else None,
             )
         except KeyError as e:
             raise ModelRejected(f"{FILE}: missing field {e}") from None
@@ -80,6 +106,8 @@ class ModelManifest:
         }
         if self.optimized is not None:
             doc["optimized"] = self.optimized
+        if self.explain is not None:
+            doc["explain"] = self.explain.to_dict()
         return doc
 
     def check(self) -> None:
@@ -92,6 +120,9 @@ class ModelManifest:
             raise ModelRejected(f"{FILE}: {len(self.labels)} labels for {self.num_classes} classes")
         if not self.golden_atol > 0:
             raise ModelRejected(f"{FILE}: golden_atol must be > 0, got {self.golden_atol}")
+        if self.explain is not None and Path(self.explain.file).name != self.explain.file:
+            raise ModelRejected(f"{FILE}: explain.file must be a file name in the version folder, got "
+                                f"{self.explain.file!r}")
 
     @classmethod
     def load(cls, path: str | Path) -> ModelManifest:

@@ -7,7 +7,6 @@ field is wrong and what was expected.
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,28 +15,23 @@ from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import model_config_pb2 as config_pb2
 from serving.config import ServerConfig
-from serving.contract import triton
+from serving.contract import tensors, triton
 from serving.contract.manifest import ModelManifest
+from serving.contract.tensors import decode_bytes_elements, encode_bytes_elements
 from serving.errors import InvalidInput, NotReady
+from serving.runtime.dataplane import Explanation
 from serving.runtime.prediction import Prediction
 from serving.runtime.registry import ModelState, ServedModel
 
-_LENGTH = struct.Struct("<I")
-MAX_DIMS = 8  # far more than any image tensor needs; checked before anything is computed from the shape
-
-
-def _shape(dims: Sequence[int], what: str) -> list[int]:
-    """A tensor's shape as sent, refused before use when it has more dimensions than any image tensor."""
-    if len(dims) > MAX_DIMS:
-        raise InvalidInput(f"{what} has {len(dims)} dimensions; at most {MAX_DIMS} are accepted")
-    return [int(d) for d in dims]
+# The BYTES wire format's two functions live with the tensor rules; the gRPC tests and clients import them here.
+__all__ = ["decode_bytes_elements", "encode_bytes_elements"]
 
 # ---- imageclassifier.v1 ------------------------------------------------------------------------------------------
 
 
 def tensor_to_array(tensor: ic_pb2.Tensor) -> np.ndarray:
     """A ``Tensor`` message → float32 array of its shape (``data`` little-endian bytes, or ``values``)."""
-    shape = _shape(tensor.shape, "tensor")
+    shape = tensors.check_shape(tensor.shape, "tensor")
     if not shape or any(d < 1 for d in shape):
         raise InvalidInput(f"tensor shape must be positive dimensions, got {shape}")
     count = math.prod(shape)
@@ -112,6 +106,21 @@ def model_info(model: ServedModel) -> ic_pb2.ModelInfo:
     return info
 
 
+def explain_response(model: ServedModel, e: Explanation, request_id: str) -> ic_pb2.ExplainResponse:
+    h, w = e.heatmap.values.shape
+    return ic_pb2.ExplainResponse(
+        model=model.name, version=model.version, request_id=request_id, class_index=e.class_index, label=e.label,
+        method=e.method,
+        predictions=[ic_pb2.Prediction(label=p.label, index=p.index, probability=p.probability)
+                     for p in e.predictions],
+        heatmap=ic_pb2.Heatmap(height=h, width=w, values=e.heatmap.values.ravel().tolist(),
+                               raw_max=e.heatmap.raw_max),
+        stages=[ic_pb2.FeatureMaps(name=s.name, channels=s.maps.shape[0], height=s.maps.shape[1],
+                                   width=s.maps.shape[2], total_channels=s.total_channels, values=s.maps.tobytes())
+                for s in e.stages],
+    )
+
+
 def stream_error(request_id: str, code: int, message: str) -> ic_pb2.ClassifyStreamResponse:
     return ic_pb2.ClassifyStreamResponse(request_id=request_id, error=ic_pb2.Status(code=code, message=message))
 
@@ -119,69 +128,22 @@ def stream_error(request_id: str, code: int, message: str) -> ic_pb2.ClassifyStr
 # ---- inference (Open Inference Protocol) ------------------------------------------------------------------------
 
 
-def decode_bytes_elements(raw: bytes) -> list[bytes]:
-    """Triton's BYTES wire format: each element is a 4-byte little-endian length, then that many bytes."""
-    items: list[bytes] = []
-    view, offset = memoryview(raw), 0
-    while offset < len(view):
-        if offset + 4 > len(view):
-            raise InvalidInput("BYTES tensor: truncated element length")
-        (n,) = _LENGTH.unpack_from(view, offset)
-        offset += 4
-        if offset + n > len(view):
-            raise InvalidInput(f"BYTES tensor: element of {n} bytes runs past the end of the data")
-        items.append(bytes(view[offset:offset + n]))
-        offset += n
-    return items
-
-
-def encode_bytes_elements(items: Sequence[bytes]) -> bytes:
-    return b"".join(_LENGTH.pack(len(item)) + bytes(item) for item in items)
-
-
 def infer_inputs(request: kserve_pb2.ModelInferRequest, manifest: ModelManifest) -> np.ndarray | list[bytes]:
     """The one input of a ModelInfer request: an FP32 (N, C, H, W) array, or the encoded images of a BYTES tensor."""
-    expected = f"FP32 [N, {', '.join(map(str, manifest.input_shape))}] or BYTES [N] (encoded images)"
     if len(request.inputs) != 1:
-        raise InvalidInput(f"model {manifest.name!r} takes exactly one input {manifest.input_name!r} ({expected}), "
-                           f"got {len(request.inputs)}")
+        raise InvalidInput(f"model {manifest.name!r} takes exactly one input {manifest.input_name!r} "
+                           f"({tensors.expected_input(manifest)}), got {len(request.inputs)}")
     tensor = request.inputs[0]
-    if tensor.name != manifest.input_name:
-        raise InvalidInput(f"unknown input {tensor.name!r}; model {manifest.name!r} takes {manifest.input_name!r}")
     if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
         raise InvalidInput(f"{len(request.raw_input_contents)} raw_input_contents for {len(request.inputs)} inputs")
     raw = request.raw_input_contents[0] if request.raw_input_contents else None
-    shape = _shape(tensor.shape, f"input {tensor.name!r}")
-    if any(d < 0 for d in shape) or not shape:
-        raise InvalidInput(f"input {tensor.name!r}: invalid shape {shape}")
-    count = math.prod(shape)
-    if tensor.datatype == "FP32":
-        if raw is not None:
-            if len(raw) != 4 * count:
-                raise InvalidInput(f"input {tensor.name!r}: raw_input_contents has {len(raw)} bytes, FP32 {shape} "
-                                   f"needs {4 * count}")
-            x = np.frombuffer(raw, dtype="<f4")
-        else:
-            if len(tensor.contents.fp32_contents) != count:
-                raise InvalidInput(f"input {tensor.name!r}: {len(tensor.contents.fp32_contents)} fp32_contents, "
-                                   f"shape {shape} needs {count}")
-            x = np.asarray(tensor.contents.fp32_contents, dtype=np.float32)
-        return x.astype(np.float32, copy=False).reshape(shape)
-    if tensor.datatype == "BYTES":
-        items = decode_bytes_elements(raw) if raw is not None else list(tensor.contents.bytes_contents)
-        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or len(items) != count:
-            raise InvalidInput(f"input {tensor.name!r}: BYTES shape must be [N] or [N, 1] with one encoded image "
-                               f"per element; got shape {shape} with {len(items)} elements")
-        return items
-    raise InvalidInput(f"input {tensor.name!r}: datatype {tensor.datatype or '(empty)'} is not supported; "
-                       f"send {expected}")
+    values = tensor.contents.bytes_contents if tensor.datatype == "BYTES" else tensor.contents.fp32_contents
+    return tensors.infer_input(manifest, tensor.name, tensor.datatype, tensor.shape, raw=raw, values=values)
 
 
 def infer_batch_size(request: kserve_pb2.ModelInferRequest) -> int:
     """The images a ModelInfer request asks for (its first input's first dimension), read before admitting it."""
-    if len(request.inputs) != 1 or not request.inputs[0].shape:
-        return 1  # malformed: admitted as one image, then refused by infer_inputs with the reason
-    return max(1, int(request.inputs[0].shape[0]))
+    return tensors.batch_size(request.inputs[0].shape) if len(request.inputs) == 1 else 1
 
 
 def check_requested_outputs(request: kserve_pb2.ModelInferRequest, manifest: ModelManifest) -> None:

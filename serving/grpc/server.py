@@ -25,8 +25,11 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from serving._generated import grpc_service_pb2, imageclassifier_pb2
 from serving._generated._pool import POOL
 from serving.config import ServerConfig
+from serving.grpc.auth import TokenInterceptor
 from serving.grpc.handlers import add_service
 from serving.grpc.servicers import ImageClassifierServicer, InferenceServicer
+from serving.http.app import HttpFrontEnd
+from serving.runtime.auth import Tokens
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.metrics import Metrics
 from serving.runtime.registry import ModelRegistry, ModelState, ServedModel
@@ -61,15 +64,20 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 
 class InferenceServer:
-    """One server instance: gRPC server, model registry and data plane, health, metrics endpoint."""
+    """One server instance: model registry and data plane, the gRPC and HTTP front ends, health, metrics."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = Metrics()
         self.registry = ModelRegistry(config, self.metrics)
         self.plane = DataPlane(self.registry)
+        self.tokens = Tokens(config.auth_token_file) if config.auth_token_file else None
         self.health = health_aio.HealthServicer()
-        self.grpc = grpc.aio.server(options=config.grpc_options())
+        self.grpc = grpc.aio.server(options=config.grpc_options(),
+                                    interceptors=[TokenInterceptor(self.tokens)] if self.tokens else None)
+        self.http = (HttpFrontEnd(self.plane, config, self.metrics, self.tokens)
+                     if config.http_port is not None else None)
+        self.http_port: int | None = None
         add_service(self.grpc, imageclassifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier"],
                     ImageClassifierServicer(self.plane, self.metrics))
         add_service(self.grpc, grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
@@ -107,11 +115,18 @@ class InferenceServer:
         if self.config.metrics_port is not None:  # first: a taken metrics port fails before gRPC is up
             host = self.config.metrics_host or self.config.host
             self.metrics_port = self.metrics.serve(self.config.metrics_port, host)
+        if self.http is not None:
+            try:
+                self.http_port = await self.http.start()
+            except OSError:
+                self.metrics.close()
+                raise
         await self.grpc.start()
-        log.info("listening on %s:%d (%s), metrics on %s; loading %s", self.config.host, self.port,
-                 "TLS" if self.config.tls_cert else "plaintext", self.metrics_port or "-",
+        log.info("listening on %s: gRPC %d, HTTP %s (%s), metrics %s%s; loading %s", self.config.host, self.port,
+                 self.http_port or "-", "TLS" if self.config.tls_cert else "plaintext", self.metrics_port or "-",
+                 f", {len(self.tokens)} auth tokens" if self.tokens else "",
                  ", ".join(f"{m.name}:{m.version}" for m in self.registry.models.values()),
-                 extra={"port": self.port, "metrics_port": self.metrics_port})
+                 extra={"port": self.port, "http_port": self.http_port, "metrics_port": self.metrics_port})
         if load_models:
             self.load()
 
@@ -130,8 +145,11 @@ class InferenceServer:
             self._poll_task = asyncio.get_running_loop().create_task(self._poll(), name="repository-poll")
 
     def reload(self) -> None:
-        """Look at the repository again now (new models, newer versions); safe to call from a signal handler."""
+        """Look at the repository again now (new models, newer versions) and reread the token file; safe to call
+        from a signal handler."""
         self._rescan.set()
+        if self.tokens is not None:
+            self.tokens.reload()
 
     async def _poll(self) -> None:
         """Rescan every ``poll_s`` seconds and on ``reload()``, until stopped; a failing rescan is logged only."""
@@ -164,7 +182,7 @@ class InferenceServer:
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        await self.grpc.stop(grace)
+        await asyncio.gather(self.grpc.stop(grace), *([self.http.stop(grace)] if self.http else []))
         await self.registry.close()
         self.plane.close()
         self.metrics.close()

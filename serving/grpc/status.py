@@ -26,6 +26,7 @@ from serving.errors import (
     Overloaded,
     SlowReader,
     TooLarge,
+    Unauthenticated,
 )
 from serving.grpc.handlers import UndecodableRequest
 from serving.runtime.logs import RateLimit, new_request_id, request_id_var
@@ -45,6 +46,7 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,  # like gRPC's own "message larger than max"
     SlowReader: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 

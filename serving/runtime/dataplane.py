@@ -17,13 +17,25 @@ import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
 from serving.errors import DeadlineExceeded, InvalidInput, NotReady, Overloaded, TooLarge
-from serving.runtime.prediction import Prediction, top_predictions
+from serving.runtime import explain
+from serving.runtime.prediction import Prediction, softmax, top_predictions
 from serving.runtime.predictor import ImageSource, Predictor, available_cores
 from serving.runtime.registry import ModelRegistry, ServedModel
+
+
+@dataclass(frozen=True)
+class Explanation:
+    predictions: list[Prediction]
+    class_index: int
+    label: str
+    method: str
+    heatmap: explain.Heatmap
+    stages: list[explain.StageMaps]
 
 
 class DataPlane:
@@ -33,6 +45,7 @@ class DataPlane:
         workers = self.config.decode_workers or available_cores()
         self._decoder = ThreadPoolExecutor(workers, thread_name_prefix="decode")
         self._decode_round = workers  # images of one request in the decode pool at once
+        self._explainers: dict[str, explain.ExplainSession] = {}  # model name → its served version's graph
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False, cancel_futures=True)
@@ -120,6 +133,59 @@ class DataPlane:
             raise InvalidInput(f"image {', '.join(map(str, bad))}: the model's output is not finite (NaN or "
                                "infinite logits); the input values are out of range")
         return top_predictions(logits, k, predictor.labels)
+
+
+    # ---- explanations ----------------------------------------------------------------------------------------
+    @staticmethod
+    def explain_images(method: str) -> int:
+        """Images an explanation computes (what admission counts): occlusion runs one per patch."""
+        return 1 + explain.OCCLUSION_GRID ** 2 if method in ("", "occlusion") else 1
+
+    def _explainer(self, model: ServedModel, need: str) -> explain.ExplainSession:
+        graph = model.manifest.explain if model.manifest else None
+        if graph is None:
+            raise InvalidInput(f"model {model.name!r} version {model.version} has no explain graph, which {need} "
+                               "needs (it was exported before explanations existed, or its architecture has no "
+                               "stages): method 'occlusion' works for every model")
+        session = self._explainers.get(model.name)
+        if session is None or session.version_dir != model.path:
+            session = self._explainers[model.name] = explain.ExplainSession(
+                model.path, graph, _predictor(model).device, self.config.threads)
+        return session
+
+    async def explain(self, model: ServedModel, image: ImageSource, class_index: int | None = None,
+                      method: str = "", top_k: int = 0, stages: bool = False,
+                      deadline: float | None = None) -> Explanation:
+        """The top-k of one image and a heatmap of the evidence for ``class_index`` (default: the top class), for
+        a model held by :meth:`admit` (with :meth:`explain_images` images)."""
+        predictor = _predictor(model)
+        graph = model.manifest.explain if model.manifest else None
+        method = method or ("cam" if graph is not None and graph.cam else "occlusion")
+        if method not in explain.METHODS:
+            raise InvalidInput(f"unknown method {method!r}; choose one of {', '.join(explain.METHODS)}")
+        if method == "cam" and graph is not None and not graph.cam:
+            raise InvalidInput(f"model {model.name!r}: its head is not global-average-pool + linear, so it has no "
+                               "class activation map; use method 'occlusion'")
+        k_top = predictor.resolve_top_k(top_k)
+        if class_index is not None and not 0 <= class_index < predictor.num_classes:
+            raise InvalidInput(f"class_index {class_index} is out of range: model {model.name!r} has "
+                               f"{predictor.num_classes} classes (0-{predictor.num_classes - 1})")
+        session = self._explainer(model, f"method {method!r}" if method == "cam" else "stages") \
+            if method == "cam" or stages else None
+        x = await self.preprocess(model, [image], deadline)
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self._decoder, session.run, x) if session is not None else {}
+        logits = outputs["logits"] if method == "cam" else await self.infer(model, x, deadline)
+        predictions = top_predictions(logits, k_top, predictor.labels)[0]
+        probabilities = softmax(logits)[0]
+        k = int(np.argmax(probabilities)) if class_index is None else class_index
+        if method == "cam":
+            heatmap = explain.cam(outputs, k)
+        else:
+            occluded = await self.infer(model, explain.occlusion_batch(x[0]), deadline)
+            heatmap = explain.occlusion(float(probabilities[k]), softmax(occluded)[:, k])
+        maps = explain.stage_maps(outputs, session.graph.stages) if stages and session is not None else []
+        return Explanation(predictions, k, predictor.labels[k], method, heatmap, maps)
 
 
 def _check_deadline(loop: asyncio.AbstractEventLoop, deadline: float | None, where: str) -> None:

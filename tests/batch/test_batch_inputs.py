@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,34 @@ def test_stdin_list(files: Path) -> None:
     # a real stdin is read as bytes and decoded like file names: a Latin-1 name still names its file
     assert read_path_list(io.TextIOWrapper(io.BytesIO(b"caf\xe9.png\nb.png\n"))) == [os.fsdecode(b"caf\xe9.png"),
                                                                                     "b.png"]
+
+
+def test_csv_and_parquet_lists_of_paths(files: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # the batch CLI's own CSV output is such a list; paths are taken as lines on stdin are (folders walked, a
+    # missing file kept for its error row, a pattern taken as a name)
+    (files / "list.csv").write_text('label,path\nx,d/z.webp\ny,"d/sub"\nz,\nw,d/gone.png\n', encoding="utf-8")
+    pq.write_table(pa.table({"path": ["d/b.png", "d/*.png", "d/z.webp"]}), files / "list.parquet")
+    assert expand_inputs(["list.csv", "d/[x].png", "list.parquet"]) == [
+        "d/z.webp", "d/sub/c.bmp", "d/sub/deep/d.tif", "d/gone.png", "d/[x].png", "d/b.png", "d/*.png"]
+    (files / "d" / "list.CSV").write_text("path\nd/b.png\n")  # any case; a folder walk skips it (not an image)
+    assert expand_inputs(["d/list.CSV"]) == ["d/b.png"]
+    assert "d/list.CSV" not in expand_inputs(["d"])
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"name\nd/b.png\n", "list.csv: a list of paths needs a 'path' column, found ['name']"),
+    (b"", "list.csv: a list of paths needs a 'path' column, found none"),
+])
+def test_lists_without_a_path_column(files: Path, content: bytes, message: str) -> None:
+    (files / "list.csv").write_bytes(content)
+    with pytest.raises(InputError, match=re.escape(message)):
+        expand_inputs(["list.csv"])
+    (files / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(InputError, match=r"bad\.parquet: cannot read a 'path' column"):
+        expand_inputs(["bad.parquet"])
 
 
 @pytest.mark.parametrize(("inputs", "message"), [

@@ -4,7 +4,6 @@ work (format, folder, existing output)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,31 +20,21 @@ from serving.batch.output import (
     read_existing,
 )
 from serving.runtime.prediction import Prediction
-
-AWKWARD = ["plain.png", "with space, and comma.png", 'quote " inside.png', "new\nline.png", "cr\rreturn.png",
-           "ünï cödé ✓.png", os.fsdecode(b"latin1-\xe9.png"), "tab\t.png"]
-
-
-def rows() -> list[Row]:
-    preds = (Prediction("blue", 2, 0.91234567), Prediction("gray, or \"grey\"", 3, 0.0712))
-    out = []
-    for i, path in enumerate(AWKWARD):
-        out.append(Row(path, error="cannot decode image:\n  bad \"data\", really") if i % 3 == 2 else Row(path, preds))
-    return out
+from tests.support.batch import AWKWARD, awkward_rows
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_round_trip_of_awkward_paths_and_messages(tmp_path: Path, fmt: str) -> None:
     path = tmp_path / f"o.{fmt}"
     with OutputFile(path) as out:
-        out.write(rows()[:3])
-        out.write(rows()[3:])
+        out.write(awkward_rows()[:3])
+        out.write(awkward_rows()[3:])
     got, end = parse_output(path.read_bytes(), fmt)
     assert end == path.stat().st_size
     if fmt == "jsonl":  # valid UTF-8 for any JSON reader, undecodable name bytes included (escaped)
         assert "\\udce9" in path.read_bytes().decode("utf-8")
     assert [r.path for r in got] == AWKWARD
-    for g, r in zip(got, rows(), strict=True):
+    for g, r in zip(got, awkward_rows(), strict=True):
         assert g.error == " ".join(r.error.split())
         assert [(p.label, p.index) for p in g.predictions] == [(p.label, p.index) for p in r.predictions]
         assert [p.probability for p in g.predictions] == pytest.approx([p.probability for p in r.predictions],
@@ -70,7 +59,7 @@ def test_formats_written(tmp_path: Path) -> None:
 def test_every_torn_tail_is_dropped_and_only_it(tmp_path: Path, fmt: str) -> None:
     path = tmp_path / f"o.{fmt}"
     with OutputFile(path) as out:
-        out.write(rows())
+        out.write(awkward_rows())
     data = path.read_bytes()
     ends = [end for _, end in complete_records(data, fmt)]
     assert ends[-1] == len(data)
@@ -83,14 +72,14 @@ def test_every_torn_tail_is_dropped_and_only_it(tmp_path: Path, fmt: str) -> Non
 def test_resume_truncates_the_torn_record_then_appends(tmp_path: Path) -> None:
     path = tmp_path / "o.csv"
     with OutputFile(path) as out:
-        out.write(rows()[:4])
+        out.write(awkward_rows()[:4])
     intact = path.read_bytes()
-    path.write_bytes(intact + encode_row(rows()[4], "csv")[:9])
+    path.write_bytes(intact + encode_row(awkward_rows()[4], "csv")[:9])
     existing = read_existing(path)
     assert (existing.end, existing.torn_bytes) == (len(intact), 9)
     assert [r.path for r in existing.rows] == AWKWARD[:4]
     with OutputFile(path, existing=existing) as out:
-        out.write(rows()[4:])
+        out.write(awkward_rows()[4:])
     assert path.read_bytes().startswith(intact)
     assert [r.path for r in read_existing(path).rows] == AWKWARD
 
@@ -99,8 +88,8 @@ def test_resume_of_a_torn_header_starts_again(tmp_path: Path) -> None:
     path = tmp_path / "o.csv"
     path.write_bytes(b"path,lab")
     with OutputFile(path, existing=read_existing(path)) as out:
-        out.write(rows()[:1])
-    assert path.read_bytes() == b"path,label,probability,top_k,error\n" + encode_row(rows()[0], "csv")
+        out.write(awkward_rows()[:1])
+    assert path.read_bytes() == b"path,label,probability,top_k,error\n" + encode_row(awkward_rows()[0], "csv")
 
 
 @pytest.mark.parametrize(("name", "content", "message"), [
@@ -126,7 +115,7 @@ def test_checks_before_any_work(tmp_path: Path) -> None:
         assert check_output(tmp_path / "old.csv", resume=resume, overwrite=overwrite) == "csv"
     cases = [
         (tmp_path / "old.csv", "old.csv exists: pass --resume to continue it or --overwrite to replace it"),
-        (tmp_path / "o.tsv", "output must end in .csv or .jsonl (it picks the format), got"),
+        (tmp_path / "o.tsv", "output must end in .csv, .jsonl or .parquet (it picks the format; or pass --format)"),
         (tmp_path / "no" / "o.csv", f"output folder {tmp_path / 'no'} does not exist"),
     ]
     for path, message in cases:

@@ -369,7 +369,7 @@ def test_request_structure(fuzz: Fuzz) -> None:
          "2 raw_input_contents for 1 inputs"),
         (lambda: i.ModelInfer(kserve_pb2.ModelInferRequest(model_name="digits", inputs=[fp32],
                                                            raw_input_contents=[x.tobytes()[:-1]])), INVALID,
-         "input 'input': raw_input_contents has 3135 bytes, FP32 [1, 1, 28, 28] needs 3136"),
+         "input 'input': the raw data has 3135 bytes, FP32 [1, 1, 28, 28] needs 3136"),
         (lambda: i.ModelInfer(kserve_pb2.ModelInferRequest(
             model_name="digits", inputs=[fp32], raw_input_contents=[x.tobytes()],
             outputs=[kserve_pb2.ModelInferRequest.InferRequestedOutputTensor(name="probs")])), INVALID,
@@ -498,19 +498,19 @@ def infer_expectation(inputs: list[tuple[str, str, list[int]]], n_raw: int, raw_
     if len(inputs) != 1:
         return INVALID, f"model 'digits' takes exactly one input 'input' ({EXPECTED_INPUTS}), got {len(inputs)}"
     name, datatype, shape = inputs[0]
-    if name != "input":
-        return INVALID, f"unknown input {name!r}; model 'digits' takes 'input'"
     if n_raw and n_raw != 1:
         return INVALID, f"{n_raw} raw_input_contents for 1 inputs"
+    if name != "input":
+        return INVALID, f"unknown input {name!r}; model 'digits' takes 'input'"
     if not shape or any(d < 0 for d in shape):
         return INVALID, f"input 'input': invalid shape {shape}"
     if datatype != "FP32":
         return INVALID, f"input 'input': datatype {datatype or '(empty)'} is not supported; send {EXPECTED_INPUTS}"
     count = math.prod(shape)
     if raw_len is not None and raw_len != 4 * count:
-        return INVALID, f"input 'input': raw_input_contents has {raw_len} bytes, FP32 {shape} needs {4 * count}"
+        return INVALID, f"input 'input': the raw data has {raw_len} bytes, FP32 {shape} needs {4 * count}"
     if raw_len is None and n_typed != count:
-        return INVALID, f"input 'input': {n_typed} fp32_contents, shape {shape} needs {count}"
+        return INVALID, f"input 'input': {n_typed} values, shape {shape} needs {count}"
     if len(shape) != 4 or tuple(shape[1:]) != SHAPE or shape[0] < 1:
         return INVALID, f"input shape must be [N, 1, 28, 28] with N >= 1, got {shape}"
     assert x is not None

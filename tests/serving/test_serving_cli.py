@@ -120,13 +120,15 @@ def test_serve_health_classify_and_sigterm_under_load(serve_process: ServerProce
 
 
 def test_serve_refuses_a_missing_repository(tmp_path: Path) -> None:
-    result = run_cli("serve", "--repository", str(tmp_path / "nothing"), "--port", "0", "--metrics-port", "-1")
+    result = run_cli("serve", "--repository", str(tmp_path / "nothing"), "--port", "0", "--metrics-port", "-1",
+                     "--http-port", "-1")
     assert result.returncode == 2
     assert re.search(r"error: model repository .*nothing is not a directory", result.stderr)
 
 
 def test_serve_refuses_an_unknown_model(repository: Repo) -> None:
-    result = run_cli("serve", "--repository", str(repository.path), "--models", "nope", "--port", "0")
+    result = run_cli("serve", "--repository", str(repository.path), "--models", "nope", "--port", "0",
+                     "--http-port", "-1")
     assert result.returncode == 2
     assert "error: model 'nope' is not in" in result.stderr
 

@@ -95,7 +95,7 @@ def test_bytes_input_raw_and_typed(manifest: ModelManifest) -> None:
     (infer_request(Input(name="x", datatype="FP32", shape=[1, 1, 28, 28])), "unknown input 'x'"),
     (infer_request(Input(name="input", datatype="FP64", shape=[1, 1, 28, 28])), "datatype FP64 is not supported"),
     (infer_request(Input(name="input", datatype="FP32", shape=[1, 1, 28, 28]), raw=[b"\x00" * 8]),
-     "raw_input_contents has 8 bytes, FP32 \\[1, 1, 28, 28\\] needs 3136"),
+     "the raw data has 8 bytes, FP32 \\[1, 1, 28, 28\\] needs 3136"),
     (infer_request(Input(name="input", datatype="BYTES", shape=[3]), raw=[converters.encode_bytes_elements([b"a"])]),
      "BYTES shape must be \\[N\\] or \\[N, 1\\].*got shape \\[3\\] with 1 elements"),
 ])

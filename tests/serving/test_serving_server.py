@@ -206,7 +206,7 @@ def test_model_stream_infer(channel: grpc.Channel, digits: Predictor, image_file
     assert not answers["a"].error_message
     np.testing.assert_allclose(np.frombuffer(answers["a"].infer_response.raw_output_contents[0], "<f4"),
                                digits.run(x)[0], atol=1e-5)
-    assert answers["b"].error_message.startswith("INVALID_ARGUMENT: input 'input': raw_input_contents has 0 bytes")
+    assert answers["b"].error_message.startswith("INVALID_ARGUMENT: input 'input': the raw data has 0 bytes")
 
 
 # ---- health, reflection, metrics ----------------------------------------------------------------------------------

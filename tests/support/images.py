@@ -25,6 +25,14 @@ def draw_image(seed: int, size: tuple[int, int], mode: str) -> Image.Image:
     return img.convert(mode)
 
 
+def textured(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    """An RGB gradient with noise on it: fine detail, where decoders and resize filters disagree if they do."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    grad = np.linspace(20, 220, w)[None, :, None] * np.ones((h, 1, 3))
+    return Image.fromarray(np.clip(grad + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8), "RGB")
+
+
 def encode(img: Image.Image, fmt: str = "PNG", **kwargs: Any) -> bytes:
     """The file bytes of ``img`` in format ``fmt``."""
     buf = io.BytesIO()

@@ -33,18 +33,11 @@ class Repo:
     runs: dict[str, Path]
 
 
-def minimal_export(run: Path, repository: Path, name: str, version: int = 1) -> Path:
-    """``repository/name/version`` by the shortest path: ONNX export, golden logits from PyTorch, model.json."""
-    import json
-
+def write_version(repository: Path, name: str, version: int, model: Any, spec: PreprocessSpec, inputs: np.ndarray,
+                  arch: str, source: dict[str, Any]) -> Path:
+    """``repository/name/version`` for any PyTorch ``model``: ONNX export, golden logits from PyTorch, model.json."""
     import torch
 
-    from models import registry
-
-    model, header = registry.load_checkpoint(run / "model.pth")
-    spec = PreprocessSpec.load(run / "spec.json")
-    data = json.loads((run / "data.json").read_text())
-    inputs = np.stack([preprocess(Path(data["root"]) / p, spec) for p, _ in data["valid"][:GOLDEN_SAMPLES]])
     out = repository / name / str(version)
     out.mkdir(parents=True)
     with warnings.catch_warnings():
@@ -57,9 +50,44 @@ def minimal_export(run: Path, repository: Path, name: str, version: int = 1) -> 
     np.savez(out / "golden.npz", inputs=inputs, logits=logits)
     ModelManifest(name=name, version=version, labels=spec.labels, spec=spec, input_shape=spec.input_shape,
                   num_classes=len(spec.labels), onnx_sha256=sha256(out / "model.onnx"), golden_atol=1e-4,
-                  arch=header["arch"], opset=18, source={"run": str(run), "metrics": {}},
+                  arch=arch, opset=18, source=source,
                   verification={"passed": True, "max_abs_diff": 0.0, "top1_agreement": 1.0}).save(out / FILE)
     return out
+
+
+def minimal_export(run: Path, repository: Path, name: str, version: int = 1) -> Path:
+    """``repository/name/version`` by the shortest path (no folding, no verification, no explain graph)."""
+    import json
+
+    from models import registry
+
+    model, header = registry.load_checkpoint(run / "model.pth")
+    spec = PreprocessSpec.load(run / "spec.json")
+    data = json.loads((run / "data.json").read_text())
+    inputs = np.stack([preprocess(Path(data["root"]) / p, spec) for p, _ in data["valid"][:GOLDEN_SAMPLES]])
+    return write_version(repository, name, version, model, spec, inputs, header["arch"],
+                         {"run": str(run), "metrics": {}})
+
+
+def patch_detector(repository: Path, name: str = "patch", size: int = 28) -> Path:
+    """A model whose evidence is known: "bright" when any 5×5 patch of the grey image is bright, else "dark".
+
+    A 5×5 box filter, then the maximum over positions, then a linear layer: only the brightest patch decides the
+    answer, so blanking it (and nothing else) removes the evidence for "bright". Not a ResNet: no explain graph."""
+    import torch
+    from torch import nn
+
+    box = nn.Conv2d(1, 1, 5, padding=2, bias=False)
+    decide = nn.Linear(1, 2)
+    with torch.no_grad():
+        box.weight.fill_(1 / 25)
+        decide.weight.copy_(torch.tensor([[-8.0], [8.0]]))
+        decide.bias.copy_(torch.tensor([4.0, -4.0]))
+    model = nn.Sequential(box, nn.AdaptiveMaxPool2d(1), nn.Flatten(), decide).eval()
+    spec = PreprocessSpec(size=(size, size), color_mode="L", mean=(0.0,), std=(1.0,), labels=("dark", "bright"))
+    rng = np.random.default_rng(0)
+    inputs = rng.random((4, 1, size, size), dtype=np.float32) * 0.2
+    return write_version(repository, name, 1, model, spec, inputs, "patch-detector", {"run": "hand-built"})
 
 
 def export_model(run: Path, repository: Path, name: str) -> Path:

@@ -107,7 +107,7 @@ def total(server: ServerThread | ServerProcess, name: str) -> float:
 
 def base_config(repository: Path, **kwargs: Any) -> ServerConfig:
     """Loopback, free ports, one compute thread: what every in-process test server starts from."""
-    config = ServerConfig(repository=repository, host="127.0.0.1", port=0, metrics_port=0, threads=1,
+    config = ServerConfig(repository=repository, host="127.0.0.1", port=0, metrics_port=0, http_port=0, threads=1,
                           decode_workers=2, max_batch=8, grace_s=2.0)
     return replace(config, **kwargs)
 
@@ -123,6 +123,11 @@ class ServerThread:
         self.server: InferenceServer = self.call(self._create())
         self.port = self.server.port
         self.address = f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the HTTP front end (known once started)."""
+        return f"http://127.0.0.1:{self.server.http_port}"
 
     async def _create(self) -> InferenceServer:
         return create_server(self.config)[0]
@@ -206,7 +211,8 @@ class ServerProcess:
                  env: dict[str, str] | None = None, settings: tuple[str, ...] = SMALL,
                  wait_ready: bool = True) -> None:
         command = [*(launcher or [sys.executable, "-m", "serving"]), "serve", "--repository", str(repository),
-                   "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", *settings, *args]
+                   "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--http-port", "0",
+                   *settings, *args]
         self.proc = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
         self.log: list[LogEntry] = []
@@ -217,6 +223,8 @@ class ServerProcess:
         listening = self.wait_log(lambda e: "port" in e and "metrics_port" in e, 60)
         self.port = int(listening["port"])
         self.metrics_port = int(listening["metrics_port"])
+        self.http_port = listening.get("http_port")
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
         self.address = f"127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.channel = grpc.insecure_channel(self.address, options=[("grpc.max_receive_message_length", 64 << 20),

@@ -1,0 +1,1 @@
+"""The HTTP/REST front end (aiohttp): KServe v2 REST with Triton's binary extension, and the simple API."""

@@ -1,0 +1,344 @@
+"""The HTTP front end: the Open Inference Protocol's REST API and the simple classify API, on the data plane.
+
+Runs on the same event loop as the gRPC server (aiohttp), calling the same :class:`DataPlane` and registry, so the
+two transports share admission, batching, limits and errors; this module only translates HTTP and JSON.
+
+- ``/v2``, ``/v2/health/live|ready``, ``/v2/models/{name}[/versions/{v}]``, ``…/ready``, ``…/config``,
+  ``…/infer`` — KServe v2 with Triton's binary-tensor extension (``tritonclient.http`` works unchanged);
+- ``GET /v1/models``, ``GET /v1/models/{name}``, ``POST /v1/models/{name}/classify`` (the image as the body, or
+  one or many multipart files: ``curl -F image=@cat.jpg …``) — the JSON is the proto3 JSON mapping of the
+  ``imageclassifier.v1`` messages, as gRPC returns them (field names as in the .proto; int64 values as strings).
+
+Health answers 200 for true and 503 for false. Errors are ``{"error": "<message>"}`` with the status of
+``serving.http.status``; every answer carries ``x-request-id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from serving._generated import imageclassifier_pb2 as ic_pb2
+from serving.config import ServerConfig
+from serving.errors import InvalidInput, TooLarge
+from serving.grpc import converters
+from serving.grpc.servicers import SERVER_NAME, SERVER_VERSION
+from serving.grpc.status import REQUEST_ID_KEY, _Recorder, sane_request_id
+from serving.http import kserve
+from serving.http.connections import ConnectionGuard
+from serving.http.status import http_status_for
+from serving.runtime.auth import Tokens
+from serving.runtime.dataplane import DataPlane
+from serving.runtime.logs import new_request_id, request_id_var
+from serving.runtime.metrics import Metrics
+
+log = logging.getLogger("serving.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# No token needed: probes carry none, and the page holds no data (it asks for a token to call the API with).
+OPEN_OPERATIONS = frozenset({"ServerLive", "ServerReady", "ModelReady", "Page"})
+STATIC = Path(__file__).with_name("static")
+STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+CHUNK = 1 << 16
+RID = web.RequestKey("rid", str)
+# aiohttp warns (on stderr, outside the log) about a malformed Content-Disposition in a client's form: client data,
+# answered like any other bad input, not something for whoever runs the server to act on.
+for _warning in (BadContentDispositionHeader, BadContentDispositionParam):
+    warnings.filterwarnings("ignore", category=_warning)
+
+
+def _json(message: Message) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _health(ok: bool, what: str) -> web.Response:
+    return web.Response(status=200) if ok else _error(503, f"{what} is not ready")
+
+
+def _ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The gRPC port's certificate (and client CA, for mutual TLS) on the HTTP port too."""
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+    if config.tls_client_ca:
+        context.load_verify_locations(str(config.tls_client_ca))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class HttpFrontEnd:
+    """``start()`` binds ``config.http_port`` (0: any free port) and returns it; ``stop(grace)`` drains."""
+
+    def __init__(self, plane: DataPlane, config: ServerConfig, metrics: Metrics | None = None,
+                 tokens: Tokens | None = None) -> None:
+        self.plane, self.registry, self.config, self.tokens = plane, plane.registry, config, tokens
+        self.recorder = _Recorder(metrics, lambda: self.registry.models)
+        self.app = web.Application(client_max_size=config.max_message_bytes, middlewares=[self._around],
+                                   handler_args={"keepalive_timeout": config.max_connection_idle_s or 3600})
+        self._operations: dict[Any, str] = {}
+        for verb, path, handler, operation in self._routes():
+            self._operations[self.app.router.add_route(verb, path, handler)] = operation
+        self.runner: web.AppRunner | None = None
+        self.guard: ConnectionGuard | None = None
+        self.port: int | None = None
+
+    def _routes(self) -> list[tuple[str, str, Handler, str]]:
+        model, version = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
+        routes = [("GET", "/v2", self.server_metadata, "ServerMetadata"),
+                  ("GET", "/v2/health/live", self.server_live, "ServerLive"),
+                  ("GET", "/v2/health/ready", self.server_ready, "ServerReady")]
+        for base in (model, version):
+            routes += [("GET", base, self.model_metadata, "ModelMetadata"),
+                       ("GET", base + "/ready", self.model_ready, "ModelReady"),
+                       ("GET", base + "/config", self.model_config, "ModelConfig"),
+                       ("POST", base + "/infer", self.infer, "ModelInfer")]
+        return [*routes,
+                ("GET", "/v1/models", self.list_models, "ListModels"),
+                ("GET", "/v1/models/{name}", self.get_model, "GetModel"),
+                ("GET", "/v1/models/{name}/versions/{version}", self.get_model, "GetModel"),
+                ("POST", "/v1/models/{name}/classify", self.classify, "Classify"),
+                ("POST", "/v1/models/{name}/versions/{version}/classify", self.classify, "Classify"),
+                ("POST", "/v1/models/{name}/explain", self.explain, "Explain"),
+                ("POST", "/v1/models/{name}/versions/{version}/explain", self.explain, "Explain"),
+                ("GET", "/", self.page, "Page"),
+                ("GET", "/static/{file}", self.static, "Page")]
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------------
+    async def start(self) -> int:
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                    shutdown_timeout=self.config.grace_s)
+        await self.runner.setup()
+        assert self.runner.server is not None
+        self.guard = ConnectionGuard(self.runner.server, self.config.max_http_connections,
+                                     self.config.http_timeout_s)
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(self.guard, self.config.host, self.config.http_port,
+                                              ssl=_ssl_context(self.config), reuse_address=True, backlog=1024)
+        except OSError as e:
+            await self.runner.cleanup()
+            raise OSError(f"cannot bind the HTTP port {self.config.host}:{self.config.http_port}: "
+                          f"{e.strerror or e}") from None
+        self._server = server
+        self.port = int(server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let requests in flight finish for up to ``grace`` seconds, then close every connection."""
+        if self.runner is None:
+            return
+        self._server.close()
+        assert self.runner.server is not None
+        await self.runner.server.shutdown(grace)
+        await self.runner.cleanup()
+        self.runner = None
+
+    # ---- every request -----------------------------------------------------------------------------------------
+    @web.middleware
+    async def _around(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        rid = sane_request_id(request.headers.get(REQUEST_ID_KEY)) or new_request_id()
+        token = request_id_var.set(rid)
+        request[RID] = rid
+        operation = self._operations.get(request.match_info.route)
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        if self.guard is not None:
+            self.guard.request_started(request.transport)
+        try:
+            if self.tokens is not None and operation not in OPEN_OPERATIONS:
+                self.tokens.check(request.headers.get("Authorization"))
+            encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding != "identity" and not self.config.allow_compression:
+                raise InvalidInput(f"Content-Encoding {encoding[:20]!r} refused: compressed requests are off "
+                                   "(--allow-compression)")
+            response = await handler(request)
+        except web.HTTPException as e:  # aiohttp's own answers: no such route, wrong method, body too large
+            code = grpc.StatusCode.NOT_FOUND if e.status == 404 else grpc.StatusCode.INVALID_ARGUMENT
+            message = e.reason
+            if e.status == 413:
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                message = (f"the request body is larger than the {self.config.max_message_mb} MiB limit "
+                           "(--max-message-mb)")
+            response = _error(e.status, message)
+            if e.status == 405:
+                response.headers.update({k: v for k, v in e.headers.items() if k == "Allow"})
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as e:
+            status, code, message = http_status_for(e, rid)
+            response = _error(status, message)
+            if status == 401:
+                response.headers["WWW-Authenticate"] = "Bearer"
+            elif status == 429:
+                response.headers["Retry-After"] = "1"
+        finally:
+            if self.guard is not None:
+                self.guard.request_ended(request.transport)
+            if operation is not None:
+                model = self.recorder.model_label(request.match_info.get("name", ""))
+                self.recorder.done("http." + operation, model, code, time.perf_counter() - started)
+            request_id_var.reset(token)
+        response.headers[REQUEST_ID_KEY] = rid
+        return response
+
+    async def _within_timeout(self, reading: Awaitable[Any]) -> Any:
+        """Reading a body, bounded in time (408) as in size (aiohttp answers 413): a slow sender holds nothing long."""
+        try:
+            return await asyncio.wait_for(reading, self.config.http_timeout_s)
+        except TimeoutError:
+            raise web.HTTPRequestTimeout(reason=f"the request body did not arrive within "
+                                                f"{self.config.http_timeout_s:g} s (--http-timeout-s)") from None
+
+    # ---- Open Inference Protocol ---------------------------------------------------------------------------------
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response({"name": SERVER_NAME, "version": SERVER_VERSION,
+                                  "extensions": ["model_configuration", "binary_tensor_data"]})
+
+    async def server_live(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def server_ready(self, request: web.Request) -> web.Response:
+        return _health(self.registry.ready, "the server")
+
+    def _find(self, request: web.Request) -> Any:
+        return self.registry.find(request.match_info["name"], request.match_info.get("version", ""))
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        metadata = _json(converters.model_metadata(self._find(request)))
+        for tensor in (*metadata.get("inputs", ()), *metadata.get("outputs", ())):
+            tensor["shape"] = [int(d) for d in tensor["shape"]]  # KServe's JSON has numbers here
+        return web.json_response(metadata)
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        model = self._find(request)
+        return _health(converters.model_ready(model) and not self.registry.shutting_down, f"model {model.name!r}")
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        return web.json_response(_json(converters.model_config(self._find(request), self.config).config))
+
+    async def infer(self, request: web.Request) -> web.Response:
+        body = await self._within_timeout(request.read())
+        parsed = kserve.parse_request(body, request.headers.get(kserve.HEADER_LENGTH))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + parsed.timeout_s if parsed.timeout_s else None
+        name, version = request.match_info["name"], request.match_info.get("version", "")
+        with self.plane.admit(name, version, parsed.batch_size) as model:
+            assert model.manifest is not None  # a serving model has passed its checks
+            binary = kserve.binary_output(parsed, model.manifest)
+            data = kserve.infer_input(parsed, model.manifest)
+            x = data if isinstance(data, np.ndarray) else await self.plane.preprocess(model, data, deadline)
+            logits = await self.plane.infer(model, x, deadline)
+        body, headers = kserve.infer_response(model.name, model.version, sane_request_id(parsed.id) or request[RID],
+                                              model.manifest.output_name, logits, binary)
+        return web.Response(body=body, headers=headers,
+                            content_type="application/octet-stream" if binary else "application/json")
+
+    # ---- the simple API ------------------------------------------------------------------------------------------
+    async def list_models(self, request: web.Request) -> web.Response:
+        models = [converters.model_info(m) for m in self.registry.models.values()]
+        return web.json_response(_json(ic_pb2.ListModelsResponse(models=models)))
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        return web.json_response(_json(converters.model_info(self._find(request))))
+
+    async def classify(self, request: web.Request) -> web.Response:
+        top_k = _int_query(request, "top_k")
+        images = await self._within_timeout(self._images(request))
+        version = request.match_info.get("version") or request.query.get("version", "")
+        with self.plane.admit(request.match_info["name"], version, len(images)) as model:
+            results = await self.plane.classify(model, [data for _, data in images], top_k)
+        answer = _json(converters.classify_response(model, results, request[RID]))
+        for result, (filename, _) in zip(answer.get("results", ()), images, strict=True):
+            if filename:
+                result["image"] = filename
+        return web.json_response(answer)
+
+    async def explain(self, request: web.Request) -> web.Response:
+        query = request.query
+        top_k, method = _int_query(request, "top_k"), query.get("method", "")
+        class_index = _int_query(request, "class") if "class" in query else None
+        stages = query.get("stages", "0").lower() in ("1", "true", "yes")
+        images = await self._within_timeout(self._images(request))
+        if len(images) != 1:
+            raise InvalidInput(f"explain takes one image, got {len(images)}")
+        version = request.match_info.get("version") or query.get("version", "")
+        with self.plane.admit(request.match_info["name"], version, self.plane.explain_images(method)) as model:
+            explanation = await self.plane.explain(model, images[0][1], class_index, method, top_k, stages)
+        return web.json_response(_json(converters.explain_response(model, explanation, request[RID])))
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        return await self._file("index.html")
+
+    async def static(self, request: web.Request) -> web.StreamResponse:
+        return await self._file(request.match_info["file"])
+
+    async def _file(self, name: str) -> web.StreamResponse:
+        """One file of the page (the folder's own files only: no path from the client reaches the file system)."""
+        files = {f.name: f for f in STATIC.iterdir() if f.suffix in STATIC_TYPES}
+        if name not in files:
+            raise web.HTTPNotFound()
+        return web.Response(body=files[name].read_bytes(), content_type=STATIC_TYPES[files[name].suffix],
+                            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                                     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:"})
+
+    async def _images(self, request: web.Request) -> list[tuple[str, bytes]]:
+        """The raw body as one image, or each file of a multipart form; limits checked while reading."""
+        if not request.content_type.startswith("multipart/"):
+            body = await request.read()
+            if not body:
+                raise InvalidInput("no image: send it as the request body, or as multipart files "
+                                   "(curl -F image=@photo.jpg …)")
+            return [("", body)]
+        try:
+            images = await self._form_files(await request.multipart())
+        except (ValueError, HttpProcessingError) as e:  # aiohttp's complaints about the client's multipart bytes
+            reason = str(getattr(e, "message", "") or e).strip().splitlines()[0][:200]
+            raise InvalidInput(f"malformed multipart body: {reason}") from None
+        if not images:
+            raise InvalidInput("no image in the multipart body: add files (curl -F image=@photo.jpg …)")
+        return images
+
+    async def _form_files(self, reader: MultipartReader) -> list[tuple[str, bytes]]:
+        images: list[tuple[str, bytes]] = []
+        size, limit = 0, self.config.max_message_bytes
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise InvalidInput("nested multipart bodies are not accepted")
+            if len(images) == self.config.max_images_per_request:
+                raise InvalidInput(f"more than {self.config.max_images_per_request} images in one request "
+                                   "(--max-images-per-request); split the request")
+            data = bytearray()
+            while chunk := await part.read_chunk(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"the request body is larger than the {limit >> 20} MiB limit (--max-message-mb)")
+                data += chunk
+            images.append((part.filename or part.name or "", bytes(data)))
+        return images
+
+
+def _int_query(request: web.Request, key: str) -> int:
+    value = request.query.get(key, "0")
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidInput(f"query parameter {key} must be an integer, got {value[:40]!r}") from None

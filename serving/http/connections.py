@@ -1,0 +1,95 @@
+"""What idle, slow or too many HTTP connections may hold: bounded, as the gRPC side bounds them with core options.
+
+aiohttp has no limit on open connections and no timeout for a client that sends its request headers slowly (or
+never), so a few thousand sockets opened and left silent would take every file descriptor the process has, gRPC's
+included. :class:`ConnectionGuard` wraps aiohttp's protocol factory: at most ``limit`` connections are open at
+once (more are closed as they arrive), and a connection must start a request within ``timeout_s`` of opening, and
+again within ``timeout_s`` of each answer (which also bounds how long a client may leave an answer unread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from serving.runtime.logs import RateLimit
+
+log = logging.getLogger("serving.http")
+
+
+class ConnectionGuard:
+    def __init__(self, factory: Callable[[], asyncio.Protocol], limit: int, timeout_s: float) -> None:
+        self.factory, self.limit, self.timeout_s = factory, limit, timeout_s
+        self.open: dict[asyncio.BaseTransport, _Guarded] = {}
+        self._log_limit = RateLimit(1)
+
+    def __call__(self) -> asyncio.Protocol:
+        return _Guarded(self, self.factory())
+
+    def request_started(self, transport: asyncio.BaseTransport | None) -> None:
+        guarded = self.open.get(transport) if transport is not None else None
+        if guarded is not None:
+            guarded.disarm()
+
+    def request_ended(self, transport: asyncio.BaseTransport | None) -> None:
+        guarded = self.open.get(transport) if transport is not None else None
+        if guarded is not None:
+            guarded.arm()
+
+    def refused(self) -> None:
+        if (skipped := self._log_limit.allow("limit")) is not None:
+            log.warning("HTTP connection refused: %d open, the limit (--max-http-connections)", self.limit,
+                        extra={"open": len(self.open), **({"similar_lines_skipped": skipped} if skipped else {})})
+
+
+class _Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one connection, with the guard's bookkeeping around it."""
+
+    def __init__(self, guard: ConnectionGuard, inner: Any) -> None:
+        self.guard, self.inner = guard, inner
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if len(self.guard.open) >= self.guard.limit:
+            transport.abort()  # type: ignore[attr-defined]
+            self.guard.refused()
+            return
+        self.transport = transport  # type: ignore[assignment]
+        self.guard.open[transport] = self
+        self.inner.connection_made(transport)
+        self.arm()
+
+    def arm(self) -> None:
+        self.disarm()
+        self._timer = asyncio.get_running_loop().call_later(self.guard.timeout_s, self._expire)
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is None:
+            return  # refused: aiohttp never saw it
+        self.disarm()
+        self.guard.open.pop(self.transport, None)
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()

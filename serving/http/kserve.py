@@ -1,0 +1,181 @@
+"""The Open Inference Protocol's HTTP/REST inference body ↔ domain, with Triton's binary-tensor extension.
+
+A request body is a JSON object, optionally followed by binary tensor data: the header
+``Inference-Header-Content-Length`` then says how many bytes the JSON takes, and each input whose data is binary
+says its size in ``parameters.binary_data_size`` (in order). An answer is binary when the request asks for it
+(``parameters.binary_data_output``, or ``binary_data`` on a requested output), which is what ``tritonclient.http``
+does by default. JSON BYTES elements are strings: their UTF-8 bytes, or base64 when the input's
+``parameters.content_type`` is ``"base64"`` (MLServer's convention; encoded images are rarely valid UTF-8).
+The tensor rules themselves (names, shapes, datatypes) are the same function the gRPC front end calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.contract import tensors
+from serving.contract.manifest import ModelManifest
+from serving.errors import InvalidInput
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+@dataclass
+class InferRequest:
+    """A parsed request: its JSON object and the binary data that followed it (empty when none)."""
+
+    header: dict[str, Any]
+    binary: memoryview
+
+    @property
+    def id(self) -> str:
+        value = self.header.get("id", "")
+        return value if isinstance(value, str) else ""
+
+    @property
+    def batch_size(self) -> int:
+        """The images the request asks for, read before admitting it (malformed: 1, refused later with why)."""
+        inputs = self.header.get("inputs")
+        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+            return 1
+        shape = inputs[0].get("shape")
+        return tensors.batch_size(shape) if isinstance(shape, list) else 1
+
+    @property
+    def timeout_s(self) -> float | None:
+        """Triton's ``parameters.timeout`` (microseconds), as seconds."""
+        value = _parameters(self.header).get("timeout")
+        return value / 1e6 if isinstance(value, int | float) and value > 0 else None
+
+
+def parse_request(body: bytes, header_length: str | None) -> InferRequest:
+    """Split ``body`` into its JSON object and binary data; InvalidInput when either is malformed."""
+    view = memoryview(body)
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise InvalidInput(f"{HEADER_LENGTH} must be a number of bytes, got {header_length[:40]!r}") from None
+        if not 0 <= n <= len(body):
+            raise InvalidInput(f"{HEADER_LENGTH} is {n}, but the body has {len(body)} bytes")
+        text, binary = view[:n], view[n:]
+    else:
+        text, binary = view, view[len(body):]
+    try:
+        header = json.loads(bytes(text))
+    except (ValueError, RecursionError) as e:
+        raise InvalidInput(f"the request is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(header, dict):
+        raise InvalidInput("the request must be a JSON object with an 'inputs' list")
+    return InferRequest(header, binary)
+
+
+def _parameters(obj: dict[str, Any]) -> dict[str, Any]:
+    parameters = obj.get("parameters")
+    return parameters if isinstance(parameters, dict) else {}
+
+
+def _list(obj: dict[str, Any], key: str, what: str) -> list[Any]:
+    value = obj.get(key, [])
+    if not isinstance(value, list):
+        raise InvalidInput(f"{what} '{key}' must be a list")
+    return value
+
+
+def _flat(data: Any, what: str) -> list[Any]:
+    """JSON tensor data, flat or nested row-major, as one flat list."""
+    if not isinstance(data, list):
+        raise InvalidInput(f"{what}: 'data' must be a list")
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:  # iterative: a deeply nested list must not exhaust the recursion limit
+        for item in stack[-1]:
+            if isinstance(item, list):
+                if len(stack) > tensors.MAX_DIMS:
+                    raise InvalidInput(f"{what}: 'data' is nested deeper than {tensors.MAX_DIMS} levels")
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def _json_values(tensor: dict[str, Any], datatype: str, what: str) -> list[Any]:
+    values = _flat(tensor.get("data"), what)
+    if datatype == "FP32":
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise InvalidInput(f"{what}: FP32 'data' must hold numbers only")
+        return values
+    if datatype == "BYTES":
+        if not all(isinstance(v, str) for v in values):
+            raise InvalidInput(f"{what}: BYTES 'data' must hold strings only")
+        if _parameters(tensor).get("content_type") == "base64":
+            try:
+                return [base64.b64decode(v, validate=True) for v in values]
+            except (binascii.Error, ValueError):
+                raise InvalidInput(f"{what}: an element of 'data' is not valid base64") from None
+        return [v.encode() for v in values]
+    return values  # the datatype is refused by the tensor rules, with what is accepted
+
+
+def infer_input(request: InferRequest, manifest: ModelManifest) -> np.ndarray | list[bytes]:
+    """The request's one input: an FP32 (N, C, H, W) array or the encoded images of a BYTES tensor."""
+    inputs = _list(request.header, "inputs", "the request's")
+    if len(inputs) != 1:
+        raise InvalidInput(f"model {manifest.name!r} takes exactly one input {manifest.input_name!r} "
+                           f"({tensors.expected_input(manifest)}), got {len(inputs)}")
+    tensor = inputs[0]
+    if not isinstance(tensor, dict):
+        raise InvalidInput("each input must be a JSON object with name, datatype, shape and data")
+    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+    if not isinstance(name, str) or not isinstance(datatype, str):
+        raise InvalidInput("an input needs a string 'name' and 'datatype'")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise InvalidInput(f"input {name!r}: 'shape' must be a list of integers")
+    what = f"input {name!r}"
+    size = _parameters(tensor).get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size != len(request.binary):
+            raise InvalidInput(f"{what}: binary_data_size is {size!r}, but {len(request.binary)} bytes of binary "
+                               "data follow the JSON")
+        return tensors.infer_input(manifest, name, datatype, shape, raw=request.binary)
+    if len(request.binary):
+        raise InvalidInput(f"{len(request.binary)} bytes follow the JSON, but no input has a binary_data_size")
+    if "data" not in tensor:
+        raise InvalidInput(f"{what}: no 'data' and no binary_data_size")
+    return tensors.infer_input(manifest, name, datatype, shape, values=_json_values(tensor, datatype, what))
+
+
+def binary_output(request: InferRequest, manifest: ModelManifest) -> bool:
+    """Whether the answer's tensor goes as binary data; unknown requested outputs are refused."""
+    binary = _parameters(request.header).get("binary_data_output") is True
+    for output in _list(request.header, "outputs", "the request's"):
+        name = output.get("name") if isinstance(output, dict) else None
+        if name != manifest.output_name:
+            raise InvalidInput(f"unknown output {name!r}; model {manifest.name!r} has {manifest.output_name!r}")
+        binary = _parameters(output).get("binary_data", binary) is True
+    return binary
+
+
+def infer_response(name: str, version: int, request_id: str, output_name: str, logits: np.ndarray,
+                   binary: bool) -> tuple[bytes, dict[str, str]]:
+    """The response body and its extra headers."""
+    logits = np.ascontiguousarray(logits, dtype="<f4")
+    output: dict[str, Any] = {"name": output_name, "datatype": "FP32", "shape": list(logits.shape)}
+    raw = logits.tobytes() if binary else b""
+    if binary:
+        output["parameters"] = {"binary_data_size": len(raw)}
+    else:
+        output["data"] = logits.ravel().tolist()  # float32 → float64 is exact, and so is its shortest repr
+    header = json.dumps({"model_name": name, "model_version": str(version), "id": request_id,
+                         "outputs": [output]}, separators=(",", ":")).encode()
+    if not binary:
+        return header, {}
+    return header + raw, {HEADER_LENGTH: str(len(header))}

@@ -1,0 +1,261 @@
+"""The HTTP front end end to end on a loopback port: KServe v2 REST through ``tritonclient.http``, the /v1 classify
+API through httpx and curl, errors, metrics; every answer compared with what the gRPC front end gives."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
+from tritonclient.utils import InferenceServerException
+
+from serving.grpc.client import Client
+from serving.runtime.predictor import Predictor
+from tests.support.servers import ServerThread, sample
+
+
+@pytest.fixture(scope="module")
+def http(server: ServerThread):  # type: ignore[no-untyped-def]
+    client = thttp.InferenceServerClient(server.http_url.removeprefix("http://"))
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_triton(server: ServerThread):  # type: ignore[no-untyped-def]
+    client = tgrpc.InferenceServerClient(server.address)
+    yield client
+    client.close()
+
+
+# ---- Open Inference Protocol over HTTP ---------------------------------------------------------------------------
+
+def test_health_metadata_and_config_equal_the_grpc_answers(http, grpc_triton) -> None:  # type: ignore[no-untyped-def]
+    assert http.is_server_live()
+    assert http.is_server_ready()
+    assert http.is_model_ready("digits")
+    assert http.is_model_ready("digits", "2")
+    assert not http.is_model_ready("tampered")
+    assert http.get_server_metadata()["name"] == "resnet-serving"
+    metadata = http.get_model_metadata("digits")
+    assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
+    assert metadata["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+    assert http.get_model_metadata("digits", "2")["versions"] == ["2"]
+    # The config is the same message printed as JSON (proto3 mapping, as gRPC's as_json gives it).
+    assert http.get_model_config("digits") == grpc_triton.get_model_config("digits", as_json=True)["config"]
+
+
+def _fp32(module, x: np.ndarray, binary: bool):  # type: ignore[no-untyped-def]
+    tensor = module.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, **({"binary_data": binary} if module is thttp else {}))
+    return tensor
+
+
+def _bytes(module, images: list[bytes]):  # type: ignore[no-untyped-def]
+    tensor = module.InferInput("input", [len(images)], "BYTES")
+    tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
+    return tensor
+
+
+@pytest.mark.parametrize(("datatype", "binary"), [("FP32", True), ("FP32", False), ("BYTES", True)])
+def test_infer_equals_grpc_bit_for_bit(http, grpc_triton, digits: Predictor,  # type: ignore[no-untyped-def]
+                                       image_files: dict[str, Path], datatype: str, binary: bool) -> None:
+    paths = list(image_files.values())
+    if datatype == "FP32":
+        x = np.stack([digits.preprocess(p) for p in paths])
+        over_http, over_grpc = _fp32(thttp, x, binary), _fp32(tgrpc, x, True)
+    else:
+        images = [p.read_bytes() for p in paths]
+        over_http, over_grpc = _bytes(thttp, images), _bytes(tgrpc, images)
+    result = http.infer("digits", [over_http], request_id="h1",
+                        outputs=[thttp.InferRequestedOutput("logits", binary_data=binary)])
+    logits = result.as_numpy("logits")
+    assert result.get_response()["id"] == "h1"
+    assert result.get_response()["model_version"] == "2"
+    assert logits.dtype == np.float32
+    assert logits.shape == (len(paths), 10)
+    np.testing.assert_array_equal(logits, grpc_triton.infer("digits", [over_grpc]).as_numpy("logits"))
+
+
+def test_json_bytes_in_base64_and_binary_output_by_default(server: ServerThread, digits: Predictor,
+                                                           image_files: dict[str, Path]) -> None:
+    png = image_files["img0.png"].read_bytes()
+    body = {"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1], "parameters": {"content_type": "base64"},
+                        "data": [base64.b64encode(png).decode()]}]}
+    answer = httpx.post(f"{server.http_url}/v2/models/digits/versions/2/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    output = answer.json()["outputs"][0]
+    assert output["shape"] == [1, 10]
+    np.testing.assert_allclose(np.array(output["data"], np.float32), digits.run(digits.preprocess(png)[None])[0],
+                               atol=1e-5)
+    # Asked for binary output (what tritonclient does when it names no outputs): JSON header + raw float32.
+    binary = httpx.post(f"{server.http_url}/v2/models/digits/versions/2/infer",
+                        json={**body, "parameters": {"binary_data_output": True}})
+    n = int(binary.headers["Inference-Header-Content-Length"])
+    header = json.loads(binary.content[:n])
+    assert header["outputs"][0]["parameters"] == {"binary_data_size": 40}
+    np.testing.assert_array_equal(np.frombuffer(binary.content[n:], "<f4"), np.array(output["data"], np.float32))
+
+
+# ---- the simple API -------------------------------------------------------------------------------------------
+
+def _float32(predictions) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Probabilities as float32: JSON prints a float32 in its shortest form, Python's repr the float64 it widens to."""
+    return [{**p, "probability": np.float32(p["probability"])} for p in predictions]
+
+
+def test_classify_raw_body_and_multipart_equal_grpc(server: ServerThread, image_files: dict[str, Path]) -> None:
+    paths = [image_files["img0.png"], image_files["img3.jpg"], image_files["img1.png"]]
+    with Client(server.address, "digits") as client:
+        expected = [_float32(p.to_dict() for p in preds) for preds in client.classify(paths, top_k=3)]
+    url = f"{server.http_url}/v1/models/digits/classify"
+    raw = httpx.post(url, params={"top_k": 3}, content=paths[0].read_bytes(),
+                     headers={"Content-Type": "image/png"})
+    assert raw.status_code == 200, raw.text
+    assert _float32(raw.json()["results"][0]["predictions"]) == expected[0]
+    form = httpx.post(url, params={"top_k": 3},
+                      files=[("image", (p.name, p.read_bytes(), "application/octet-stream")) for p in paths])
+    answer = form.json()
+    assert (answer["model"], answer["version"]) == ("digits", "2")
+    assert [r["image"] for r in answer["results"]] == [p.name for p in paths]
+    assert [_float32(r["predictions"]) for r in answer["results"]] == expected
+    assert form.headers["x-request-id"] == answer["request_id"]
+
+
+def test_list_and_get_model_as_json(server: ServerThread) -> None:
+    models = httpx.get(f"{server.http_url}/v1/models").json()["models"]
+    assert {m["name"] for m in models} >= {"digits", "rgb", "tampered"}
+    info = httpx.get(f"{server.http_url}/v1/models/digits/versions/2").json()
+    assert (info["version"], info["state"], info["input"]["height"]) == ("2", "SERVING", 28)
+    assert info["verification"]["passed"] is True
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_form_upload(server: ServerThread, image_files: dict[str, Path]) -> None:
+    done = subprocess.run(["curl", "-sS", "-F", f"image=@{image_files['img0.png']}",
+                           f"{server.http_url}/v1/models/digits/classify?top_k=1"],
+                          capture_output=True, text=True, timeout=30, check=True)
+    result = json.loads(done.stdout)["results"][0]
+    assert result["image"] == "img0.png"
+    assert result["predictions"][0]["label"].startswith("digit_")
+
+
+# ---- errors -----------------------------------------------------------------------------------------------------
+
+INFER = "/v2/models/digits/infer"
+FP32_OK = {"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0.0] * 784}
+
+ERRORS = [
+    ("GET", "/v2/models/nope", None, {}, 404, "model 'nope'"),
+    ("GET", "/v2/models/digits/versions/9", None, {}, 404, "version 9"),
+    ("GET", "/v2/nothing-here", None, {}, 404, "Not Found"),
+    ("GET", INFER, None, {}, 405, "Method Not Allowed"),
+    ("POST", INFER, b"{not json", {}, 400, "the request is not valid JSON"),
+    ("POST", INFER, b"[1, 2]", {}, 400, "must be a JSON object"),
+    ("POST", INFER, b"[" * 100_000, {}, 400, "not valid JSON"),
+    ("POST", INFER, json.dumps({"inputs": []}).encode(), {}, 400, "takes exactly one input 'input'"),
+    ("POST", INFER, json.dumps({"inputs": [{**FP32_OK, "name": "x"}]}).encode(), {}, 400, "unknown input 'x'"),
+    ("POST", INFER, json.dumps({"inputs": [{**FP32_OK, "data": [0.0] * 3}]}).encode(), {}, 400,
+     "3 values, shape \\[1, 1, 28, 28\\] needs 784"),
+    ("POST", INFER, json.dumps({"inputs": [{**FP32_OK, "data": ["a"] * 784}]}).encode(), {}, 400,
+     "FP32 'data' must hold numbers only"),
+    ("POST", INFER, json.dumps({"inputs": [{**FP32_OK, "shape": "1x1"}]}).encode(), {}, 400,
+     "'shape' must be a list of integers"),
+    ("POST", INFER, json.dumps({"inputs": [FP32_OK], "outputs": [{"name": "probs"}]}).encode(), {}, 400,
+     "unknown output 'probs'"),
+    ("POST", INFER, b'{"inputs": []}', {"Inference-Header-Content-Length": "999"}, 400,
+     "Inference-Header-Content-Length is 999, but the body has 14 bytes"),
+    ("POST", INFER, json.dumps({"inputs": [{**FP32_OK, "data": None, "parameters": {"binary_data_size": 8}}]}).encode(),
+     {}, 400, "binary_data_size is 8, but 0 bytes"),
+    ("POST", INFER, json.dumps({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1], "data": ["%%"],
+                                            "parameters": {"content_type": "base64"}}]}).encode(), {}, 400,
+     "not valid base64"),
+    ("POST", INFER, json.dumps({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1],
+                                            "data": ["hello"]}]}).encode(), {}, 400, "image 0: "),
+    ("POST", INFER, json.dumps({"inputs": [{**FP32_OK, "data": [[[[float("nan")] * 28] * 28]]}]},
+                               allow_nan=True).encode(), {}, 400, "NaN or infinite"),
+    ("POST", INFER, b"x", {"Content-Encoding": "gzip"}, 400, "compressed requests are off"),
+    ("POST", "/v1/models/digits/classify", b"", {}, 400, "no image"),
+    ("POST", "/v1/models/digits/classify?top_k=two", b"png", {}, 400, "top_k must be an integer"),
+    ("POST", "/v1/models/digits/classify", b"not an image", {}, 400, "image 0: "),
+    ("POST", "/v1/models/tampered/classify", b"x", {}, 503, "tampered"),
+]
+
+
+@pytest.mark.parametrize(("verb", "path", "body", "headers", "status", "message"), ERRORS,
+                         ids=[f"{e[0]} {e[1]} {e[5][:30]}" for e in ERRORS])
+def test_errors_are_one_json_line(server: ServerThread, verb: str, path: str, body: bytes | None,
+                                  headers: dict[str, str], status: int, message: str) -> None:
+    answer = httpx.request(verb, server.http_url + path, content=body, headers=headers)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert "\n" not in error
+    assert __import__("re").search(message, error), error
+    assert answer.headers["x-request-id"]
+
+
+def test_tritonclient_raises_the_message(http) -> None:  # type: ignore[no-untyped-def]
+    x = thttp.InferInput("input", [1, 1, 8, 8], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 1, 8, 8), np.float32))
+    with pytest.raises(InferenceServerException, match=r"input shape must be \[N, 1, 28, 28\]"):
+        http.infer("digits", [x])
+
+
+def test_a_body_over_the_limit_is_413(make_server, repository) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.servers import base_config
+
+    server = make_server(base_config(repository.path, models=("digits",), max_message_mb=1))
+    for path in (INFER, "/v1/models/digits/classify"):
+        answer = httpx.post(server.http_url + path, content=b"\0" * (2 << 20))
+        assert answer.status_code == 413
+        assert "larger than the 1 MiB limit (--max-message-mb)" in answer.json()["error"]
+    many = [("image", (f"{i}.png", b"\0" * (300 << 10))) for i in range(5)]  # each part small, all together not
+    answer = httpx.post(server.http_url + "/v1/models/digits/classify", files=many)
+    assert answer.status_code == 413, answer.text
+
+
+def test_metrics_count_http_calls(server: ServerThread, image_files: dict[str, Path]) -> None:
+    before = sample(server, "serving_requests_total", 0.0, model="digits", method="http.Classify", code="OK")
+    httpx.post(f"{server.http_url}/v1/models/digits/classify", content=image_files["img0.png"].read_bytes())
+    httpx.post(f"{server.http_url}/v1/models/digits/classify", content=b"junk")
+    assert sample(server, "serving_requests_total", model="digits", method="http.Classify", code="OK") == before + 1
+    assert sample(server, "serving_requests_total", model="digits", method="http.Classify",
+                  code="INVALID_ARGUMENT") >= 1
+
+
+def _refused(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=5)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def test_stop_drains_http_requests_in_flight(make_server, repository, image_files) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import threading
+
+    from tests.support.servers import base_config, wait_until
+
+    server = make_server(base_config(repository.path, models=("digits",)))
+    png = image_files["img0.png"].read_bytes()
+    answers: list[httpx.Response] = []
+    with server.hold_compute("digits") as gate:
+        sender = threading.Thread(target=lambda: answers.append(
+            httpx.post(f"{server.http_url}/v1/models/digits/classify", content=png, timeout=30)))
+        sender.start()
+        wait_until(lambda: server.model("digits").active == 1, 10, "the request admitted")
+        stopping = asyncio.run_coroutine_threadsafe(server.server.stop(10), server.loop)
+        wait_until(lambda: _refused(f"{server.http_url}/v2/health/live"), 5, "the port closed to new connections")
+        gate.set()
+        sender.join(30)
+        stopping.result(30)
+    assert answers[0].status_code == 200, answers[0].text
+    assert answers[0].json()["results"][0]["predictions"]
