@@ -111,7 +111,7 @@ RUN /opt/venv/bin/python -m compileall -q serving \
 # SERVING_GRACE_S is the seconds in-flight requests get after SIGTERM. Docker's default stop timeout is also 10 s and
 # does not include shutting the batchers down, so whoever stops the container gives it more: docker-compose.yml sets
 # stop_grace_period: 15s, deploy/kubernetes terminationGracePeriodSeconds: 20 (with a 5 s preStop pause); use
-# `docker stop -t 15` by hand. The ports stay 8001 (gRPC) and 8002 (metrics): map them on the host instead.
+# `docker stop -t 15` by hand. The ports stay 8000 (HTTP), 8001 (gRPC) and 8002 (metrics): map them on the host.
 # ORT_DISABLE_TELEMETRY: onnxruntime would otherwise keep a usage database under $HOME, which is read-only here (it
 # logs a warning at every start) and has no business in a server.
 ENV PATH="/opt/venv/bin:${PATH}" \
@@ -123,7 +123,7 @@ ENV PATH="/opt/venv/bin:${PATH}" \
     ORT_DISABLE_TELEMETRY=1
 USER 10001:10001
 VOLUME ["/model_repository"]
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 STOPSIGNAL SIGTERM
 # grpc.health.v1 on the overall service: SERVING once every model passed its golden self-check (start-up with the
 # digits model takes well under the start period).

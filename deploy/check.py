@@ -38,7 +38,7 @@ from deploy.dockerfile import Dockerfile, DockerIgnore, ImageConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES_VERSIONS = ("1.30", "1.37")   # native gRPC probes (1.27) and the preStop sleep action (1.30) are used
-GRPC_PORT, METRICS_PORT = 8001, 8002
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 SERVE_TARGET, TRAIN_TARGET = "serve", "train"
 ALL_PROFILES = ("scale", "monitoring")
 # Folders that must never reach the build context (GBs, or data that belongs to the machine, not the image).
@@ -151,8 +151,9 @@ def check_dockerfile(dockerfile: Dockerfile, ignore: DockerIgnore, root: Path = 
         problems.append(f"Dockerfile: the serve stage runs as {serve.user!r}, not as a numeric non-root user")
     if _uid(dockerfile.config(TRAIN_TARGET).user) != _uid(serve.user):
         problems.append("Dockerfile: train and serve must run as the same uid (they share the model volume)")
-    if set(serve.exposed) != {GRPC_PORT, METRICS_PORT}:
-        problems.append(f"Dockerfile: serve EXPOSEs {serve.exposed}, expected {GRPC_PORT} and {METRICS_PORT}")
+    if set(serve.exposed) != {HTTP_PORT, GRPC_PORT, METRICS_PORT}:
+        problems.append(f"Dockerfile: serve EXPOSEs {serve.exposed}, expected {HTTP_PORT}, {GRPC_PORT} and "
+                        f"{METRICS_PORT}")
     if serve.stopsignal != "SIGTERM":
         problems.append("Dockerfile: serve needs STOPSIGNAL SIGTERM (the server's graceful shutdown)")
     if serve.healthcheck is None or serve.healthcheck.command[:4] != ("python", "-m", "serving", "health"):

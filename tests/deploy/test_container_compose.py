@@ -84,8 +84,8 @@ class Stack:
 def stack(docker: Docker, serve_image: str, train_image: str, balancer_image: str,
           prometheus_image: str) -> Iterator[Stack]:
     env = {"TRAIN_EPOCHS": "1", "TRAIN_ARGS": "--lr 0.01 --no-plots", "TRAIN_THREADS": "1", "SERVER_CPUS": "1"}
-    for name in ("SERVER_GRPC_PORT", "SERVER_METRICS_PORT", "BALANCER_GRPC_PORT", "BALANCER_STATS_PORT",
-                 "PROMETHEUS_PORT"):
+    for name in ("SERVER_HTTP_PORT", "SERVER_GRPC_PORT", "SERVER_METRICS_PORT", "BALANCER_GRPC_PORT",
+                 "BALANCER_STATS_PORT", "PROMETHEUS_PORT"):
         env[name] = str(free_port())
     stack = Stack(docker, f"resnet-serving-test-{uuid.uuid4().hex[:8]}", env)
     try:
@@ -121,6 +121,8 @@ def test_compose_up_trains_then_serves_on_the_published_port(stack: Stack) -> No
     assert (state["Status"], state["ExitCode"]) == ("exited", 0)
     wait_healthy(stack, ("server",))
     classify(stack.port("SERVER_GRPC_PORT"), 3)
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.port('SERVER_HTTP_PORT')}/v2/health/ready", timeout=10) as r:
+        assert r.status == 200
 
 
 def test_balancer_spreads_calls_over_every_replica(stack: Stack) -> None:

@@ -8,6 +8,7 @@ on 127.0.0.1 only, on host ports Docker picks.
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tests.support.servers import classify_request, poll
 
 pytestmark = pytest.mark.slow
 
-GRPC_PORT, METRICS_PORT = 8001, 8002
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 GRACE_S = 10      # the image's SERVING_GRACE_S
 STOP_S = 15       # what compose gives it (stop_grace_period)
 
@@ -33,7 +34,7 @@ def run_server(docker: Docker, image: str, repository: Path, *args: str,
                env: dict[str, str] | None = None) -> Container:
     return Container.start(docker, image, "--read-only", "--tmpfs", "/tmp",
                            "--volume", f"{repository}:/model_repository:ro",
-                           "--publish", f"127.0.0.1::{GRPC_PORT}", "--publish", f"127.0.0.1::{METRICS_PORT}",
+                           *(a for p in (HTTP_PORT, GRPC_PORT, METRICS_PORT) for a in ("--publish", f"127.0.0.1::{p}")),
                            *args, env=env)
 
 
@@ -56,7 +57,7 @@ def test_serve_image_config(docker: Docker, serve_image: str) -> None:
     config = json.loads(docker.run("image", "inspect", serve_image).stdout)[0]["Config"]
     assert config["User"] == "10001:10001"
     assert config["Healthcheck"]["Test"] == ["CMD", "python", "-m", "serving", "health", "--server", "localhost:8001"]
-    assert set(config["ExposedPorts"]) == {"8001/tcp", "8002/tcp"}
+    assert set(config["ExposedPorts"]) == {"8000/tcp", "8001/tcp", "8002/tcp"}
     assert config["StopSignal"] == "SIGTERM"
 
 
@@ -93,6 +94,8 @@ def test_classify_through_the_published_port(server: Container, digits: Predicto
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{server.port(GRPC_PORT)}"))
     assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == \
         health_pb2.HealthCheckResponse.SERVING
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port(HTTP_PORT)}/v2/health/ready", timeout=10) as r:
+        assert r.status == 200
 
 
 def test_docker_stop_drains_in_flight_requests(docker: Docker, serve_image: str, served_repository: Path) -> None:
@@ -118,8 +121,6 @@ def test_docker_stop_drains_in_flight_requests(docker: Docker, serve_image: str,
 
 
 def _queued(metrics_url: str) -> float:
-    import urllib.request
-
     with urllib.request.urlopen(metrics_url, timeout=5) as response:
         text = response.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()

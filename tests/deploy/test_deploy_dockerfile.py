@@ -35,7 +35,7 @@ def test_serve_stage_is_what_compose_and_kubernetes_expect(dockerfile: Dockerfil
     assert serve.cmd == ("python", "-m", "serving", "serve")
     assert serve.healthcheck is not None
     assert serve.healthcheck.command == ("python", "-m", "serving", "health", "--server", "localhost:8001")
-    assert serve.exposed == (8001, 8002)
+    assert serve.exposed == (8000, 8001, 8002)
     assert serve.stopsignal == "SIGTERM"
     assert serve.user == "10001:10001"
     assert serve.volumes == ("/model_repository",)
