@@ -12,7 +12,7 @@ DEMO_REPO ?= model_repository
 DEMO_PORT ?= 8001
 DEMO_METRICS_PORT ?= 8002
 
-.PHONY: venv demo test lint protos check-protos check-deploy soak bench clean
+.PHONY: venv demo test lint protos check-protos check-deploy images soak bench clean
 
 venv: $(STAMP)
 
@@ -43,10 +43,18 @@ demo: $(STAMP)
 	PY=$(PY) DEMO_RUN=$(DEMO_RUN) DEMO_REPO=$(DEMO_REPO) DEMO_PORT=$(DEMO_PORT) \
 	    DEMO_METRICS_PORT=$(DEMO_METRICS_PORT) scripts/demo.sh
 
-# Container files without a Docker engine (deploy/check.py), then the images' commands run here (tests/deploy).
+# Container files (deploy/check.py), then tests/deploy: the images built and run when a Docker engine answers, else
+# their commands run here.
 check-deploy: $(STAMP)
 	$(PY) -m deploy.check
 	$(PY) -m pytest -q tests/deploy
+
+# The serve and train images (deploy/images.py; no venv needed). Where Docker Hub cannot be reached it first builds a
+# base from Debian packages. PIP_CA: a CA bundle pip trusts inside the build (default: the one pip uses here).
+IMAGES ?= serve train
+PIP_CA ?= $(PIP_CERT)
+images:
+	$(PYTHON) -m deploy.images $(IMAGES) $(if $(PIP_CA),--pip-ca $(PIP_CA))
 
 # Long reliability runs (make test runs the short ones): a 10-minute soak and a 50,000-input fuzz with a new seed.
 SOAK_SECONDS ?= 600

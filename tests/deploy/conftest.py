@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from deploy import check
+from deploy import check, images
 from deploy.dockerfile import Dockerfile
-from tests.support.containers import StandIn, WriteWatch, ensure_serve_venv, run, stand_in
+from deploy.images import Docker
+from tests.support.containers import StandIn, WriteWatch, docker_or_skip_reason, ensure_serve_venv, run, stand_in
 from tests.support.images import make_image_folder
 from tests.support.paths import ROOT
 
@@ -73,3 +76,62 @@ def trained(dockerfile: Dockerfile, tmp_path_factory: pytest.TempPathFactory) ->
         second = run(image, argv, env, timeout=120)
     return Trained(image, paths["/model_repository"], paths["/runs"], images, "shapes", first, second, seconds,
                    sorted(watch.appeared))
+
+
+# ---- a Docker engine: the images built and run for real ------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def docker() -> Docker:
+    """The engine the container tests run on; without one they are skipped with the reason (make test stays green)."""
+    client, reason = docker_or_skip_reason()
+    if client is None and os.environ.get("CONTAINER_TESTS") == "1":
+        pytest.fail(f"CONTAINER_TESTS=1 but {reason}")
+    if client is None:
+        pytest.skip(f"container tests need a Docker engine: {reason}")
+    return client
+
+
+def _pip_ca() -> Path | None:
+    """The CA bundle pip trusts here, handed to the builds as in `make images` (PIP_CA, else pip's PIP_CERT)."""
+    value = os.environ.get("PIP_CA") or os.environ.get("PIP_CERT")
+    return Path(value) if value and Path(value).is_file() else None
+
+
+def _image(docker: Docker, target: str) -> str:
+    """Build ``target`` once per session (BuildKit's layer cache makes an unchanged image a matter of seconds)."""
+    seconds = images.build_all([target], pip_ca=_pip_ca(), quiet=True, docker=docker)[target]
+    print(f"\nbuilt {images.tag(target)} in {seconds:.1f} s")
+    return images.tag(target)
+
+
+@pytest.fixture(scope="session")
+def serve_image(docker: Docker) -> str:
+    return _image(docker, "serve")
+
+
+@pytest.fixture(scope="session")
+def train_image(docker: Docker, serve_image: str) -> str:
+    # After the serve image: builds run one at a time, and the serve tests need only theirs.
+    return _image(docker, "train")
+
+
+@pytest.fixture(scope="session")
+def served_repository(repository: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test repository, readable by the images' user (uid 10001): pytest's own folders are root's, mode 0700."""
+    path = tmp_path_factory.mktemp("bind") / "model_repository"
+    shutil.copytree(repository.path, path)
+    for folder in [path, *(p for p in path.rglob("*") if p.is_dir())]:
+        folder.chmod(0o755)
+    for file in (p for p in path.rglob("*") if p.is_file()):
+        file.chmod(0o644)
+    return path
+
+
+@pytest.fixture(scope="session")
+def balancer_image(docker: Docker, train_image: str) -> str:
+    return _image(docker, "balancer")
+
+
+@pytest.fixture(scope="session")
+def prometheus_image(docker: Docker, balancer_image: str) -> str:
+    return _image(docker, "prometheus")

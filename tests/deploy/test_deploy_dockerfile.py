@@ -35,7 +35,7 @@ def test_serve_stage_is_what_compose_and_kubernetes_expect(dockerfile: Dockerfil
     assert serve.cmd == ("python", "-m", "serving", "serve")
     assert serve.healthcheck is not None
     assert serve.healthcheck.command == ("python", "-m", "serving", "health", "--server", "localhost:8001")
-    assert serve.exposed == (8001, 8002)
+    assert serve.exposed == (8000, 8001, 8002)
     assert serve.stopsignal == "SIGTERM"
     assert serve.user == "10001:10001"
     assert serve.volumes == ("/model_repository",)
@@ -62,9 +62,10 @@ def test_project_rules_catch(text: str, rule: str) -> None:
 def test_dockerignore_lets_through_only_what_is_copied() -> None:
     ignore = DockerIgnore.read(ROOT / ".dockerignore")
     for path in ("serving/cli.py", "models/resnet.py", "training/export.py", "requirements/constraints.txt",
-                 "pyproject.toml", "README.md", "deploy/train.sh"):
+                 "pyproject.toml", "deploy/train.sh"):
         assert not ignore.excluded(path), path
-    for path in (*check.CONTEXT_EXCLUDED, "tests/conftest.py", "deploy/check.py", "requirements/other.txt"):
+    for path in (*check.CONTEXT_EXCLUDED, "README.md", "tests/conftest.py", "deploy/check.py",
+                 "requirements/other.txt"):
         assert ignore.excluded(path), path
 
 

@@ -1,6 +1,8 @@
-"""Helpers for the container tests: the serve-only venv, and running an image's command on this machine.
+"""Helpers for the container tests: a Docker engine and its containers; without one, an image's command run here.
 
-An image is stood in for by its parts: the venv its deps stage builds (``.venv-serve/`` for ``serve``; the project's
+With an engine (:func:`docker_or_skip_reason`), :class:`Container` wraps ``docker run`` and what the tests ask of a
+running container: its published ports, health, logs and exit code. Without one, an image is stood in for by its
+parts: the venv its deps stage builds (``.venv-serve/`` for ``serve``; the project's
 ``.venv`` for ``train``, which has the train set and more), a folder holding what the stage COPYs (its WORKDIR), and
 the stage's ENV read from the Dockerfile with the container paths mapped to those folders. The command itself (CMD,
 HEALTHCHECK) is read from the Dockerfile and run as written, resolved through the mapped PATH.
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -17,10 +21,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from deploy.dockerfile import Dockerfile, ImageConfig
+from deploy.images import BuildError, Docker, find_docker
 from tests.support.paths import ROOT
 from tests.support.processes import Periodic
 from tests.support.servers import poll
@@ -179,3 +184,89 @@ def terminate(process: subprocess.Popen[bytes], timeout: float) -> tuple[int | N
         process.wait(10)
         code = None
     return code, time.perf_counter() - start
+
+
+# ---- a real Docker engine ------------------------------------------------------------------------------------------
+
+def docker_or_skip_reason() -> tuple[Docker | None, str]:
+    """A client whose engine answers, or None and the reason to skip (one line).
+
+    CONTAINER_TESTS=0 turns the container tests off; CONTAINER_TESTS=1 (what .ci/run sets) makes them required: the
+    fixtures fail instead of skipping.
+    """
+    if os.environ.get("CONTAINER_TESTS") == "0":
+        return None, "CONTAINER_TESTS=0"
+    try:
+        docker = find_docker()
+    except BuildError as e:
+        return None, str(e)
+    try:
+        info = docker.run("version", "--format", "{{.Server.Version}}", timeout=20)
+    except subprocess.TimeoutExpired:
+        return None, "no Docker engine answered within 20 s"
+    if info.returncode != 0 or not info.stdout.strip():
+        reason = (info.stderr.strip().splitlines() or ["no answer"])[-1]
+        return None, f"no Docker engine reachable ({reason}); `bash .ci/run` starts one"
+    return docker, ""
+
+
+@dataclass
+class Container:
+    """One ``docker run -d`` container; removed by :meth:`remove` (the fixtures do it)."""
+
+    docker: Docker
+    id: str
+    removed: bool = field(default=False)
+
+    @classmethod
+    def start(cls, docker: Docker, image: str, *args: str, env: Mapping[str, str] | None = None) -> Container:
+        """``docker run -d ARGS IMAGE`` with loopback-published ports chosen by Docker (``-p 127.0.0.1::PORT``)."""
+        env_args = [a for k, v in (env or {}).items() for a in ("--env", f"{k}={v}")]
+        result = docker.run("run", "--detach", *env_args, *args, image, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"docker run {image} failed: {result.stderr.strip()}")
+        return cls(docker, result.stdout.strip())
+
+    def inspect(self) -> dict:
+        result = self.docker.run("inspect", self.id, timeout=30)
+        return json.loads(result.stdout)[0]
+
+    def port(self, container_port: int) -> int:
+        """The host port Docker published ``container_port`` on."""
+        bindings = self.inspect()["NetworkSettings"]["Ports"][f"{container_port}/tcp"]
+        return int(bindings[0]["HostPort"])
+
+    @property
+    def health(self) -> str:
+        state = self.inspect()["State"]
+        return state.get("Health", {}).get("Status", state["Status"])
+
+    def wait_healthy(self, timeout: float) -> float:
+        """Seconds until the image's HEALTHCHECK reports healthy; raises with the logs if it never does."""
+        start = time.perf_counter()
+        ok = poll(lambda: self.health in ("healthy", "unhealthy", "exited", "dead"), timeout, interval=0.25)
+        if not ok or self.health != "healthy":
+            raise AssertionError(f"container {self.id[:12]} is {self.health}, not healthy:\n{self.logs()[-3000:]}")
+        return time.perf_counter() - start
+
+    def wait_exit(self, timeout: float) -> int:
+        result = self.docker.run("wait", self.id, timeout=timeout)
+        return int(result.stdout.strip())
+
+    def stop(self, timeout_s: int) -> tuple[int, float]:
+        """``docker stop -t`` (SIGTERM, the image's STOPSIGNAL; SIGKILL after ``timeout_s``): (exit code, seconds)."""
+        start = time.perf_counter()
+        self.docker.run("stop", "--time", str(timeout_s), self.id, timeout=timeout_s + 30)
+        return self.wait_exit(30), time.perf_counter() - start
+
+    def exec(self, *command: str) -> subprocess.CompletedProcess[str]:
+        return self.docker.run("exec", self.id, *command, timeout=60)
+
+    def logs(self) -> str:
+        result = self.docker.run("logs", self.id, timeout=30)
+        return result.stdout + result.stderr
+
+    def remove(self) -> None:
+        if not self.removed:
+            self.docker.run("rm", "--force", "--volumes", self.id, timeout=60)
+            self.removed = True
