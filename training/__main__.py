@@ -49,6 +49,8 @@ def _export_parser(sub) -> None:
     p.add_argument("--atol", type=float, default=1e-4, help="max |logit difference| allowed in verification")
     p.add_argument("--optimize", action="store_true", help="also save an onnxruntime-optimized CPU model")
     p.add_argument("--max-int8-drop", type=float, default=0.01, help="max accuracy drop (0–1) for --quantize int8")
+    p.add_argument("--no-explain", dest="explain", action="store_false",
+                   help="skip the explain graph (explain.onnx: CAM and feature maps for the server's explanations)")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         path = export(args.run, args.repository, args.name, version=args.version, quantize=args.quantize,
-                      atol=args.atol, optimize=args.optimize, max_int8_drop=args.max_int8_drop)
+                      atol=args.atol, optimize=args.optimize, max_int8_drop=args.max_int8_drop, explain=args.explain)
     except VerificationFailed as e:
         print(f"verification failed: {e}", file=sys.stderr)
         return 1

@@ -265,13 +265,17 @@ def _write_json(path: Path, doc: Any) -> None:
 
 
 def export(run: Path, repository: Path, name: str, version: int | None = None, quantize: str | None = None,
-           atol: float = 1e-4, optimize: bool = False, max_int8_drop: float = 0.01, log: Log = print) -> Path:
-    """Fold, export, verify and publish ``run`` as ``repository/name/version``; returns that folder."""
-    return export_run(load_run(Path(run)), repository, name, version, quantize, atol, optimize, max_int8_drop, log)
+           atol: float = 1e-4, optimize: bool = False, max_int8_drop: float = 0.01, log: Log = print, *,
+           explain: bool = True) -> Path:
+    """Fold, export, verify and publish ``run`` as ``repository/name/version``; returns that folder. ``explain``:
+    also the explain graph (``explain.onnx``, FP32 ResNets), which the server's explanations need."""
+    return export_run(load_run(Path(run)), repository, name, version, quantize, atol, optimize, max_int8_drop, log,
+                      explain=explain)
 
 
 def export_run(run: Run, repository: Path, name: str, version: int | None = None, quantize: str | None = None,
-               atol: float = 1e-4, optimize: bool = False, max_int8_drop: float = 0.01, log: Log = print) -> Path:
+               atol: float = 1e-4, optimize: bool = False, max_int8_drop: float = 0.01, log: Log = print, *,
+               explain: bool = True) -> Path:
     """:func:`export` for a run already in memory (e.g. a model that the registry cannot rebuild)."""
     if not layout.is_model_name(name or ""):
         raise ExportError(f"model name {name!r} must match {layout.NAME_PATTERN}")
@@ -287,7 +291,7 @@ def export_run(run: Run, repository: Path, name: str, version: int | None = None
     staging.chmod(0o755)  # mkdtemp makes it private; a server running as another user must read the version
     try:
         try:
-            _build(run, staging, name, version, quantize, atol, optimize, max_int8_drop, log)
+            _build(run, staging, name, version, quantize, atol, optimize, max_int8_drop, log, explain)
         except InvalidInput as e:  # an image listed in data.json is missing or unreadable
             raise ExportError(f"cannot read a dataset image: {e}") from None
         target = model_dir / str(version)
@@ -314,7 +318,7 @@ def _update_model_config(model_dir: Path, target: Path) -> None:
 
 
 def _build(run: Run, out: Path, name: str, version: int, quantize: str | None, atol: float, optimize: bool,
-           max_int8_drop: float, log: Log) -> None:
+           max_int8_drop: float, log: Log, explain_graph_too: bool = True) -> None:
     started = time.perf_counter()
     golden_inputs = next(run.valid.batches(run.spec, GOLDEN_SAMPLES))[0]
     example = torch.from_numpy(golden_inputs)
@@ -335,7 +339,8 @@ def _build(run: Run, out: Path, name: str, version: int, quantize: str | None, a
 
         fp32_doc, fp32_out = _verify_fp32(run, fp32_path, folded, atol, log)
         fp32_doc["fold"] = report.summary()
-        explain_graph = None if quantize else _explain(run, folded, example, golden_inputs, out, atol, fp32_doc, log)
+        explain_graph = None if quantize or not explain_graph_too else \
+            _explain(run, folded, example, golden_inputs, out, atol, fp32_doc, log)
         if quantize:
             doc, golden_logits, golden_atol = _quantize(run, fp32_path, model_path, fp32_out, max_int8_drop,
                                                         golden_inputs, log)

@@ -176,12 +176,14 @@ def test_model_json_metadata_and_golden(exported: dict[str, Path], family: str) 
 
 def test_next_version_and_no_overwrite(run_of, tmp_path: Path) -> None:
     run = run_of("resnet20", 10, 1, 16)
-    assert export(run, tmp_path, "m", log=_quiet).name == "1"
-    assert export(run, tmp_path, "m", version=5, log=_quiet).name == "5"
-    assert export(run, tmp_path, "m", log=_quiet).name == "6"
+    assert export(run, tmp_path, "m", log=_quiet, explain=False).name == "1"
+    assert export(run, tmp_path, "m", version=5, log=_quiet, explain=False).name == "5"
+    assert export(run, tmp_path, "m", log=_quiet, explain=False).name == "6"
     before = ex.sha256(tmp_path / "m" / "5" / "model.onnx")
+    assert not (tmp_path / "m" / "5" / "explain.onnx").exists()  # explain=False: the served graph only
+    assert json.loads((tmp_path / "m" / "5" / "model.json").read_text()).get("explain") is None
     with pytest.raises(ExportError, match="already exists"):
-        export(run, tmp_path, "m", version=5, log=_quiet)
+        export(run, tmp_path, "m", version=5, log=_quiet, explain=False)
     assert ex.sha256(tmp_path / "m" / "5" / "model.onnx") == before
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "5", "6", "config.pbtxt"]
 
@@ -189,7 +191,7 @@ def test_next_version_and_no_overwrite(run_of, tmp_path: Path) -> None:
 def test_forced_failure_leaves_nothing(run_of, tmp_path: Path) -> None:
     run = run_of("resnet20", 10, 1, 16)
     with pytest.raises(VerificationFailed, match=r"max_abs_diff [0-9.e-]+ > atol 0"):
-        export(run, tmp_path, "strict", atol=0.0, log=_quiet)
+        export(run, tmp_path, "strict", atol=0.0, log=_quiet, explain=False)
     assert not (tmp_path / "strict").exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -197,7 +199,7 @@ def test_forced_failure_leaves_nothing(run_of, tmp_path: Path) -> None:
 def test_tampered_onnx_is_caught(run_of, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """If the exported graph computes something else, the onnxruntime comparison fails and names the gap."""
     run = run_of("resnet20", 10, 1, 16)
-    export(run, tmp_path, "keep", log=_quiet)  # an earlier good version must survive a failed one
+    export(run, tmp_path, "keep", log=_quiet, explain=False)  # an earlier good version must survive a failed one
     real = ex.to_onnx
 
     def tampered(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -208,7 +210,7 @@ def test_tampered_onnx_is_caught(run_of, tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(ex, "to_onnx", tampered)
     with pytest.raises(VerificationFailed) as err:
-        export(run, tmp_path, "keep", log=_quiet)
+        export(run, tmp_path, "keep", log=_quiet, explain=False)
     message = str(err.value)
     assert message.startswith("verification failed: onnxruntime vs pytorch: max_abs_diff 0.05")
     assert "> atol 0.0001" in message
@@ -218,22 +220,22 @@ def test_tampered_onnx_is_caught(run_of, tmp_path: Path, monkeypatch: pytest.Mon
 def test_bad_inputs(run_of, tmp_path: Path) -> None:
     run = run_of("resnet20", 10, 1, 16)
     with pytest.raises(ExportError, match="does not exist"):
-        export(tmp_path / "nope", tmp_path, "m", log=_quiet)
+        export(tmp_path / "nope", tmp_path, "m", log=_quiet, explain=False)
     with pytest.raises(ExportError, match="model name"):
-        export(run, tmp_path, "../escape", log=_quiet)
+        export(run, tmp_path, "../escape", log=_quiet, explain=False)
     with pytest.raises(ExportError, match="quantize must be one of"):
-        export(run, tmp_path, "m", quantize="int4", log=_quiet)
+        export(run, tmp_path, "m", quantize="int4", log=_quiet, explain=False)
     with pytest.raises(ExportError, match="version must be an integer >= 1"):
-        export(run, tmp_path, "m", version=0, log=_quiet)
+        export(run, tmp_path, "m", version=0, log=_quiet, explain=False)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.pth").write_bytes((run / "model.pth").read_bytes())
     with pytest.raises(ExportError, match=r"spec\.json is missing"):
-        export(broken, tmp_path, "m", log=_quiet)
+        export(broken, tmp_path, "m", log=_quiet, explain=False)
     (broken / "spec.json").write_text((run / "spec.json").read_text().replace("class_9", "x").replace(
         '"x"\n', '"x", "extra"\n'))
     with pytest.raises(ExportError, match="11 labels but the model has 10 outputs"):
-        export(broken, tmp_path, "m", log=_quiet)
+        export(broken, tmp_path, "m", log=_quiet, explain=False)
     assert not (tmp_path / "m").exists()
 
 
@@ -247,7 +249,7 @@ def test_missing_image_is_an_export_error(run_of, tmp_path: Path) -> None:
     data["valid"][3][0] = "valid/missing.png"
     (run / "data.json").write_text(json.dumps(data))
     with pytest.raises(ExportError, match=r"cannot read a dataset image: .*valid/missing\.png"):
-        export(run, tmp_path / "repo", "m", log=_quiet)
+        export(run, tmp_path / "repo", "m", log=_quiet, explain=False)
     assert list((tmp_path / "repo").iterdir()) == []
 
 
