@@ -67,9 +67,14 @@ def _rows(name: str, image_text: str, found: dict[str, dict[str, Any]]) -> list[
                         cost.median / classify.median, ratio_label="latency ratio (explain / classify)",
                         details={"response_bytes": result["response_bytes"], "requests": result["requests"]}))
     before, after = (Stat.of(found[k]["throughput"], "req/s") for k in ("infer before", "infer after"))
+    # Throughput drifts over a run on a shared machine; the server's CPU per request hardly does, so it is the
+    # figure that shows whether the explain session costs the served path anything.
+    cpu = {k: found[f"infer {k}"]["server_cpu_us_per_request"] for k in ("before", "after")}
     rows.append(Row("explain", f"{name}: served ModelInfer c8 after explanations vs before (same server)",
                     "before any explain request", before, "after the explain requests", after,
                     after.median / before.median,
-                    details={"before_errors": found["infer before"]["errors"],
+                    details={"server_cpu_us_per_request": cpu,
+                             "cpu_ratio_after_vs_before": cpu["after"] / cpu["before"] if all(cpu.values()) else None,
+                             "before_errors": found["infer before"]["errors"],
                              "after_errors": found["infer after"]["errors"]}))
     return rows
