@@ -375,12 +375,12 @@ def _build(run: Run, out: Path, name: str, version: int, quantize: str | None, a
 def _explain(run: Run, folded: nn.Module, example: torch.Tensor, samples: np.ndarray, out: Path, atol: float,
              doc: dict[str, Any], log: Log) -> ExplainGraph | None:
     """The explain graph (training.explain) beside model.onnx, verified against PyTorch; None for other archs."""
-    if not explain.supports(folded):
+    if not explain.supports(folded, run.arch):
         doc["explain"] = {"skipped": f"{type(folded).__name__} has no named stages: explanations by occlusion only"}
         return None
     path = out / EXPLAIN_FILE
     graph, record = explain.export_explain(folded, run.model, example[:2] if len(example) >= 2 else
-                                           example.repeat(2, 1, 1, 1), samples, path, atol, to_onnx)
+                                           example.repeat(2, 1, 1, 1), samples, path, atol, to_onnx, run.arch)
     doc["explain"] = record
     if not record["passed"]:
         raise VerificationFailed("explain graph: " + "; ".join(record["failures"]))

@@ -321,3 +321,34 @@ def test_int8_refused_when_accuracy_drops(run_of, tmp_path: Path) -> None:
     with pytest.raises(VerificationFailed, match=r"int8 vs fp32: accuracy drop [0-9.]+ points > max_int8_drop 0\.00"):
         export_run(relabelled, tmp_path, "q8", quantize="int8", max_int8_drop=0.0, log=_quiet)
     assert not (tmp_path / "q8").exists()
+
+
+# family → (stage outputs, CAM) of its explain graph; None: no explain graph (not a project ResNet body).
+EXPLAIN = {"resnet20": (3, True), "plain20": (3, True), "resnet18": (4, True), "xresnet18": None,
+           "tv_resnet18": None, "resnet20_fastai": (3, False), "xresnet18_fastai": None, "head": None}
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_explain_graph_for_each_head(exported: dict[str, Path], run_of, family: str) -> None:
+    """The project's ResNets get explain.onnx with either head (CAM only with the linear one); other networks are
+    explained by occlusion only, and the export says why."""
+    folder = exported[family]
+    manifest = json.loads((folder / "model.json").read_text())
+    verification = json.loads((folder / "verification.json").read_text())
+    if EXPLAIN[family] is None:
+        assert "explain" not in manifest
+        assert not (folder / "explain.onnx").exists()
+        assert "occlusion only" in verification["explain"]["skipped"]
+        return
+    stages, cam = EXPLAIN[family]
+    assert len(manifest["explain"]["stages"]) == stages
+    assert manifest["explain"]["cam"] is cam
+    assert verification["explain"]["passed"]
+    assert ex.sha256(folder / "explain.onnx") == manifest["explain"]["sha256"]
+    outputs = _session(folder / "explain.onnx").get_outputs()
+    assert [o.name for o in outputs] == ["logits", *manifest["explain"]["stages"], *(["cam"] if cam else [])]
+    # The explain graph's logits are the served graph's.
+    with np.load(folder / "golden.npz") as golden:
+        x = golden["inputs"]
+    served = _session(folder / "model.onnx").run(None, {"input": x})[0]
+    np.testing.assert_allclose(_session(folder / "explain.onnx").run(["logits"], {"input": x})[0], served, atol=1e-5)

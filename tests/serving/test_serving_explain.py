@@ -56,11 +56,17 @@ def test_cam_from_onnxruntime_equals_cam_from_pytorch(repository: Repo, name: st
 
 @pytest.fixture(scope="module")
 def explain_server(serving_repo: Repo, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """digits and rgb (with explain graphs), patch (hand-built, no explain graph)."""
-    path = tmp_path_factory.mktemp("explain") / "repository"
+    """digits (explain graph with CAM), fastai (fastai's head: stages, no CAM), patch (hand-built, no graph)."""
+    from tests.support.repositories import export_model
+    from tests.support.runs import DIGITS_LABELS, make_run
+
+    root = tmp_path_factory.mktemp("explain")
+    path = root / "repository"
     shutil.copytree(serving_repo.path / "digits", path / "digits")
     patch_detector(path)
-    server = ServerThread(base_config(path, models=("digits", "patch"))).start()
+    export_model(make_run(root / "runs" / "fastai", "resnet20", DIGITS_LABELS, in_chans=1, size=28, seed=3,
+                          n_train=4, n_valid=8, head="fastai"), path, "fastai")
+    server = ServerThread(base_config(path, models=("digits", "patch", "fastai"))).start()
     yield server
     server.close()
 
@@ -104,6 +110,20 @@ def test_grpc_and_http_explanations_agree(explain_server: ServerThread, image_fi
     values = np.array(answer.heatmap.values)
     assert values.min() >= 0.0
     assert values.max() == (1.0 if answer.heatmap.raw_max > 0 else 0.0)  # scaled to [0, 1], or no evidence at all
+
+
+def test_fastai_head_gets_stages_and_occlusion(explain_server: ServerThread, image_files: dict[str, Path]) -> None:
+    png = image_files["img0.png"].read_bytes()
+    answer = httpx.post(f"{explain_server.http_url}/v1/models/fastai/explain", params={"stages": 1}, content=png)
+    assert answer.status_code == 200, answer.text
+    found = answer.json()
+    assert found["method"] == "occlusion"  # no CAM for fastai's head: the default is occlusion
+    assert [s["name"] for s in found["stages"]] == ["layer1", "layer2", "layer3"]
+    refused = httpx.post(f"{explain_server.http_url}/v1/models/fastai/explain", params={"method": "cam"},
+                         content=png)
+    assert refused.status_code == 400
+    assert refused.json()["error"] == ("model 'fastai': its head is not global-average-pool + linear, so it has no "
+                                       "class activation map; use method 'occlusion'")
 
 
 ERRORS = [
