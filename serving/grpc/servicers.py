@@ -25,7 +25,7 @@ from serving.config import ServerConfig
 from serving.errors import SlowReader
 from serving.grpc import converters
 from serving.grpc.handlers import UndecodableRequest
-from serving.grpc.status import _Recorder, deadline_of, rpc, sane_request_id, status_for
+from serving.grpc.status import Recorder, deadline_of, rpc, sane_request_id, status_for
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import request_id_var
 from serving.runtime.metrics import Metrics
@@ -40,8 +40,8 @@ except PackageNotFoundError:
     SERVER_VERSION = "0.0.0"
 
 
-def _make_recorder(plane: DataPlane, metrics: Metrics | None) -> _Recorder:
-    return _Recorder(metrics, lambda: plane.registry.models)
+def _make_recorder(plane: DataPlane, metrics: Metrics | None) -> Recorder:
+    return Recorder(metrics, lambda: plane.registry.models)
 
 
 class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
@@ -103,7 +103,7 @@ class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
         return converters.explain_response(model, explanation, sane_request_id(request.request_id) or rid)
 
 
-async def _answer_stream(method: str, recorder: _Recorder, requests: AsyncIterator, context: Context, rid: str,
+async def _answer_stream(method: str, recorder: Recorder, requests: AsyncIterator, context: Context, rid: str,
                          respond: Callable[[Any, float | None, str], Awaitable[Any]],
                          fail: Callable[[Any, str, grpc.StatusCode, str], Any], *,
                          message_id: Callable[[Any], str], model: Callable[[Any], str],

@@ -86,7 +86,7 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
 
-class _Recorder:
+class Recorder:
     """Counts, times and logs finished calls; children of labelled metrics are cached (the hot path)."""
 
     def __init__(self, metrics: Metrics | None, known_models: Callable[[], Any]) -> None:
@@ -143,7 +143,7 @@ def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "", *,
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             rid = request_id_from(context)
             token = request_id_var.set(rid)
-            recorder: _Recorder = self.recorder
+            recorder: Recorder = self.recorder
             gauge = recorder.inflight(method)
             if gauge is not None:
                 gauge.inc()

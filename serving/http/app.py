@@ -37,7 +37,7 @@ from serving.config import ServerConfig
 from serving.errors import InvalidInput, TooLarge
 from serving.grpc import converters
 from serving.grpc.servicers import SERVER_NAME, SERVER_VERSION
-from serving.grpc.status import REQUEST_ID_KEY, _Recorder, sane_request_id
+from serving.grpc.status import REQUEST_ID_KEY, Recorder, sane_request_id
 from serving.http import kserve
 from serving.http.connections import ConnectionGuard
 from serving.http.status import http_status_for
@@ -91,7 +91,7 @@ class HttpFrontEnd:
     def __init__(self, plane: DataPlane, config: ServerConfig, metrics: Metrics | None = None,
                  tokens: Tokens | None = None) -> None:
         self.plane, self.registry, self.config, self.tokens = plane, plane.registry, config, tokens
-        self.recorder = _Recorder(metrics, lambda: self.registry.models)
+        self.recorder = Recorder(metrics, lambda: self.registry.models)
         self.app = web.Application(client_max_size=config.max_message_bytes, middlewares=[self._around],
                                    handler_args={"keepalive_timeout": config.max_connection_idle_s or 3600})
         self._operations: dict[Any, str] = {}
