@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from serving.grpc.handlers import HANDLER_KINDS
 from serving.runtime.auth import HEADER, REFUSED, Tokens
 from serving.runtime.logs import RateLimit
 
@@ -40,14 +41,6 @@ async def _refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
     context.set_details(REFUSED)
 
 
-_REFUSERS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
-
-
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: Tokens) -> None:
         self.tokens = tokens
@@ -63,4 +56,4 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         if self._log_limit.allow(details.method) is not None:
             log.info("%s UNAUTHENTICATED", details.method, extra={"method": details.method, "code": "UNAUTHENTICATED"})
         kind = (handler.request_streaming, handler.response_streaming)
-        return _REFUSERS[kind](_refuse)  # no deserializer: the refused message stays unparsed bytes
+        return HANDLER_KINDS[kind](_refuse)  # no deserializer: the refused message stays unparsed bytes

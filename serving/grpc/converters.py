@@ -51,23 +51,24 @@ def array_to_tensor(x: np.ndarray) -> ic_pb2.Tensor:
     return ic_pb2.Tensor(shape=list(x.shape), data=x.tobytes())
 
 
+def image_source(image: ic_pb2.Image, i: int = 0) -> bytes | np.ndarray:
+    """One ``Image`` → its encoded bytes or a float32 (C, H, W) array; ``i`` names it in errors."""
+    kind = image.WhichOneof("source")
+    if kind == "encoded":
+        return image.encoded
+    if kind == "tensor":
+        try:
+            return tensor_to_array(image.tensor)
+        except InvalidInput as e:
+            raise InvalidInput(f"image {i}: {e}") from None
+    raise InvalidInput(f"image {i} is empty: set encoded or tensor")
+
+
 def images_from_request(request: ic_pb2.ClassifyRequest) -> list[bytes | np.ndarray]:
     """Each ``Image`` → encoded bytes or a float32 (C, H, W) array, in order."""
     if not request.images:
         raise InvalidInput("no images in the request")
-    images: list[bytes | np.ndarray] = []
-    for i, image in enumerate(request.images):
-        kind = image.WhichOneof("source")
-        if kind == "encoded":
-            images.append(image.encoded)
-        elif kind == "tensor":
-            try:
-                images.append(tensor_to_array(image.tensor))
-            except InvalidInput as e:
-                raise InvalidInput(f"image {i}: {e}") from None
-        else:
-            raise InvalidInput(f"image {i} is empty: set encoded or tensor")
-    return images
+    return [image_source(image, i) for i, image in enumerate(request.images)]
 
 
 def classify_response(model: ServedModel, results: Sequence[Sequence[Prediction]],

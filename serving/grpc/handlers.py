@@ -39,7 +39,8 @@ def _parser(message_class: Any) -> Callable[[bytes], Any]:
     return parse
 
 
-_KINDS = {
+# (client streaming, server streaming) → grpc's handler factory for that kind of method
+HANDLER_KINDS = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
     (True, False): grpc.stream_unary_rpc_method_handler,
@@ -51,7 +52,7 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: o
     """Serve every method of ``service`` that ``servicer`` implements (the servicer's method of the same name)."""
     handlers = {}
     for method in service.methods:
-        kind = _KINDS[(method.client_streaming, method.server_streaming)]
+        kind = HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = kind(
             getattr(servicer, method.name),
             request_deserializer=_parser(message_factory.GetMessageClass(method.input_type)),

@@ -95,10 +95,10 @@ class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
     async def Explain(  # noqa: N802
         self, request: ic_pb2.ExplainRequest, context: Context, rid: str,
     ) -> ic_pb2.ExplainResponse:
-        images = converters.images_from_request(ic_pb2.ClassifyRequest(images=[request.image]))
+        image = converters.image_source(request.image)
         class_index = request.class_index if request.HasField("class_index") else None
         with self.plane.admit(request.model, request.version, self.plane.explain_images(request.method)) as model:
-            explanation = await self.plane.explain(model, images[0], class_index, request.method, request.top_k,
+            explanation = await self.plane.explain(model, image, class_index, request.method, request.top_k,
                                                    request.stages, deadline_of(context))
         return converters.explain_response(model, explanation, sane_request_id(request.request_id) or rid)
 

@@ -263,8 +263,7 @@ class HttpFrontEnd:
     async def classify(self, request: web.Request) -> web.Response:
         top_k = _int_query(request, "top_k")
         images = await self._within_timeout(self._images(request))
-        version = request.match_info.get("version") or request.query.get("version", "")
-        with self.plane.admit(request.match_info["name"], version, len(images)) as model:
+        with self.plane.admit(request.match_info["name"], _version(request), len(images)) as model:
             results = await self.plane.classify(model, [data for _, data in images], top_k)
         answer = _json(converters.classify_response(model, results, request[RID]))
         for result, (filename, _) in zip(answer.get("results", ()), images, strict=True):
@@ -280,8 +279,8 @@ class HttpFrontEnd:
         images = await self._within_timeout(self._images(request))
         if len(images) != 1:
             raise InvalidInput(f"explain takes one image, got {len(images)}")
-        version = request.match_info.get("version") or query.get("version", "")
-        with self.plane.admit(request.match_info["name"], version, self.plane.explain_images(method)) as model:
+        images_held = self.plane.explain_images(method)
+        with self.plane.admit(request.match_info["name"], _version(request), images_held) as model:
             explanation = await self.plane.explain(model, images[0][1], class_index, method, top_k, stages)
         return web.json_response(_json(converters.explain_response(model, explanation, request[RID])))
 
@@ -334,6 +333,11 @@ class HttpFrontEnd:
                 data += chunk
             images.append((part.filename or part.name or "", bytes(data)))
         return images
+
+
+def _version(request: web.Request) -> str:
+    """The version from the path (``…/versions/V/…``) or the ``version`` query parameter; "" for the served one."""
+    return request.match_info.get("version") or request.query.get("version", "")
 
 
 def _int_query(request: web.Request, key: str) -> int:
