@@ -45,6 +45,59 @@ def _ray_processes() -> list[int]:
             if any(arg.startswith(("ray::", package)) for arg in _argv(pid))]
 
 
+def _process_table() -> str:
+    """Each process under this one, as ``pid state command``: a zombie (Z) is a child that died unreaped."""
+    rows = []
+    for pid in descendants(os.getpid()):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        script = next((os.path.basename(arg) for arg in _argv(pid) if arg.endswith(".py")), "")
+        rows.append(f"{pid} {state} {comm} {script}".rstrip())
+    return "; ".join(rows) or "none"
+
+
+def _startup_report(error: BaseException) -> str:
+    """Why a local Ray did not start, from what it left: its processes and the ends of its logs."""
+    logs = Path("/tmp/ray/session_latest/logs")
+    lines = [f"ray.init failed: {error}", f"processes: {_process_table()}",
+             f"logs in {logs.resolve()}: {sorted(p.name for p in logs.glob('*')) if logs.is_dir() else 'none'}"]
+    for name in ("raylet.out", "raylet.err", "gcs_server.err", "runtime_env_agent.err", "dashboard_agent.err"):
+        path = logs / name
+        if path.is_file() and path.stat().st_size:
+            tail = path.read_text(errors="replace").splitlines()[-8:]
+            lines += [f"--- {name}", *tail]
+    return "\n".join(lines)
+
+
+def _start_ray() -> None:
+    """``ray.init`` for a 2-CPU local cluster, tried twice: a raylet that does not register with the GCS within
+    Ray's fixed 30 s fails the first. What each failed start left is printed; when both fail the Ray tests are
+    skipped with that report, unless RAY_TESTS=1 asks for them to fail instead."""
+    import ray
+
+    reports = []
+    for _ in range(2):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
+                     log_to_driver=False, configure_logging=False)
+            return
+        except Exception as error:  # Ray raises a bare Exception for a node that does not come up
+            reports.append(_startup_report(error))
+            print(reports[-1], file=sys.stderr)
+            left = _ray_processes()
+            ray.shutdown()
+            for pid in left:  # a GCS without its raylet outlives ray.shutdown()
+                if running(pid):
+                    os.kill(pid, signal.SIGKILL)
+    message = "a local Ray did not start (twice):\n" + reports[-1]
+    if os.environ.get("RAY_TESTS") == "1":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
     """A local Ray for this module; its address, which CLI subprocesses join with ``--ray-address``."""
@@ -53,8 +106,7 @@ def ray_address() -> Iterator[str]:
             env.setenv(name, value)  # before Ray is imported: it reads them then
         import ray
 
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024, log_to_driver=False,
-                 configure_logging=False)
+        _start_ray()
         try:
             address = ray.get_runtime_context().gcs_address
             assert address.startswith("127.0.0.1:"), address
