@@ -74,6 +74,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     _option(p, "--max-queue", int, 256, "requests waiting per model for a batch; a model holds at most max-queue + "
             "max-batch images at once, more are refused with RESOURCE_EXHAUSTED before any work")
     _option(p, "--threads", int, None, "onnxruntime intra-op threads (default: the cores this process may use)")
+    _option(p, "--instances", int, 1, "onnxruntime sessions per model (Triton's instance count), each computing "
+            "its own batches with --threads / N threads: more throughput under concurrent load for compute-bound "
+            "models, slower single requests (default 1)")
     _option(p, "--decode-workers", int, None, "image decoding threads (default: the cores this process may use)")
     _option(p, "--grace-s", float, 10.0, "seconds in-flight requests get to finish on SIGTERM/SIGINT")
     _option(p, "--max-message-mb", int, 64, "largest request/response in MiB, after decompression (default 64)")

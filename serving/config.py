@@ -25,6 +25,7 @@ class ServerConfig:
     max_queue_delay_ms: float = 0.0
     max_queue: int = 256                     # per model: requests waiting for a batch; images held: + max_batch
     threads: int | None = None               # onnxruntime intra-op threads; None: the cores this process may use
+    instances: int = 1                       # onnxruntime sessions per model, each with threads // instances
     decode_workers: int | None = None        # image-decoding threads; None: the cores this process may use
     grace_s: float = 10.0
     max_message_mb: int = 64                 # a request of 20 phone JPEGs, or 100 RGB 224-px float32 images
@@ -49,6 +50,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 1:
             raise ValueError("--max-batch and --max-queue must be >= 1")
+        if self.instances < 1:
+            raise ValueError("--instances must be >= 1")
         if self.max_queue_delay_ms < 0 or self.grace_s < 0 or self.poll_s < 0:
             raise ValueError("--max-queue-delay-ms, --grace-s and --poll-s must be >= 0")
         if self.max_message_mb < 1 or self.max_images_per_request < 1 or self.max_concurrent_streams < 1:

@@ -182,7 +182,8 @@ def model_config(model: ServedModel, config: ServerConfig) -> kserve_pb2.ModelCo
     message.name = model.name
     message.version_policy.specific.versions.append(model.version)
     message.dynamic_batching.max_queue_delay_microseconds = int(config.max_queue_delay_ms * 1000)
-    message.instance_group.append(config_pb2.ModelInstanceGroup(name=model.name, kind=kind, count=1))
+    count = model.predictor.instances if model.predictor is not None else 1
+    message.instance_group.append(config_pb2.ModelInstanceGroup(name=model.name, kind=kind, count=count))
     return kserve_pb2.ModelConfigResponse(config=message)
 
 

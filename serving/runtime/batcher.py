@@ -1,10 +1,12 @@
 """Dynamic batching: concurrent requests for one model become one onnxruntime call.
 
-Each request submits its images as an (n, C, H, W) tensor and awaits its own slice of the logits. One consumer task
-per model takes requests from the queue in arrival order until ``max_batch`` images are gathered or the oldest
-request has waited ``max_delay_s`` (0: take what is there — requests that arrive while a batch is computing still
-form the next batch), concatenates them and runs the model in a dedicated thread, so the event loop keeps
-accepting and decoding requests meanwhile.
+Each request submits its images as an (n, C, H, W) tensor and awaits its own slice of the logits. Each model
+instance (Triton's instance_group: an onnxruntime session with its own compute thread; ``--instances``) has one
+consumer task. An idle consumer takes requests from the model's one queue in arrival order until ``max_batch``
+images are gathered or the oldest request has waited ``max_delay_s`` (0: take what is there — requests that arrive
+while a batch is computing still form the next batch), concatenates them and runs its instance in its thread, so
+the event loop keeps accepting and decoding requests meanwhile, and with several instances the next batch starts
+while the last one still computes.
 
 With no delay configured, two cheap measures still keep batches from collapsing to one image under concurrent load
 on a small machine, where the event loop (gRPC's per-call work) is the bottleneck and requests reach the queue one
@@ -29,7 +31,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -53,15 +55,26 @@ class _Request:
     queued_at: float = 0.0          # event-loop time
 
 
+class Instance:
+    """One model instance: a run function (its own onnxruntime session), the thread it runs in, and the batch it is
+    computing (answered by ``close()`` if it is cut short)."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], thread_name: str) -> None:
+        self.run = run
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
+        self.running: list[_Request] = []
+
+
 class DynamicBatcher:
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, name: str, max_batch: int = 32,
+    def __init__(self, runs: Sequence[Callable[[np.ndarray], np.ndarray]], *, name: str, max_batch: int = 32,
                  max_delay_s: float = 0.0, max_queue: int = 256, metrics: Metrics | None = None) -> None:
-        if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
-            raise ValueError(f"need max_batch >= 1, max_queue >= 1, max_delay_s >= 0; got {max_batch}, "
-                             f"{max_queue}, {max_delay_s}")
+        """``runs``: one function (N, C, H, W) → (N, K) logits per instance, each called from its own thread."""
+        if not runs or max_batch < 1 or max_queue < 1 or max_delay_s < 0:
+            raise ValueError(f"need an instance, max_batch >= 1, max_queue >= 1, max_delay_s >= 0; got {len(runs)}, "
+                             f"{max_batch}, {max_queue}, {max_delay_s}")
         self.name = name
         self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
-        self._run = run
+        self.instances = [Instance(run, f"ort-{name}-{i}") for i, run in enumerate(runs)]
         self._metrics = metrics
         if metrics is not None:  # label lookups cost a lock and a dict per call: do them once
             self._depth_gauge = metrics.queue_depth.labels(name)
@@ -71,14 +84,14 @@ class DynamicBatcher:
         self._queue: deque[_Request] = deque()
         self._queued_images = 0
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{name}")
+        self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        self._running: list[_Request] = []  # the batch being computed, answered by close() if it is cut short
         self._busy = False  # requests arrived while the last batch computed: concurrent load
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{self.name}")
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._serve(instance), name=f"batcher-{self.name}-{i}")
+                       for i, instance in enumerate(self.instances)]
 
     @property
     def depth(self) -> int:
@@ -87,7 +100,7 @@ class DynamicBatcher:
     async def submit(self, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """Queue (n, C, H, W) float32 and wait for its (n, K) logits. ``deadline`` is in event-loop time."""
         loop = asyncio.get_running_loop()
-        if self._closed or self._task is None:
+        if self._closed or not self._tasks:
             raise NotReady("server is shutting down")
         if len(self._queue) >= self.max_queue:
             raise Overloaded(f"model {self.name!r}: queue full ({self.max_queue} requests waiting); retry later")
@@ -164,7 +177,7 @@ class DynamicBatcher:
         self._set_depth()
         return batch
 
-    async def _serve(self) -> None:
+    async def _serve(self, instance: Instance) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wait_for_batch()
@@ -173,11 +186,11 @@ class DynamicBatcher:
                 continue
             x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
             started = time.perf_counter()
-            self._running = batch
+            instance.running = batch
             try:
-                logits = await self._compute(loop, x)
+                logits = await self._compute(loop, instance, x)
             except Exception as e:
-                self._running = []
+                instance.running = []
                 log.exception("model %s: batch of %d failed", self.name, len(x))
                 for request in batch:
                     if not request.future.done():
@@ -185,7 +198,7 @@ class DynamicBatcher:
                 continue
             finally:
                 self._busy = bool(self._queue)
-            self._running = []
+            instance.running = []
             self._observe(batch, len(x), started)
             offset = 0
             for request in batch:
@@ -194,20 +207,20 @@ class DynamicBatcher:
                     request.future.set_result(logits[offset:offset + n])
                 offset += n
 
-    async def _compute(self, loop: asyncio.AbstractEventLoop, x: np.ndarray) -> np.ndarray:
-        """One model call in the compute thread. The thread hands the result back with a single loop callback:
+    async def _compute(self, loop: asyncio.AbstractEventLoop, instance: Instance, x: np.ndarray) -> np.ndarray:
+        """One model call in the instance's thread. The thread hands the result back with a single loop callback:
         ``run_in_executor``'s future chaining costs several callbacks and locks per batch, on the busiest thread."""
         done: asyncio.Future[np.ndarray] = loop.create_future()
 
         def work() -> None:
             try:
-                result = self._run(x)
+                result = instance.run(x)
             except BaseException as e:
                 loop.call_soon_threadsafe(_settle, done, None, e)
             else:
                 loop.call_soon_threadsafe(_settle, done, result, None)
 
-        self._executor.submit(work)
+        instance.executor.submit(work)
         return await done
 
     def _observe(self, batch: list[_Request], images: int, started: float) -> None:
@@ -221,15 +234,17 @@ class DynamicBatcher:
     async def close(self) -> None:
         """Stop the consumer; requests still queued are answered ``NotReady`` (shutdown drains before this)."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        while self._running or self._queue:
-            request = self._running.pop() if self._running else self._queue.popleft()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for request in [*(r for i in self.instances for r in i.running), *self._queue]:
             if not request.future.done():
                 request.future.set_exception(NotReady("server is shutting down"))
+        self._queue.clear()
         self._queued_images = 0
-        self._executor.shutdown(wait=False)
+        for instance in self.instances:
+            instance.running = []
+            instance.executor.shutdown(wait=False)
 
 
 def _settle(future: asyncio.Future[np.ndarray], result: np.ndarray | None, error: BaseException | None) -> None:

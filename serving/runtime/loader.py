@@ -73,16 +73,20 @@ def read_golden(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def golden_check(predictor: Predictor, path: Path, atol: float) -> GoldenResult:
-    """Re-run the stored inputs; ``ModelRejected`` unless every logit is within ``atol`` of the reference."""
+    """Re-run the stored inputs on every instance; ``ModelRejected`` unless every logit is within ``atol`` of the
+    reference."""
     inputs, expected = read_golden(path)
     if expected.shape[1] != predictor.num_classes:
         raise ModelRejected(f"{path.name}: {expected.shape[1]} logits per sample, the model has "
                             f"{predictor.num_classes} classes")
-    try:
-        got = predictor.run(inputs)
-    except Exception as e:  # a wrong shape in the file, or onnxruntime failing on this model
-        raise ModelRejected(f"golden self-check could not run: {e}") from None
-    diff = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.shape == expected.shape else float("inf")
+    diffs = []
+    for instance in range(predictor.instances):
+        try:
+            got = predictor.run(inputs, instance=instance)
+        except Exception as e:  # a wrong shape in the file, or onnxruntime failing on this model
+            raise ModelRejected(f"golden self-check could not run: {e}") from None
+        diffs.append(np.max(np.abs(got.astype(np.float64) - expected)) if got.shape == expected.shape else np.inf)
+    diff = float(np.max(diffs))  # NaN if any instance gave NaN
     if not diff <= atol:  # written this way round so that NaN fails too
         raise ModelRejected(f"golden self-check failed: max |logit - reference| = {diff:.3g} > golden_atol {atol:g} "
                             f"over {len(inputs)} samples")
@@ -104,13 +108,15 @@ def read_verification(version_dir: Path) -> dict[str, Any]:
 
 
 def load_model(version_dir: str | Path, *, device: str = "cpu", threads: int | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS, manifest: ModelManifest | None = None) -> LoadedModel:
+               max_pixels: int = DEFAULT_MAX_PIXELS, manifest: ModelManifest | None = None,
+               instances: int = 1) -> LoadedModel:
     """Run every load-time check on one ``NAME/VERSION`` folder and return the ready predictor."""
     version_dir = Path(version_dir)
     manifest = manifest or read_manifest(version_dir)
     data = read_verified_onnx(version_dir, manifest)
     try:
-        predictor = Predictor(data, manifest, device=device, threads=threads, max_pixels=max_pixels)
+        predictor = Predictor(data, manifest, device=device, threads=threads, max_pixels=max_pixels,
+                              instances=instances)
     except ModelRejected:
         raise
     except Exception as e:  # onnxruntime refusing the graph

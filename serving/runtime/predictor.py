@@ -60,15 +60,29 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return opts
 
 
+def instance_threads(threads: int | None, instances: int) -> int:
+    """Intra-op threads of each of ``instances`` sessions: the thread budget (default: the cores) split evenly, at
+    least one each."""
+    return max(1, (threads or available_cores()) // instances)
+
+
 class Predictor:
-    """A verified model version: ``run`` (tensor → logits), ``preprocess`` (image → tensor) and ``classify``."""
+    """A verified model version: ``run`` (tensor → logits), ``preprocess`` (image → tensor) and ``classify``.
+
+    ``instances`` onnxruntime sessions of the same graph share the thread budget (``instance_threads``); ``run``
+    takes the instance to use, and each instance is meant to be called from one thread at a time (the server gives
+    each its own)."""
 
     def __init__(self, onnx_model: bytes | str | Path, manifest: ModelManifest, *, device: str = "cpu",
-                 threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, instances: int = 1) -> None:
+        if instances < 1:
+            raise ValueError(f"instances must be >= 1, got {instances}")
         self.manifest = manifest
         self.max_pixels = max_pixels
         model = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
-        self.session = ort.InferenceSession(model, session_options(threads), providers=session_providers(device))
+        options, providers = session_options(instance_threads(threads, instances)), session_providers(device)
+        self.sessions = [ort.InferenceSession(model, options, providers=providers) for _ in range(instances)]
+        self.session = self.sessions[0]
         self.providers: list[str] = self.session.get_providers()
         if device == "cuda" and "CUDAExecutionProvider" not in self.providers:
             log.warning("--device cuda: the CUDA provider failed to initialise for %s; using CPU", manifest.name)
@@ -149,17 +163,23 @@ class Predictor:
                                "only finite float32 values are accepted")
         return x
 
-    def run(self, batch: np.ndarray, max_batch: int | None = None) -> np.ndarray:
-        """(N, C, H, W) float32 → logits (N, K) float32: one onnxruntime call, or calls of at most ``max_batch``
-        images. The server passes its ``max_batch``: onnxruntime's memory arena keeps the buffers of the largest
-        batch it ever ran, so one request of 1,337 images would otherwise hold ~290 MB (digits model) for good."""
-        x = np.ascontiguousarray(self.check_batch(batch))
-        if max_batch is None or len(x) <= max_batch:
-            return self._run(x)
-        return np.concatenate([self._run(x[i:i + max_batch]) for i in range(0, len(x), max_batch)])
+    @property
+    def instances(self) -> int:
+        return len(self.sessions)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        (logits,) = self.session.run([self.manifest.output_name], {self.manifest.input_name: x})
+    def run(self, batch: np.ndarray, max_batch: int | None = None, instance: int = 0) -> np.ndarray:
+        """(N, C, H, W) float32 → logits (N, K) float32 from session ``instance``: one onnxruntime call, or calls of
+        at most ``max_batch`` images. The server passes its ``max_batch``: onnxruntime's memory arena keeps the
+        buffers of the largest batch it ever ran, so one request of 1,337 images would otherwise hold ~290 MB (digits
+        model) for good."""
+        x = np.ascontiguousarray(self.check_batch(batch))
+        session = self.sessions[instance]
+        if max_batch is None or len(x) <= max_batch:
+            return self._run(session, x)
+        return np.concatenate([self._run(session, x[i:i + max_batch]) for i in range(0, len(x), max_batch)])
+
+    def _run(self, session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+        (logits,) = session.run([self.manifest.output_name], {self.manifest.input_name: x})
         return logits
 
     def classify(self, images: Sequence[ImageSource], top_k: int = 0, batch_size: int = 32) -> list[list[Prediction]]:

@@ -223,7 +223,8 @@ class ModelRegistry:
 
     def _load_version(self, path: Path, manifest: ModelManifest) -> LoadedModel:
         return loader.load_model(path, device=self.config.device, threads=self.config.threads,
-                                     max_pixels=self.config.max_pixels, manifest=manifest)
+                                 max_pixels=self.config.max_pixels, manifest=manifest,
+                                 instances=self.config.instances)
 
     async def _activate(self, old: ServedModel, attempt: _Attempt) -> None:
         """Serve a version that passed its checks. The entry is replaced, not edited: a request that already holds
@@ -231,8 +232,10 @@ class ModelRegistry:
         loaded = attempt.loaded
         assert loaded is not None
         assert attempt.manifest is not None
+        predictor = loaded.predictor
         batcher = DynamicBatcher(
-            functools.partial(loaded.predictor.run, max_batch=self.config.max_batch), name=old.name,
+            [functools.partial(predictor.run, max_batch=self.config.max_batch, instance=i)
+             for i in range(predictor.instances)], name=old.name,
             max_batch=self.config.max_batch,
             max_delay_s=self.config.max_queue_delay_ms / 1000, max_queue=self.config.max_queue,
             metrics=self.metrics,

@@ -18,7 +18,7 @@ import pytest
 from benchmarks.targets import TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
-QUICK_FAMILIES = {"runtime", "server", "http", "explain", "photos", "batch", "numpy", "startup"}
+QUICK_FAMILIES = {"runtime", "server", "instances", "http", "explain", "photos", "batch", "numpy", "startup"}
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Fixtures of the reliability tests: a collector for the measured figures (the repository and the ``digits``
-oracle are the shared ones of tests/conftest.py).
+oracle are the shared ones of tests/conftest.py), and two model instances in every server they start (the suite must
+hold with ``--instances`` > 1: requests then compute in two threads at once).
 
 The figures (inputs tried, crashes, overload answer times, soak memory slope, drain results …) are printed at the end
 of the run and, when ``RELIABILITY_REPORT=path.json`` is set, written there as JSON. They are reports, never inputs:
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +19,21 @@ import pytest
 FIGURES: dict[str, object] = {}
 
 
+INSTANCES = "2"
+
+
 @pytest.fixture(scope="session")
 def figures() -> dict[str, object]:
     return FIGURES
+
+
+@pytest.fixture(scope="package", autouse=True)
+def two_instances() -> Iterator[None]:
+    """``SERVING_INSTANCES`` for this package's tests, set before their module fixtures start servers: read by the
+    serve CLI of server processes and by ``base_config`` of in-process ones."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SERVING_INSTANCES", INSTANCES)
+        yield
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -44,7 +44,7 @@ from serving.grpc.converters import encode_bytes_elements
 from serving.runtime import loader
 from serving.runtime.prediction import softmax
 from serving.runtime.predictor import Predictor
-from tests.support.hostile import bombs, bounded, mutate, seed_images, unusual_images
+from tests.support.hostile import bombs, bounded, jpeg_bomb, mutate, seed_images, unusual_images
 from tests.support.processes import settled_rss_kb
 from tests.support.repositories import Repo
 from tests.support.servers import ServerProcess, call, classify_request
@@ -290,6 +290,11 @@ def test_hostile_and_unusual_files(fuzz: Fuzz) -> None:
     for name, payload in bombs().items():
         assert fuzz.check_image(name, payload) == "invalid"
         assert fuzz.check_image(name, payload, via="infer") == "invalid"
+    # JPEG headers that lie under the pixel limit (16x16 pixels of data in a larger frame): decoded at a reduced scale
+    # as libjpeg fills the frame, with the in-process answer (the oracle), on whichever instance takes them.
+    for side in (1999, 700, 100):
+        fuzz.check_image(f"jpeg claiming {side}x{side}", jpeg_bomb(side, side))
+        fuzz.check_image(f"jpeg claiming {side}x{side}", jpeg_bomb(side, side), via="infer")
     for name, payload in {"zero bytes": b"", "one byte": b"\x89", "png signature": b"\x89PNG\r\n\x1a\n",
                           "text": b"hello", "jpeg soi only": b"\xff\xd8\xff"}.items():
         assert fuzz.check_image(name, payload) == "invalid"

@@ -48,6 +48,7 @@ OVERLOAD_SECONDS = float(os.environ.get("OVERLOAD_SECONDS", "4"))
 # (typical here: p50 25–45 ms, p99 35–300 ms; reported, not asserted). Without admission control the excess would
 # wait for decoding and the batch queue instead.
 RSS_PEAK_BOUND_KB = 32 * 1024
+REFUSED_STREAM = re.compile(r"RST_STREAM with error code 7\b")
 QUEUE_FULL = re.compile(r"^model 'digits': queue full \(\d+ (requests waiting|images in progress)\); retry later$")
 
 
@@ -126,6 +127,12 @@ def test_overload_is_refused_and_recovers(server: ServerProcess, digits: Predict
     figures["overload: recovery"] = (f"first request after the load: {recovery[0][1] * 1e3:.1f} ms, "
                                      f"{recovery[0][0].name}")
 
+    # gRPC's transport may refuse a stream itself when the event loop is behind (RST_STREAM REFUSED_STREAM, code 7:
+    # never processed, safe to retry — gRPC's UNAVAILABLE). Rare; reported, and nothing else is allowed.
+    unavailable = by_code.pop("UNAVAILABLE", [])
+    if other := [r for r in unavailable if not REFUSED_STREAM.search(r[2])]:
+        by_code["UNAVAILABLE"] = other
+    figures["overload: streams refused by the transport"] = len(unavailable) - len(other)
     assert set(by_code) <= {"OK", "RESOURCE_EXHAUSTED"}, {k: v[:2] for k, v in by_code.items()}
     assert len(ok) >= 20
     # 64 clients against 8 admitted: much of the traffic is excess (how much depends on how fast the one client
@@ -169,7 +176,8 @@ def test_deadlines_shorter_than_the_queue_wait_free_their_slot(repository: Repo,
         wait_until(lambda: batcher.depth == 2, 10, "two new requests in the freed slots")
     assert computing.result().results
     assert all(f.result().results for f in later)
-    assert sample(server, "serving_batch_size_sum", model="digits") == 3  # the expired ones never ran
+    held = len(batcher.instances)  # one held batch per instance
+    assert sample(server, "serving_batch_size_sum", model="digits") == held + 2  # the expired ones never ran
     assert sample(server, "serving_queue_depth", model="digits") == 0
     figures["deadlines"] = (f"2 requests with a 0.3 s deadline queued behind a held batch: DEADLINE_EXCEEDED after "
                             f"{expired_after:.2f} s, never computed, their slots reused")

@@ -45,7 +45,7 @@ def test_concurrent_requests_are_batched_and_answered_individually() -> None:
     model = Model()
 
     async def main() -> list[np.ndarray]:
-        batcher = DynamicBatcher(model, name="m", max_batch=16, max_delay_s=0.2)
+        batcher = DynamicBatcher([model], name="m", max_batch=16, max_delay_s=0.2)
         batcher.start()
         try:
             return await asyncio.gather(*(batcher.submit(sample(i, n=1 + i % 2)) for i in range(6)))
@@ -62,7 +62,7 @@ def test_max_batch_splits_calls_in_arrival_order() -> None:
     model = Model()
 
     async def main() -> None:
-        batcher = DynamicBatcher(model, name="m", max_batch=4, max_delay_s=0.05)
+        batcher = DynamicBatcher([model], name="m", max_batch=4, max_delay_s=0.05)
         batcher.start()
         try:
             await asyncio.gather(*(batcher.submit(sample(i)) for i in range(10)), batcher.submit(sample(0, n=6)))
@@ -78,7 +78,7 @@ def test_without_delay_requests_arriving_during_a_call_form_the_next_batch() -> 
     model = Model(gate)
 
     async def main() -> None:
-        batcher = DynamicBatcher(model, name="m", max_batch=16, max_delay_s=0.0)
+        batcher = DynamicBatcher([model], name="m", max_batch=16, max_delay_s=0.0)
         batcher.start()
         first = asyncio.ensure_future(batcher.submit(sample(1)))
         await asyncio.to_thread(model.entered.wait, 5)  # the first call is now blocked in the model
@@ -95,7 +95,7 @@ def test_without_delay_requests_arriving_during_a_call_form_the_next_batch() -> 
 
 def test_full_queue_is_refused_at_once() -> None:
     async def main() -> None:
-        batcher = DynamicBatcher(Model(), name="m", max_batch=8, max_delay_s=0.5, max_queue=2)
+        batcher = DynamicBatcher([Model()], name="m", max_batch=8, max_delay_s=0.5, max_queue=2)
         batcher.start()
         waiting = [asyncio.ensure_future(batcher.submit(sample(i))) for i in range(2)]
         await asyncio.sleep(0)  # one loop pass: both queued
@@ -115,7 +115,7 @@ def test_cancelled_and_expired_requests_are_never_computed() -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        batcher = DynamicBatcher(model, name="m", max_batch=8, max_delay_s=0.3, metrics=metrics)
+        batcher = DynamicBatcher([model], name="m", max_batch=8, max_delay_s=0.3, metrics=metrics)
         batcher.start()
         cancelled = asyncio.ensure_future(batcher.submit(sample(1)))
         expiring = asyncio.ensure_future(batcher.submit(sample(2), deadline=loop.time() + 0.05))
@@ -148,7 +148,7 @@ def test_a_failing_model_fails_each_caller_and_keeps_serving() -> None:
         return x.reshape(len(x), -1).sum(axis=1, keepdims=True)
 
     async def main() -> None:
-        batcher = DynamicBatcher(flaky, name="m", max_batch=8, max_delay_s=0.05)
+        batcher = DynamicBatcher([flaky], name="m", max_batch=8, max_delay_s=0.05)
         batcher.start()
         results = await asyncio.gather(batcher.submit(sample(1)), batcher.submit(sample(2)), return_exceptions=True)
         assert all(isinstance(r, RuntimeError) and "inference failed: ValueError: boom" in str(r) for r in results)
@@ -160,7 +160,7 @@ def test_a_failing_model_fails_each_caller_and_keeps_serving() -> None:
 
 def test_close_answers_queued_requests_and_refuses_new_ones() -> None:
     async def main() -> None:
-        batcher = DynamicBatcher(Model(), name="m", max_batch=8, max_delay_s=5.0)
+        batcher = DynamicBatcher([Model()], name="m", max_batch=8, max_delay_s=5.0)
         batcher.start()
         queued = asyncio.ensure_future(batcher.submit(sample(1)))
         await asyncio.sleep(0)  # one loop pass: queued, inside its 5 s window
@@ -178,7 +178,7 @@ def test_close_answers_queued_requests_and_refuses_new_ones() -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, Any]) -> None:
     async def main() -> None:
         with pytest.raises(ValueError, match="max_batch >= 1"):
-            DynamicBatcher(Model(), name="m", **kwargs)
+            DynamicBatcher([Model()], name="m", **kwargs)
 
     run(main)
 
@@ -191,7 +191,7 @@ def test_requests_one_loop_pass_apart_share_a_call() -> None:
     model = Model()
 
     async def main() -> list[np.ndarray]:
-        batcher = DynamicBatcher(model, name="m", max_batch=8)
+        batcher = DynamicBatcher([model], name="m", max_batch=8)
         batcher.start()
         first = asyncio.ensure_future(batcher.submit(sample(1)))
         await asyncio.sleep(0)  # the second request reaches the queue one pass later, as a gRPC handler would
@@ -214,7 +214,7 @@ def test_under_load_the_next_batch_waits_briefly_for_more(monkeypatch: pytest.Mo
     model = Model(gate)
 
     async def main() -> None:
-        batcher = DynamicBatcher(model, name="m", max_batch=3)
+        batcher = DynamicBatcher([model], name="m", max_batch=3)
         batcher.start()
         first = asyncio.ensure_future(batcher.submit(sample(1)))
         await asyncio.to_thread(model.entered.wait, 5)  # computing, held by the gate
@@ -237,7 +237,7 @@ def test_a_lone_client_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     model = Model()
 
     async def main() -> None:
-        batcher = DynamicBatcher(model, name="m", max_batch=8)
+        batcher = DynamicBatcher([model], name="m", max_batch=8)
         batcher.start()
         for i in range(20):
             await batcher.submit(sample(i))
@@ -245,3 +245,54 @@ def test_a_lone_client_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:
 
     asyncio.run(asyncio.wait_for(main(), 30))
     assert model.batches == [1] * 20
+
+
+# Instances (--instances): one queue, one consumer and compute thread per instance.
+
+
+def test_a_second_instance_computes_while_the_first_is_held() -> None:
+    gate = threading.Event()
+    first, second = Model(gate), Model()
+
+    async def main() -> list[np.ndarray]:
+        batcher = DynamicBatcher([first, second], name="m", max_batch=8)
+        batcher.start()
+        held = asyncio.ensure_future(batcher.submit(sample(1)))
+        await asyncio.to_thread(first.entered.wait, 5)  # instance 0 is busy with the first request
+        answered = await batcher.submit(sample(2, n=3))  # answered by instance 1 while instance 0 is still held
+        assert not held.done()
+        assert (first.batches, second.batches) == ([], [3])
+        gate.set()
+        results = [await held, answered]
+        await batcher.close()
+        return results
+
+    results = run(main)
+    np.testing.assert_array_equal(results[0], [[4.0]])
+    np.testing.assert_array_equal(results[1], [[8.0]] * 3)
+
+
+def test_close_answers_the_batches_of_every_instance() -> None:
+    gates = [threading.Event(), threading.Event()]
+    models = [Model(gates[0]), Model(gates[1])]
+
+    async def main() -> None:
+        batcher = DynamicBatcher(models, name="m", max_batch=1)
+        batcher.start()
+        calls = [asyncio.ensure_future(batcher.submit(sample(i))) for i in range(3)]
+        for model in models:
+            await asyncio.to_thread(model.entered.wait, 5)  # both instances computing, the third request queued
+        assert batcher.depth == 1
+        await batcher.close()
+        for call in calls:
+            with pytest.raises(NotReady, match="shutting down"):
+                await call
+        for gate in gates:
+            gate.set()
+
+    run(main)
+
+
+def test_no_instance_is_refused() -> None:
+    with pytest.raises(ValueError, match="need an instance"):
+        DynamicBatcher([], name="m")

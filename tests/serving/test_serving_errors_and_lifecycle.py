@@ -207,7 +207,8 @@ def test_unexpected_errors_are_internal_with_a_logged_request_id(
         caplog: pytest.LogCaptureFixture) -> None:
     server = make_server(base_config(serving_repo.path, models=("digits",)))
     # Break the model's compute thread pool: the next batch fails with an error no handler expects.
-    server.server.registry.models["digits"].batcher._executor.shutdown()
+    for instance in server.server.registry.models["digits"].batcher.instances:
+        instance.executor.shutdown()
     stub = classify_stub(server)
     with caplog.at_level(logging.ERROR):
         error = expect(grpc.StatusCode.INTERNAL, "internal error (request id req-42)", lambda: stub.Classify(

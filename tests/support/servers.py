@@ -106,9 +106,11 @@ def total(server: ServerThread | ServerProcess, name: str) -> float:
 # ---- a server in a thread ------------------------------------------------------------------------------------------
 
 def base_config(repository: Path, **kwargs: Any) -> ServerConfig:
-    """Loopback, free ports, one compute thread: what every in-process test server starts from."""
+    """Loopback, free ports, one compute thread: what every in-process test server starts from. ``SERVING_INSTANCES``
+    (the serve CLI's variable, which server processes read too) sets the model instances."""
+    instances = os.environ.get("SERVING_INSTANCES")
     config = ServerConfig(repository=repository, host="127.0.0.1", port=0, metrics_port=0, http_port=0, threads=1,
-                          decode_workers=2, max_batch=8, grace_s=2.0)
+                          decode_workers=2, max_batch=8, grace_s=2.0, instances=int(instances or 1))
     return replace(config, **kwargs)
 
 
@@ -156,11 +158,14 @@ class ServerThread:
 
     @contextlib.contextmanager
     def hold_compute(self, name: str) -> Iterator[threading.Event]:
-        """Block ``name``'s only compute thread while the block runs (or until the yielded event is set): requests
-        it accepted stay in progress, later ones wait in its queue — for as long as the test wants, not a window."""
+        """Block every compute thread of ``name`` (one per instance) while the block runs (or until the yielded event
+        is set): requests it accepted stay in progress, later ones wait in its queue — for as long as the test wants,
+        not a window."""
         gate = threading.Event()
-        assert self.model(name).batcher is not None
-        self.model(name).batcher._executor.submit(gate.wait, 60)
+        batcher = self.model(name).batcher
+        assert batcher is not None
+        for instance in batcher.instances:
+            instance.executor.submit(gate.wait, 60)
         try:
             yield gate
         finally:
@@ -169,13 +174,19 @@ class ServerThread:
     @contextlib.contextmanager
     def held_batch(self, name: str, send: Callable[[], grpc.Future]) -> Iterator[grpc.Future]:
         """``send()`` (an RPC future) taken into a batch of ``name`` that waits for its held compute thread while the
-        block runs: requests sent meanwhile wait in the queue. Yields that future."""
+        block runs: requests sent meanwhile wait in the queue. With several instances each gets such a batch (one
+        ``send()`` each: the batch-size metrics count them all). Yields the first future."""
         batcher = self.model(name).batcher
         assert batcher is not None
         with self.hold_compute(name):
-            future = send()
-            wait_until(lambda: len(batcher._running) == 1, 10, "the request in the held batch")
-            yield future
+            futures = []
+            for _ in batcher.instances:
+                futures.append(send())
+                wait_until(lambda: sum(len(i.running) for i in batcher.instances) == len(futures), 10,
+                           "the request in the held batch")
+            yield futures[0]
+        for future in futures[1:]:
+            future.exception()  # answered too: nothing left running once the block ends
 
     @property
     def metrics_url(self) -> str:
