@@ -28,6 +28,22 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The vector instructions onnxruntime's kernels choose between: INT8 speed-ups in particular depend on VNNI.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_features() -> list[str]:
+    """Which of ``CPU_FEATURES`` this CPU reports (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in CPU_FEATURES if f in flags]
+    except OSError:
+        pass
+    return []
+
+
 def machine_info() -> dict[str, Any]:
     versions = {}
     for name in PACKAGES:
@@ -40,8 +56,8 @@ def machine_info() -> dict[str, Any]:
     except AttributeError:
         usable = os.cpu_count()
     return {"host": socket.gethostname(), "platform": platform.platform(), "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(), "usable_cores": usable, "python": platform.python_version(),
-            "versions": versions, "load_average_at_start": list(os.getloadavg())}
+            "cpu_features": cpu_features(), "cpu_count": os.cpu_count(), "usable_cores": usable,
+            "python": platform.python_version(), "versions": versions, "load_average_at_start": list(os.getloadavg())}
 
 
 def targets_summary(rows: Sequence[Row]) -> list[dict[str, Any]]:
@@ -117,7 +133,8 @@ def text_table(doc: dict[str, Any], rows: Sequence[Row]) -> str:
 
 def _header(doc: dict[str, Any]) -> str:
     m = doc["machine"]
-    return (f"benchmarks ({'quick' if doc['quick'] else 'full'}) on {m['host']}: {m['cpu_model']}, "
+    features = f" ({', '.join(m['cpu_features']) or 'no AVX2'})" if "cpu_features" in m else ""
+    return (f"benchmarks ({'quick' if doc['quick'] else 'full'}) on {m['host']}: {m['cpu_model']}{features}, "
             f"{m['usable_cores']} usable cores, {doc['threads']} threads pinned, load average at start "
             f"{m['load_average_at_start'][0]:.2f}; python {m['python']}, torch {m['versions']['torch']}, onnxruntime "
             f"{m['versions']['onnxruntime']}, grpcio {m['versions']['grpcio']}, numpy {m['versions']['numpy']}; "

@@ -232,7 +232,7 @@ class DynamicBatcher:
             self._queue_hist.observe(started - request.enqueued)
 
     async def close(self) -> None:
-        """Stop the consumer; requests still queued are answered ``NotReady`` (shutdown drains before this)."""
+        """Stop the consumers; requests still queued or computing are answered ``NotReady`` (shutdown drains first)."""
         self._closed = True
         for task in self._tasks:
             task.cancel()

@@ -87,6 +87,9 @@ def test_markdown_escapes_pipes_and_marks_runs_under_load() -> None:
     assert "| met (a \\| b: 2.00x >= 2x) |" in text  # the targets table names the row each verdict is from
     assert f"| {TARGETS['http_vs_grpc']} | not measured yet |" in text  # a target no row judged is still listed
     assert "shared with other jobs" in text
+    assert "on h: cpu, 2 usable cores" in text  # a document from before the CPU's features were recorded
+    doc["machine"]["cpu_features"] = ["avx2", "avx512_vnni"]
+    assert "on h: cpu (avx2, avx512_vnni), 2 usable cores" in markdown(doc, rows)
 
 
 def test_unknown_family_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

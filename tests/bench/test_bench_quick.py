@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.report import CPU_FEATURES
 from benchmarks.targets import TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +61,7 @@ def test_document_has_machine_info_and_every_quick_family(doc: dict[str, Any]) -
     assert doc["threads"] == 2
     machine = doc["machine"]
     assert machine["cpu_model"]
+    assert set(machine["cpu_features"]) <= set(CPU_FEATURES)
     assert machine["usable_cores"] >= 1
     assert machine["python"]
     assert all(machine["versions"][name] for name in ("torch", "onnxruntime", "grpcio", "numpy"))
