@@ -240,7 +240,11 @@ def test_graceful_stop_finishes_accepted_requests_and_refuses_new_ones(
         stopping = threading.Thread(target=server.call, args=(server.server.stop(5.0),))
         stopping.start()
         assert refusing.wait(10)
-        expect(grpc.StatusCode.UNAVAILABLE, "", lambda: stub.Classify(request, timeout=5))
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Classify(request, timeout=5)
+        # Not served either way: UNAVAILABLE when the client saw the server's GOAWAY before sending, CANCELLED when
+        # the call reached the transport first and the shutdown cancelled it (both seen in full runs).
+        assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), refused.value
         assert not accepted.done()  # still in progress when the new call was refused
     assert accepted.result().results  # finished during the grace period
     stopping.join(10)
