@@ -28,7 +28,7 @@ def measure(ctx: Context, asset: assets.ModelAsset, counts: tuple[int, ...], pla
             with procs.start_server(ctx, asset.repository, [asset.name], extra=["--instances", str(n)],
                                     tag=f"{asset.name}-instances{n}") as proc:
                 results = procs.run_loadgen(ctx, proc.address,
-                                            server._scenarios(plan, p, plan.batching_on, f"i{n}"), proc.proc.pid)
+                                            server.scenarios(plan, p, plan.batching_on, f"i{n}"), proc.proc.pid)
             for key, result in zip(plan.batching_on, results, strict=True):
                 found[n].setdefault(key, []).append(result)
     return found
@@ -48,7 +48,7 @@ def run(ctx: Context) -> list[Row]:
         found = measure(ctx, asset, (1, n), plan, p, rounds=1 if ctx.quick else 2)
         for kind, conc in plan.batching_on:
             one, many = _pooled(found[1][(kind, conc)]), _pooled(found[n][(kind, conc)])
-            last = {k: server._latency(found[k][(kind, conc)][-1]) for k in (1, n)}
+            last = {k: server.latency(found[k][(kind, conc)][-1]) for k in (1, n)}
             rows.append(Row("instances", f"{asset.name} {kind} c{conc}: --instances {n} vs 1",
                             "server, --instances 1", one, f"server, --instances {n}", many,
                             many.median / one.median,

@@ -142,7 +142,7 @@ def bracketed(ctx: Context, fns: dict[str, Any], measure: Any) -> tuple[dict[str
 
 # ---- measurements ---------------------------------------------------------------------------------------------------
 
-def _scenarios(plan: Plan, p: Payloads, which: tuple[tuple[str, int], ...], tag: str) -> list[dict[str, Any]]:
+def scenarios(plan: Plan, p: Payloads, which: tuple[tuple[str, int], ...], tag: str) -> list[dict[str, Any]]:
     return [{"name": f"{tag} {kind} c{conc}", "method": p.methods[kind], "payload": str(p.files[kind]),
              "concurrency": conc, "warmup_s": plan.warmup_s, "windows": plan.windows, "window_s": plan.window_s,
              "timeout_s": 30.0} for kind, conc in which]
@@ -156,7 +156,7 @@ def measure(ctx: Context, asset: assets.ModelAsset, plan: Plan, p: Payloads) -> 
     found: dict[str, Any] = {}
     ctx.log(f"server: {asset.name}: echo ceiling ({len(plan.echo)} scenarios)")
     with procs.start_echo(ctx, p.responses) as echo:
-        found["echo"] = _by_key(procs.run_loadgen(ctx, echo.address, _scenarios(plan, p, plan.echo, "echo"),
+        found["echo"] = _by_key(procs.run_loadgen(ctx, echo.address, scenarios(plan, p, plan.echo, "echo"),
                                                   echo.proc.pid), plan.echo)
         found["echo_memory"] = echo.memory()
     for tag, max_batch, which in (("on", 32, plan.batching_on), ("off", 1, plan.batching_off)):
@@ -165,7 +165,7 @@ def measure(ctx: Context, asset: assets.ModelAsset, plan: Plan, p: Payloads) -> 
         ctx.log(f"server: {asset.name}: batching {tag} (--max-batch {max_batch}, {len(which)} scenarios)")
         with procs.start_server(ctx, asset.repository, [asset.name], max_batch=max_batch,
                                 tag=f"{asset.name}-{tag}") as server:
-            found[tag] = _by_key(procs.run_loadgen(ctx, server.address, _scenarios(plan, p, which, tag),
+            found[tag] = _by_key(procs.run_loadgen(ctx, server.address, scenarios(plan, p, which, tag),
                                                    server.proc.pid), which)
             found[f"{tag}_memory"] = server.memory()
     return found
@@ -177,7 +177,7 @@ def _rate(result: dict[str, Any]) -> Stat:
     return Stat.of(result["throughput"], "req/s")
 
 
-def _latency(result: dict[str, Any]) -> dict[str, Any]:
+def latency(result: dict[str, Any]) -> dict[str, Any]:
     lat = result["latency_ms"]
     return {"p50_ms": lat["p50"], "p90_ms": lat["p90"], "p99_ms": lat["p99"], "mean_ms": lat["mean"],
             "requests": result["requests"], "errors": result["errors"],
@@ -217,7 +217,7 @@ def _rows(ctx: Context, asset: assets.ModelAsset, plan: Plan, p: Payloads, base:
             server = _rate(result)
             details = {"concurrency": conc, "payload": KIND_TEXT[kind] if kind != "bytes" else
                        f"{KIND_TEXT[kind]}, {p.image_text}", "batching": tag, "threads": ctx.threads,
-                       "baseline": f"in-process Predictor, {base_key} (1 request = 1 image)", **_latency(result)}
+                       "baseline": f"in-process Predictor, {base_key} (1 request = 1 image)", **latency(result)}
             if (kind, conc) in echo:
                 details["echo_req_s"] = _rate(echo[(kind, conc)]).median
                 details["vs_echo"] = server.median / details["echo_req_s"]
@@ -237,8 +237,8 @@ def _rows(ctx: Context, asset: assets.ModelAsset, plan: Plan, p: Payloads, base:
         rows.append(Row("server", f"{name} {kind} c{conc}: server (batching on) vs bare grpc.aio echo",
                         "grpc.aio echo (canned answer)", ceiling, "server, batching on", server,
                         server.median / ceiling.median,
-                        details={"concurrency": conc, "echo": _latency(result),
-                                 "server": _latency(found["on"][(kind, conc)])}))
+                        details={"concurrency": conc, "echo": latency(result),
+                                 "server": latency(found["on"][(kind, conc)])}))
     rows.append(_p50_row(ctx, asset, base, found))
     if name == "digits":
         rows.append(_digits_row(ctx, base, found))
@@ -263,7 +263,7 @@ def _p50_row(ctx: Context, asset: assets.ModelAsset, base: dict[str, Stat], foun
                target="server_p50", met=met,
                verdict=f"{delta:+.2f} ms {'<=' if met else '>'} +{SERVER_P50_SLACK_MS:g} ms",
                details={"delta_ms": delta, "echo_p50_ms": found["echo"][("tensor", 1)]["latency_ms"]["p50"]
-                        if ("tensor", 1) in found["echo"] else None, **_latency(result)})
+                        if ("tensor", 1) in found["echo"] else None, **latency(result)})
 
 
 def _digits_row(ctx: Context, base: dict[str, Stat], found: dict[str, Any]) -> Row:
@@ -276,4 +276,4 @@ def _digits_row(ctx: Context, base: dict[str, Stat], found: dict[str, Any]) -> R
                "grpc.aio echo (canned answer)", echo, "server, batching on, FP32 tensor", server, ratio,
                target="digits_server", met=met, verdict=verdict,
                details={"echo_req_s": echo.median, "in_process_b8_req_s": base["tensor b8"].rate(8, "req/s").median,
-                        **_latency(found["on"][("tensor", 8)])})
+                        **latency(found["on"][("tensor", 8)])})
