@@ -103,8 +103,8 @@ def decode_rows(ctx: Context, name: str) -> list[Row]:
 # ---- accuracy -------------------------------------------------------------------------------------------------------
 
 def accuracy_row(ctx: Context, asset: assets.ModelAsset) -> Row:
+    from serving.client.prepare import encode_for
     from serving.contract.preprocess import load_image, model_image, normalize, preprocess
-    from serving.grpc.prepare import encode_for
     from serving.runtime.loader import load_model
     from serving.runtime.prediction import softmax
 
@@ -140,8 +140,8 @@ def accuracy_row(ctx: Context, asset: assets.ModelAsset) -> Row:
 def _payloads(ctx: Context, asset: assets.ModelAsset) -> dict[str, Path]:
     """Serialized Classify requests: the 12-MP JPEG, the same photo resized by the client, the ready tensor."""
     from serving._generated import imageclassifier_pb2 as ic
+    from serving.client.prepare import encode_for
     from serving.contract.preprocess import preprocess
-    from serving.grpc.prepare import encode_for
 
     spec = _spec(asset)
     data = assets.photo_file(ctx, "12mp").read_bytes()

@@ -31,7 +31,7 @@ def _import_seconds(ctx: Context) -> float:
 
 
 def _warm_up(address: str, asset: assets.ModelAsset, image: bytes, tensor: np.ndarray, count: int) -> None:
-    from serving.grpc.client import Client
+    from serving.client import Client
 
     with Client(address, asset.name, timeout=30) as client:
         for i in range(count):

@@ -141,7 +141,7 @@ def _add_client_options(p: argparse.ArgumentParser) -> None:
 
 
 def client_token(args: argparse.Namespace) -> str | None:
-    from serving.grpc.client import read_token
+    from serving.client import read_token
 
     try:
         return read_token(args.auth_token_file)
@@ -150,14 +150,14 @@ def client_token(args: argparse.Namespace) -> str | None:
 
 
 def _client(args: argparse.Namespace, model: str | None = None, **options: Any):  # type: ignore[no-untyped-def]
-    from serving.grpc.client import Client
+    from serving.client import Client
 
     return Client(args.server, model, timeout=args.timeout, token=client_token(args), tls_ca=args.tls_ca,
                   tls_cert=args.tls_cert, tls_key=args.tls_key, server_name=args.tls_server_name, **options)
 
 
 def _add_classify(sub: argparse._SubParsersAction) -> None:
-    from serving.grpc.prepare import add_send_options
+    from serving.client.prepare import add_send_options
 
     p = sub.add_parser("classify", help="classify image files with a running server")
     _add_client_options(p)

@@ -88,7 +88,7 @@ def run_job(batches: Iterator[list[Row]], out: OutputFile | ParquetOutput, summa
 # ---- command line --------------------------------------------------------------------------------------------------
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from serving.grpc.prepare import add_send_options
+    from serving.client.prepare import add_send_options
 
     p.description = (
         "Classify image files into a CSV, JSON Lines or Parquet output: one row per file (path, label, probability, "
@@ -233,7 +233,7 @@ def remote_backend(args: argparse.Namespace, todo: list[str]) -> Backend:
     import grpc
 
     from serving.batch.runners import RemoteClassifier, RemoteError, classify_remote
-    from serving.grpc.client import Client, read_token
+    from serving.client import Client, read_token
 
     try:
         token = read_token(args.auth_token_file)

@@ -3,7 +3,7 @@
 - :func:`classify_local`: the shared :class:`~serving.runtime.predictor.Predictor`. Worker processes
   (``serving.batch.decode``) read and preprocess groups of ``batch_size`` files ahead of the consumer, while the
   consumer runs onnxruntime on the previous group, so decoding and inference overlap.
-- :func:`classify_remote`: the gRPC :class:`~serving.grpc.client.Client`; a thread pool keeps ``in_flight`` Classify
+- :func:`classify_remote`: the gRPC :class:`~serving.client.Client`; a thread pool keeps ``in_flight`` Classify
   requests of up to ``batch_size`` images each on the wire, and the server's dynamic batcher merges them.
 
 A file that cannot be read or decoded becomes an error row and the job goes on. A failure that is not about one
@@ -30,7 +30,7 @@ from serving.runtime.predictor import Predictor
 if TYPE_CHECKING:
     import grpc
 
-    from serving.grpc.client import Client
+    from serving.client import Client
 
 T = TypeVar("T")
 _END = object()

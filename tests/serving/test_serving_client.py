@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from serving.client import Client
+from serving.client.prepare import encode_for, spec_of
 from serving.contract.preprocess import EXIF_ORIENTATION, preprocess
-from serving.grpc.client import Client
-from serving.grpc.prepare import encode_for, spec_of
 from serving.runtime.predictor import Predictor
 from tests.support.hostile import jpeg_bomb
 from tests.support.images import encode, textured

@@ -16,7 +16,7 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
-from serving.grpc.client import Client
+from serving.client import Client
 from serving.runtime.predictor import Predictor
 from tests.support.servers import ServerThread, sample
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.grpc.client import Client
+from serving.client import Client
 from tests.support.repositories import Repo
 from tests.support.servers import ServerThread, base_config
 

@@ -14,7 +14,7 @@ from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import grpc_service_pb2_grpc as kserve_grpc
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
-from serving.grpc.client import Client
+from serving.client import Client
 from serving.grpc.converters import array_to_tensor
 from serving.runtime import loader
 from serving.runtime.predictor import Predictor

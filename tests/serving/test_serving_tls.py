@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from serving.grpc.client import Client
+from serving.client import Client
 from tests.support.repositories import Repo
 from tests.support.servers import ServerThread, base_config
 from tests.support.tls import CLIENT_EXT, issue, make_ca, make_certs, needs_openssl

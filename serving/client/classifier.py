@@ -1,11 +1,11 @@
 """A small Python client for the server's own API (imageclassifier.v1), no onnxruntime needed.
 
-    from serving.grpc.client import Client
+    from serving.client import Client
     with Client("localhost:8001", model="digits") as client:
         for top in client.classify(["three.png", open("seven.jpg", "rb").read()], top_k=3):
             print(top[0].label, top[0].probability)
 
-Images are resized here before they are sent (``send``, ``serving.grpc.prepare``): the client reads the model's
+Images are resized here before they are sent (``send``, ``serving.client.prepare``): the client reads the model's
 preprocessing spec once (GetModel), runs the server's own decode and resize on each image, and sends a PNG
 (``"png"``, the default: exactly the server's answer for the original file), a float32 tensor (``"tensor"``: exact
 too), or a JPEG (``"jpeg"``, ``jpeg_quality``: the smallest, not exact); ``"original"`` sends the file's bytes
@@ -32,9 +32,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
+from serving.client.prepare import SEND, encode_for, spec_of, tensor_image
 from serving.contract.preprocess import PreprocessSpec
 from serving.errors import InvalidInput
-from serving.grpc.prepare import SEND, encode_for, spec_of, tensor_image
 from serving.runtime.prediction import Prediction
 
 ImageInput = str | Path | bytes | bytearray | memoryview | np.ndarray
