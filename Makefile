@@ -29,6 +29,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m serving.gen_protos --check
 	$(PY) -m pytest -q
 

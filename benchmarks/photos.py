@@ -104,9 +104,9 @@ def decode_rows(ctx: Context, name: str) -> list[Row]:
 
 def accuracy_row(ctx: Context, asset: assets.ModelAsset) -> Row:
     from serving.client.prepare import encode_for
+    from serving.contract.prediction import softmax
     from serving.contract.preprocess import load_image, model_image, normalize, preprocess
     from serving.runtime.loader import load_model
-    from serving.runtime.prediction import softmax
 
     spec = _spec(asset)
     predictor = load_model(asset.version_dir, threads=ctx.threads).predictor

@@ -72,7 +72,7 @@ def payloads(ctx: Context, asset: assets.ModelAsset) -> Payloads:
     from serving._generated import grpc_service_pb2 as kserve
     from serving._generated import imageclassifier_pb2 as ic
     from serving.contract.preprocess import PreprocessSpec, preprocess
-    from serving.grpc.converters import encode_bytes_elements
+    from serving.contract.tensors import encode_bytes_elements
 
     c, h, w = asset.input_shape
     spec = PreprocessSpec.from_dict({**asset.manifest["preprocess"], "labels": asset.manifest["labels"]})

@@ -2,7 +2,7 @@
 
 Cold start is timed from spawning ``python -m serving serve`` (digits model) to the first health check answering
 SERVING for the whole server — interpreter start, imports, model load, sha256 and golden self-check, port open.
-Its baseline is the interpreter plus the server's imports (``python -c "import serving.grpc.server"``), so the ratio
+Its baseline is the interpreter plus the server's imports (``python -c "import serving.server"``), so the ratio
 shows what the server adds on top of what any Python gRPC + onnxruntime process pays. Memory (VmRSS) is read after
 a few hundred requests (tensors and PNGs), against a bare grpc.aio echo process after the same requests.
 """
@@ -25,7 +25,7 @@ WARMUP_REQUESTS = 200
 
 def _import_seconds(ctx: Context) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import serving.grpc.server, serving.cli"], cwd=ctx.root,
+    subprocess.run([sys.executable, "-c", "import serving.server, serving.cli"], cwd=ctx.root,
                    env=procs.child_env(ctx), check=True, timeout=120)
     return time.perf_counter() - start
 
@@ -61,7 +61,7 @@ def run(ctx: Context) -> list[Row]:
     rss_mb = Stat.of(rss, "MB")
     ready_met, rss_met = ready_s.median <= COLD_START_S, rss_mb.median <= MEMORY_MB
     return [
-        Row("startup", "digits: server cold start to health SERVING", "python -c 'import serving.grpc.server' (imports "
+        Row("startup", "digits: server cold start to health SERVING", "python -c 'import serving.server' (imports "
             "only)", import_s, "python -m serving serve → SERVING", ready_s, import_s.median / ready_s.median,
             target="cold_start", met=ready_met,
             verdict=f"{ready_s.median:.2f} s {'<=' if ready_met else '>'} {COLD_START_S} s",

@@ -107,8 +107,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from serving.config import ServerConfig
     from serving.contract.preprocess import DEFAULT_MAX_PIXELS
-    from serving.grpc.server import serve
     from serving.runtime.logs import setup_logging
+    from serving.server import serve
 
     setup_logging(args.log_level, args.log_format)
     try:

@@ -165,7 +165,7 @@ class Verification(_message.Message):
     def __init__(self, passed: bool = ..., max_abs_diff: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., golden_atol: _Optional[float] = ..., golden_max_abs_diff: _Optional[float] = ..., golden_samples: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "state", "reason", "arch", "labels", "input", "output", "preprocess", "verification", "variant", "onnx_sha256", "created", "available_versions")
+    __slots__ = ("name", "version", "state", "reason", "arch", "labels", "input", "output", "preprocess", "verification", "variant", "onnx_sha256", "created", "available_versions", "explain_methods", "stages")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[ModelInfo.State]
@@ -190,6 +190,8 @@ class ModelInfo(_message.Message):
     ONNX_SHA256_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_METHODS_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     state: ModelInfo.State
@@ -204,7 +206,9 @@ class ModelInfo(_message.Message):
     onnx_sha256: str
     created: str
     available_versions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[ModelInfo.State, str]] = ..., reason: _Optional[str] = ..., arch: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., output: _Optional[_Union[OutputSpec, _Mapping]] = ..., preprocess: _Optional[_Union[Preprocess, _Mapping]] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ..., variant: _Optional[str] = ..., onnx_sha256: _Optional[str] = ..., created: _Optional[str] = ..., available_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+    explain_methods: _containers.RepeatedScalarFieldContainer[str]
+    stages: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[ModelInfo.State, str]] = ..., reason: _Optional[str] = ..., arch: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., output: _Optional[_Union[OutputSpec, _Mapping]] = ..., preprocess: _Optional[_Union[Preprocess, _Mapping]] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ..., variant: _Optional[str] = ..., onnx_sha256: _Optional[str] = ..., created: _Optional[str] = ..., available_versions: _Optional[_Iterable[int]] = ..., explain_methods: _Optional[_Iterable[str]] = ..., stages: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("model", "version", "image", "class_index", "method", "top_k", "stages", "request_id")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serving.runtime.prediction import Prediction
+from serving.contract.prediction import Prediction
 
 if TYPE_CHECKING:
     from serving.batch.parquet import ParquetOutput

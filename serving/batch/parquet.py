@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serving.batch.output import Row, escape_surrogates, one_line, unescape_surrogates
-from serving.runtime.prediction import Prediction
+from serving.contract.prediction import Prediction
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from serving.batch.decode import Group, decoder, read_file
 from serving.batch.output import Row
-from serving.runtime.prediction import top_predictions
+from serving.contract.prediction import top_predictions
 from serving.runtime.predictor import Predictor
 
 if TYPE_CHECKING:

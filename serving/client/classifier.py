@@ -33,9 +33,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
 from serving.client.prepare import SEND, encode_for, spec_of, tensor_image
+from serving.contract.prediction import Prediction
 from serving.contract.preprocess import PreprocessSpec
 from serving.errors import InvalidInput
-from serving.runtime.prediction import Prediction
 
 ImageInput = str | Path | bytes | bytearray | memoryview | np.ndarray
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024

@@ -11,11 +11,15 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from serving.contract.manifest import ModelManifest
 from serving.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from serving.contract.api import InputTensor
 
 MAX_DIMS = 8  # far more than any image tensor needs; checked before anything is computed from the shape
 _LENGTH = struct.Struct("<I")
@@ -50,6 +54,23 @@ def encode_bytes_elements(items: Sequence[bytes]) -> bytes:
 
 def expected_input(manifest: ModelManifest) -> str:
     return f"FP32 [N, {', '.join(map(str, manifest.input_shape))}] or BYTES [N] (encoded images)"
+
+
+def request_input(manifest: ModelManifest, inputs: Sequence[InputTensor]) -> np.ndarray | list[bytes]:
+    """The one input of an inference request: an FP32 (N, C, H, W) array, or the encoded images of a BYTES tensor."""
+    if len(inputs) != 1:
+        raise InvalidInput(f"model {manifest.name!r} takes exactly one input {manifest.input_name!r} "
+                           f"({expected_input(manifest)}), got {len(inputs)}")
+    tensor = inputs[0]
+    values = tensor.values() if callable(tensor.values) else tensor.values
+    return infer_input(manifest, tensor.name, tensor.datatype, tensor.shape, raw=tensor.raw, values=values)
+
+
+def check_outputs(manifest: ModelManifest, names: Sequence[str]) -> None:
+    """Every output a request asks for by name exists."""
+    for name in names:
+        if name != manifest.output_name:
+            raise InvalidInput(f"unknown output {name!r}; model {manifest.name!r} has {manifest.output_name!r}")
 
 
 def infer_input(manifest: ModelManifest, name: str, datatype: str, dims: Sequence[int], *,

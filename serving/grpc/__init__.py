@@ -1,1 +1,1 @@
-"""The gRPC front end: servicers, protobuf converters, the one error → status mapping, server and client."""
+"""The gRPC front end: servicers, protobuf ↔ neutral converters, error kind → gRPC code, token check, health."""

@@ -10,51 +10,39 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as dist_version
 from typing import Any
 
 import grpc
-import numpy as np
 
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import grpc_service_pb2_grpc as kserve_grpc
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
-from serving.config import ServerConfig
+from serving.contract import classifier
 from serving.errors import SlowReader
 from serving.grpc import converters
 from serving.grpc.handlers import UndecodableRequest
-from serving.grpc.status import Recorder, deadline_of, rpc, sane_request_id, status_for
+from serving.grpc.status import deadline_of, rpc, status_for
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import request_id_var
 from serving.runtime.metrics import Metrics
+from serving.runtime.requests import OK, Recorder, sane_request_id
 
 Context = grpc.aio.ServicerContext
-SERVER_NAME = "resnet-serving"
 STREAM_WINDOW = 64  # messages of one stream processed concurrently; reading pauses beyond that (back-pressure)
-
-try:
-    SERVER_VERSION = dist_version(SERVER_NAME)
-except PackageNotFoundError:
-    SERVER_VERSION = "0.0.0"
-
-
-def _make_recorder(plane: DataPlane, metrics: Metrics | None) -> Recorder:
-    return Recorder(metrics, lambda: plane.registry.models)
 
 
 class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
     def __init__(self, plane: DataPlane, metrics: Metrics | None = None) -> None:
-        self.plane, self.registry, self.config = plane, plane.registry, plane.config
-        self.recorder = _make_recorder(plane, metrics)
+        self.plane = plane
+        self.recorder = Recorder(metrics, lambda: plane.registry.models)
+        self.write_timeout_s = plane.config.stream_write_timeout_s
 
     async def _classify(self, request: ic_pb2.ClassifyRequest, deadline: float | None,
                         rid: str) -> ic_pb2.ClassifyResponse:
-        with self.plane.admit(request.model, request.version, max(1, len(request.images))) as model:
-            images = converters.images_from_request(request)
-            results = await self.plane.classify(model, images, request.top_k, deadline)
-        return converters.classify_response(model, results, sane_request_id(request.request_id) or rid)
+        message_id = sane_request_id(request.request_id) or rid
+        result = await self.plane.classify(converters.classify_request(request, message_id, deadline))
+        return classifier.classify_response(result)
 
     @rpc("Classify", lambda r: r.model)
     async def Classify(  # noqa: N802
@@ -77,30 +65,27 @@ class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
 
         await _answer_stream("ClassifyStream", self.recorder, requests, context, rid, respond, fail,
                              message_id=lambda r: r.request_id, model=lambda r: r.model,
-                             write_timeout_s=self.config.stream_write_timeout_s)
+                             write_timeout_s=self.write_timeout_s)
 
     @rpc("ListModels")
     async def ListModels(  # noqa: N802
         self, request: ic_pb2.ListModelsRequest, context: Context, rid: str,
     ) -> ic_pb2.ListModelsResponse:
-        return ic_pb2.ListModelsResponse(models=[converters.model_info(m) for m in self.registry.models.values()])
+        return classifier.list_models(self.plane.models())
 
     @rpc("GetModel", lambda r: r.name)
     async def GetModel(  # noqa: N802
         self, request: ic_pb2.GetModelRequest, context: Context, rid: str,
     ) -> ic_pb2.ModelInfo:
-        return converters.model_info(self.registry.find(request.name, request.version))
+        return classifier.model_info(self.plane.model_status(request.name, request.version))
 
     @rpc("Explain", lambda r: r.model)
     async def Explain(  # noqa: N802
         self, request: ic_pb2.ExplainRequest, context: Context, rid: str,
     ) -> ic_pb2.ExplainResponse:
-        image = converters.image_source(request.image)
-        class_index = request.class_index if request.HasField("class_index") else None
-        with self.plane.admit(request.model, request.version, self.plane.explain_images(request.method)) as model:
-            explanation = await self.plane.explain(model, image, class_index, request.method, request.top_k,
-                                                   request.stages, deadline_of(context))
-        return converters.explain_response(model, explanation, sane_request_id(request.request_id) or rid)
+        message_id = sane_request_id(request.request_id) or rid
+        result = await self.plane.explain(converters.explain_request(request, message_id, deadline_of(context)))
+        return classifier.explain_response(result)
 
 
 async def _answer_stream(method: str, recorder: Recorder, requests: AsyncIterator, context: Context, rid: str,
@@ -115,17 +100,18 @@ async def _answer_stream(method: str, recorder: Recorder, requests: AsyncIterato
         undecodable = isinstance(request, UndecodableRequest)
         mid = (None if undecodable else sane_request_id(message_id(request))) or f"{rid}-{seq}"
         token = request_id_var.set(mid)
-        started, code = time.perf_counter(), grpc.StatusCode.OK
+        started, outcome = time.perf_counter(), OK
         try:
             if undecodable:
                 raise request.error()
             return await respond(request, deadline_of(context), mid)
         except Exception as e:
             code, message = status_for(e, mid)
+            outcome = code.name
             return fail(request, mid, code, message)
         finally:
             label = "" if undecodable else recorder.model_label(model(request))
-            recorder.done(method, label, code, time.perf_counter() - started)
+            recorder.done(method, label, outcome, time.perf_counter() - started)
             request_id_var.reset(token)
 
     async for response in _concurrent_answers(requests, answer):
@@ -165,10 +151,10 @@ async def _concurrent_answers(requests: AsyncIterator, answer) -> AsyncIterator:
 
 
 class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, config: ServerConfig, metrics: Metrics | None = None) -> None:
-        self.plane, self.registry = plane, plane.registry
-        self.config = config
-        self.recorder = _make_recorder(plane, metrics)
+    def __init__(self, plane: DataPlane, metrics: Metrics | None = None) -> None:
+        self.plane = plane
+        self.recorder = Recorder(metrics, lambda: plane.registry.models)
+        self.write_timeout_s = plane.config.stream_write_timeout_s
 
     @rpc("ServerLive")
     async def ServerLive(  # noqa: N802
@@ -180,43 +166,37 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(  # noqa: N802
         self, request: kserve_pb2.ServerReadyRequest, context: Context, rid: str,
     ) -> kserve_pb2.ServerReadyResponse:
-        return kserve_pb2.ServerReadyResponse(ready=self.registry.ready)
+        return kserve_pb2.ServerReadyResponse(ready=self.plane.server_ready())
 
     @rpc("ServerMetadata")
     async def ServerMetadata(  # noqa: N802
         self, request: kserve_pb2.ServerMetadataRequest, context: Context, rid: str,
     ) -> kserve_pb2.ServerMetadataResponse:
-        return kserve_pb2.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION,
-                                                 extensions=["model_configuration"])
+        return converters.server_metadata(self.plane.server_metadata())
 
     @rpc("ModelReady", lambda r: r.name)
     async def ModelReady(  # noqa: N802
         self, request: kserve_pb2.ModelReadyRequest, context: Context, rid: str,
     ) -> kserve_pb2.ModelReadyResponse:
-        model = self.registry.find(request.name, request.version)
-        return kserve_pb2.ModelReadyResponse(ready=converters.model_ready(model) and not self.registry.shutting_down)
+        return kserve_pb2.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version))
 
     @rpc("ModelMetadata", lambda r: r.name)
     async def ModelMetadata(  # noqa: N802
         self, request: kserve_pb2.ModelMetadataRequest, context: Context, rid: str,
     ) -> kserve_pb2.ModelMetadataResponse:
-        return converters.model_metadata(self.registry.find(request.name, request.version))
+        return converters.model_metadata(self.plane.model_metadata(request.name, request.version))
 
     @rpc("ModelConfig", lambda r: r.name)
     async def ModelConfig(  # noqa: N802
         self, request: kserve_pb2.ModelConfigRequest, context: Context, rid: str,
     ) -> kserve_pb2.ModelConfigResponse:
-        return converters.model_config(self.registry.find(request.name, request.version), self.config)
+        return kserve_pb2.ModelConfigResponse(config=self.plane.model_config(request.name, request.version))
 
     async def _infer(self, request: kserve_pb2.ModelInferRequest, deadline: float | None,
                      rid: str) -> kserve_pb2.ModelInferResponse:
-        with self.plane.admit(request.model_name, request.model_version, converters.infer_batch_size(request)) as model:
-            assert model.manifest is not None  # a serving model has passed its checks
-            converters.check_requested_outputs(request, model.manifest)
-            data = converters.infer_inputs(request, model.manifest)
-            x = data if isinstance(data, np.ndarray) else await self.plane.preprocess(model, data, deadline)
-            logits = await self.plane.infer(model, x, deadline)
-        return converters.infer_response(model, sane_request_id(request.id) or rid, logits)
+        message_id = sane_request_id(request.id) or rid
+        result = await self.plane.infer(converters.infer_request(request, message_id, deadline))
+        return converters.infer_response(result)
 
     @rpc("ModelInfer", lambda r: r.model_name)
     async def ModelInfer(  # noqa: N802
@@ -242,4 +222,4 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
 
         await _answer_stream("ModelStreamInfer", self.recorder, requests, context, rid, respond, fail,
                              message_id=lambda r: r.id, model=lambda r: r.model_name,
-                             write_timeout_s=self.config.stream_write_timeout_s)
+                             write_timeout_s=self.write_timeout_s)

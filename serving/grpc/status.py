@@ -1,75 +1,42 @@
 """The one place where domain errors become gRPC status codes, and the decorator every RPC handler wears.
 
-``status_for`` maps an exception to (code, message); ``rpc`` wraps a servicer method: it assigns the request id,
-counts and times the call, maps any exception through ``status_for`` and ends the RPC with it. An unexpected
-exception is logged with its traceback and the request id, and the client gets INTERNAL quoting that id (never
-the exception text, which may hold internals).
+``STATUS_CODES`` maps each error kind to its code; ``status_for`` an exception to (code, message). ``rpc`` wraps a
+servicer method: it assigns the request id, counts and times the call, maps any exception and ends the RPC with it.
+An unexpected exception is logged with its traceback and the request id (``serving.runtime.requests.error_of``),
+and the client gets INTERNAL quoting that id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 
-from serving.errors import (
-    DeadlineExceeded,
-    InvalidInput,
-    ModelNotFound,
-    ModelRejected,
-    NotReady,
-    Overloaded,
-    SlowReader,
-    TooLarge,
-    Unauthenticated,
-)
+from serving.errors import Kind
 from serving.grpc.handlers import UndecodableRequest
-from serving.runtime.logs import RateLimit, new_request_id, request_id_var
-from serving.runtime.metrics import Metrics
+from serving.runtime.logs import new_request_id, request_id_var
+from serving.runtime.requests import CANCELLED, OK, REQUEST_ID_KEY, Recorder, error_of, sane_request_id
 
-log = logging.getLogger("serving.rpc")
-
-REQUEST_ID_KEY = "x-request-id"
-MAX_REQUEST_ID_CHARS = 128
-LOG_LINES_PER_SECOND = 20  # per (method, code): a flood of bad requests must not flood the log
-STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    NotReady: grpc.StatusCode.UNAVAILABLE,
-    ModelRejected: grpc.StatusCode.UNAVAILABLE,
-    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,  # like gRPC's own "message larger than max"
-    SlowReader: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+STATUS_CODES: dict[Kind, grpc.StatusCode] = {
+    Kind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
+    Kind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Kind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Kind.NOT_READY: grpc.StatusCode.UNAVAILABLE,
+    Kind.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Kind.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,  # like gRPC's own "message larger than max"
+    Kind.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Kind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
-
-
-# Status messages travel in trailers, which clients cap at 16 KiB; a message quoting client data (a field name, a
-# decoder's complaint) is cut well below that, or the client would see a transport error instead of the status.
-MAX_MESSAGE_CHARS = 2000
 
 
 def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCode, str]:
     """(status code, message) for an exception raised while handling a request."""
-    for cls, code in STATUS_CODES.items():
-        if isinstance(exc, cls):
-            message = str(exc)
-            return code, message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "…"
-    log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id or request_id_var.get()})"
-
-
-def sane_request_id(value: object) -> str | None:
-    """A client-chosen request id (header or message field) if it is safe to log and echo: 1–128 printable ASCII."""
-    if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID_CHARS and value.isascii() and value.isprintable():
-        return value
-    return None
+    kind, message = error_of(exc, request_id)
+    return STATUS_CODES[kind], message
 
 
 def request_id_from(context: grpc.aio.ServicerContext) -> str:
@@ -84,44 +51,6 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     """The RPC's deadline in event-loop time (what the batcher compares with), or None."""
     remaining = context.time_remaining()
     return None if remaining is None else asyncio.get_running_loop().time() + remaining
-
-
-class Recorder:
-    """Counts, times and logs finished calls; children of labelled metrics are cached (the hot path)."""
-
-    def __init__(self, metrics: Metrics | None, known_models: Callable[[], Any]) -> None:
-        self.metrics = metrics
-        self.known_models = known_models
-        self._children: dict[tuple[str, ...], Any] = {}
-        self._log_limit = RateLimit(LOG_LINES_PER_SECOND)
-
-    def model_label(self, name: str) -> str:
-        # Only names of real models become label values: clients must not be able to grow the metric set.
-        return name if name in self.known_models() else ""
-
-    def inflight(self, method: str) -> Any:
-        if self.metrics is None:
-            return None
-        key = ("inflight", method)
-        if key not in self._children:
-            self._children[key] = self.metrics.inflight.labels(method)
-        return self._children[key]
-
-    def done(self, method: str, model: str, code: grpc.StatusCode, seconds: float) -> None:
-        if self.metrics is not None:
-            key = (method, model, code.name)
-            counter = self._children.get(key)
-            if counter is None:
-                counter = self._children[key] = self.metrics.requests.labels(model, method, code.name)
-                self._children[(method, model)] = self.metrics.request_seconds.labels(model, method)
-            counter.inc()
-            self._children[(method, model)].observe(seconds)
-        level = logging.DEBUG if code is grpc.StatusCode.OK else (
-            logging.ERROR if code is grpc.StatusCode.INTERNAL else logging.INFO)
-        if log.isEnabledFor(level) and (skipped := self._log_limit.allow((method, code))) is not None:
-            log.log(level, "%s %s", method, code.name,
-                    extra={"method": method, "model": model, "code": code.name, "ms": round(seconds * 1e3, 3),
-                           **({"similar_lines_skipped": skipped} if skipped else {})})
 
 
 def _fail(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, rid: str) -> None:
@@ -147,7 +76,7 @@ def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "", *,
             gauge = recorder.inflight(method)
             if gauge is not None:
                 gauge.inc()
-            started, code = time.perf_counter(), grpc.StatusCode.OK
+            started, outcome = time.perf_counter(), OK
             try:
                 if isinstance(request, UndecodableRequest):
                     raise request.error()
@@ -155,20 +84,21 @@ def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "", *,
                 context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
                 return response
             except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
+                outcome = CANCELLED
                 raise
             except grpc.aio.AbortError:
                 raise
             except Exception as e:
-                code, message = status_for(e, rid)
-                _fail(context, code, message, rid)
+                kind, message = error_of(e, rid)
+                outcome = kind.outcome
+                _fail(context, STATUS_CODES[kind], message, rid)
                 return None
             finally:
                 if gauge is not None:
                     gauge.dec()
                 if not stream:
                     model = "" if isinstance(request, UndecodableRequest) else model_of(request)
-                    recorder.done(method, recorder.model_label(model), code, time.perf_counter() - started)
+                    recorder.done(method, recorder.model_label(model), outcome, time.perf_counter() - started)
                 request_id_var.reset(token)
 
         return handler

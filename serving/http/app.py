@@ -1,13 +1,14 @@
 """The HTTP front end: the Open Inference Protocol's REST API and the simple classify API, on the data plane.
 
-Runs on the same event loop as the gRPC server (aiohttp), calling the same :class:`DataPlane` and registry, so the
-two transports share admission, batching, limits and errors; this module only translates HTTP and JSON.
+Runs on the same event loop as the gRPC front end (aiohttp), a peer of it: both call the same :class:`DataPlane`, so
+the two transports share admission, batching, limits and errors; this module only translates HTTP and JSON.
 
 - ``/v2``, ``/v2/health/live|ready``, ``/v2/models/{name}[/versions/{v}]``, ``…/ready``, ``…/config``,
   ``…/infer`` — KServe v2 with Triton's binary-tensor extension (``tritonclient.http`` works unchanged);
 - ``GET /v1/models``, ``GET /v1/models/{name}``, ``POST /v1/models/{name}/classify`` (the image as the body, or
   one or many multipart files: ``curl -F image=@cat.jpg …``) — the JSON is the proto3 JSON mapping of the
-  ``imageclassifier.v1`` messages, as gRPC returns them (field names as in the .proto; int64 values as strings).
+  ``imageclassifier.v1`` messages (``serving.contract.classifier``: field names as in the .proto, int64 values as
+  strings, every field present whatever its value).
 
 Health answers 200 for true and 503 for false. Errors are ``{"error": "<message>"}`` with the status of
 ``serving.http.status``; every answer carries ``x-request-id``.
@@ -21,23 +22,18 @@ import ssl
 import time
 import warnings
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import grpc
-import numpy as np
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
 
-from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving.config import ServerConfig
-from serving.errors import InvalidInput, TooLarge
-from serving.grpc import converters
-from serving.grpc.servicers import SERVER_NAME, SERVER_VERSION
-from serving.grpc.status import REQUEST_ID_KEY, Recorder, sane_request_id
+from serving.contract import api, classifier
+from serving.contract.classifier import to_json
+from serving.errors import InvalidInput, Kind, TooLarge
 from serving.http import kserve
 from serving.http.connections import ConnectionGuard
 from serving.http.status import http_status_for
@@ -45,6 +41,7 @@ from serving.runtime.auth import Tokens
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import new_request_id, request_id_var
 from serving.runtime.metrics import Metrics
+from serving.runtime.requests import CANCELLED, OK, REQUEST_ID_KEY, Recorder, sane_request_id
 
 log = logging.getLogger("serving.http")
 
@@ -59,10 +56,6 @@ RID = web.RequestKey("rid", str)
 # answered like any other bad input, not something for whoever runs the server to act on.
 for _warning in (BadContentDispositionHeader, BadContentDispositionParam):
     warnings.filterwarnings("ignore", category=_warning)
-
-
-def _json(message: Message) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -90,8 +83,8 @@ class HttpFrontEnd:
 
     def __init__(self, plane: DataPlane, config: ServerConfig, metrics: Metrics | None = None,
                  tokens: Tokens | None = None) -> None:
-        self.plane, self.registry, self.config, self.tokens = plane, plane.registry, config, tokens
-        self.recorder = Recorder(metrics, lambda: self.registry.models)
+        self.plane, self.config, self.tokens = plane, config, tokens
+        self.recorder = Recorder(metrics, lambda: plane.registry.models)
         self.app = web.Application(client_max_size=config.max_message_bytes, middlewares=[self._around],
                                    handler_args={"keepalive_timeout": config.max_connection_idle_s or 3600})
         self._operations: dict[Any, str] = {}
@@ -159,7 +152,7 @@ class HttpFrontEnd:
         token = request_id_var.set(rid)
         request[RID] = rid
         operation = self._operations.get(request.match_info.route)
-        started, code = time.perf_counter(), grpc.StatusCode.OK
+        started, outcome = time.perf_counter(), OK
         if self.guard is not None:
             self.guard.request_started(request.transport)
         try:
@@ -171,20 +164,21 @@ class HttpFrontEnd:
                                    "(--allow-compression)")
             response = await handler(request)
         except web.HTTPException as e:  # aiohttp's own answers: no such route, wrong method, body too large
-            code = grpc.StatusCode.NOT_FOUND if e.status == 404 else grpc.StatusCode.INVALID_ARGUMENT
+            outcome = (Kind.NOT_FOUND if e.status == 404 else Kind.INVALID_INPUT).outcome
             message = e.reason
             if e.status == 413:
-                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                outcome = Kind.TOO_LARGE.outcome
                 message = (f"the request body is larger than the {self.config.max_message_mb} MiB limit "
                            "(--max-message-mb)")
             response = _error(e.status, message)
             if e.status == 405:
                 response.headers.update({k: v for k, v in e.headers.items() if k == "Allow"})
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            outcome = CANCELLED
             raise
         except Exception as e:
-            status, code, message = http_status_for(e, rid)
+            status, kind, message = http_status_for(e, rid)
+            outcome = kind.outcome
             response = _error(status, message)
             if status == 401:
                 response.headers["WWW-Authenticate"] = "Bearer"
@@ -195,7 +189,7 @@ class HttpFrontEnd:
                 self.guard.request_ended(request.transport)
             if operation is not None:
                 model = self.recorder.model_label(request.match_info.get("name", ""))
-                self.recorder.done("http." + operation, model, code, time.perf_counter() - started)
+                self.recorder.done("http." + operation, model, outcome, time.perf_counter() - started)
             request_id_var.reset(token)
         response.headers[REQUEST_ID_KEY] = rid
         return response
@@ -210,79 +204,75 @@ class HttpFrontEnd:
 
     # ---- Open Inference Protocol ---------------------------------------------------------------------------------
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return web.json_response({"name": SERVER_NAME, "version": SERVER_VERSION,
-                                  "extensions": ["model_configuration", "binary_tensor_data"]})
+        m = self.plane.server_metadata()
+        return web.json_response({"name": m.name, "version": m.version,
+                                  "extensions": [*m.extensions, "binary_tensor_data"]})
 
     async def server_live(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
 
     async def server_ready(self, request: web.Request) -> web.Response:
-        return _health(self.registry.ready, "the server")
-
-    def _find(self, request: web.Request) -> Any:
-        return self.registry.find(request.match_info["name"], request.match_info.get("version", ""))
+        return _health(self.plane.server_ready(), "the server")
 
     async def model_metadata(self, request: web.Request) -> web.Response:
-        metadata = _json(converters.model_metadata(self._find(request)))
-        for tensor in (*metadata.get("inputs", ()), *metadata.get("outputs", ())):
-            tensor["shape"] = [int(d) for d in tensor["shape"]]  # KServe's JSON has numbers here
-        return web.json_response(metadata)
+        m = self.plane.model_metadata(request.match_info["name"], request.match_info.get("version", ""))
+        return web.json_response({"name": m.name, "versions": m.versions, "platform": m.platform,
+                                  "inputs": [asdict(t) for t in m.inputs], "outputs": [asdict(t) for t in m.outputs]})
 
     async def model_ready(self, request: web.Request) -> web.Response:
-        model = self._find(request)
-        return _health(converters.model_ready(model) and not self.registry.shutting_down, f"model {model.name!r}")
+        name = request.match_info["name"]
+        return _health(self.plane.model_ready(name, request.match_info.get("version", "")), f"model {name!r}")
 
     async def model_config(self, request: web.Request) -> web.Response:
-        return web.json_response(_json(converters.model_config(self._find(request), self.config).config))
+        config = self.plane.model_config(request.match_info["name"], request.match_info.get("version", ""))
+        return web.json_response(to_json(config, every_field=False))
 
     async def infer(self, request: web.Request) -> web.Response:
         body = await self._within_timeout(request.read())
         parsed = kserve.parse_request(body, request.headers.get(kserve.HEADER_LENGTH))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + parsed.timeout_s if parsed.timeout_s else None
-        name, version = request.match_info["name"], request.match_info.get("version", "")
-        with self.plane.admit(name, version, parsed.batch_size) as model:
-            assert model.manifest is not None  # a serving model has passed its checks
-            binary = kserve.binary_output(parsed, model.manifest)
-            data = kserve.infer_input(parsed, model.manifest)
-            x = data if isinstance(data, np.ndarray) else await self.plane.preprocess(model, data, deadline)
-            logits = await self.plane.infer(model, x, deadline)
-        body, headers = kserve.infer_response(model.name, model.version, sane_request_id(parsed.id) or request[RID],
-                                              model.manifest.output_name, logits, binary)
+        timeout_s = parsed.timeout_s
+        deadline = asyncio.get_running_loop().time() + timeout_s if timeout_s else None
+        outputs, binary = kserve.requested_outputs(parsed)
+        result = await self.plane.infer(api.InferRequest(
+            model=request.match_info["name"], version=request.match_info.get("version", ""),
+            inputs=kserve.inputs(parsed), outputs=outputs, id=sane_request_id(parsed.id) or request[RID],
+            deadline=deadline))
+        body, headers = kserve.infer_response(result, binary)
         return web.Response(body=body, headers=headers,
                             content_type="application/octet-stream" if binary else "application/json")
 
     # ---- the simple API ------------------------------------------------------------------------------------------
     async def list_models(self, request: web.Request) -> web.Response:
-        models = [converters.model_info(m) for m in self.registry.models.values()]
-        return web.json_response(_json(ic_pb2.ListModelsResponse(models=models)))
+        return web.json_response(to_json(classifier.list_models(self.plane.models())))
 
     async def get_model(self, request: web.Request) -> web.Response:
-        return web.json_response(_json(converters.model_info(self._find(request))))
+        status = self.plane.model_status(request.match_info["name"], _version(request))
+        return web.json_response(to_json(classifier.model_info(status)))
 
     async def classify(self, request: web.Request) -> web.Response:
         top_k = _int_query(request, "top_k")
         images = await self._within_timeout(self._images(request))
-        with self.plane.admit(request.match_info["name"], _version(request), len(images)) as model:
-            results = await self.plane.classify(model, [data for _, data in images], top_k)
-        answer = _json(converters.classify_response(model, results, request[RID]))
-        for result, (filename, _) in zip(answer.get("results", ()), images, strict=True):
+        result = await self.plane.classify(api.ClassifyRequest(
+            model=request.match_info["name"], version=_version(request), images=[data for _, data in images],
+            top_k=top_k, id=request[RID]))
+        answer = to_json(classifier.classify_response(result))
+        for item, (filename, _) in zip(answer["results"], images, strict=True):
             if filename:
-                result["image"] = filename
+                item["image"] = filename
         return web.json_response(answer)
 
     async def explain(self, request: web.Request) -> web.Response:
         query = request.query
-        top_k, method = _int_query(request, "top_k"), query.get("method", "")
         class_index = _int_query(request, "class") if "class" in query else None
         stages = query.get("stages", "0").lower() in ("1", "true", "yes")
         images = await self._within_timeout(self._images(request))
         if len(images) != 1:
             raise InvalidInput(f"explain takes one image, got {len(images)}")
-        images_held = self.plane.explain_images(method)
-        with self.plane.admit(request.match_info["name"], _version(request), images_held) as model:
-            explanation = await self.plane.explain(model, images[0][1], class_index, method, top_k, stages)
-        return web.json_response(_json(converters.explain_response(model, explanation, request[RID])))
+        result = await self.plane.explain(api.ExplainRequest(
+            model=request.match_info["name"], version=_version(request), image=images[0][1],
+            class_index=class_index, method=query.get("method", ""), top_k=_int_query(request, "top_k"),
+            stages=stages, id=request[RID]))
+        return web.json_response(to_json(classifier.explain_response(result)))
 
     async def page(self, request: web.Request) -> web.StreamResponse:
         return await self._file("index.html")

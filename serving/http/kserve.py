@@ -6,28 +6,28 @@ says its size in ``parameters.binary_data_size`` (in order). An answer is binary
 (``parameters.binary_data_output``, or ``binary_data`` on a requested output), which is what ``tritonclient.http``
 does by default. JSON BYTES elements are strings: their UTF-8 bytes, or base64 when the input's
 ``parameters.content_type`` is ``"base64"`` (MLServer's convention; encoded images are rarely valid UTF-8).
-The tensor rules themselves (names, shapes, datatypes) are the same function the gRPC front end calls.
+The tensor rules themselves (names, shapes, datatypes, outputs) are the data plane's, the same for gRPC.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from serving.contract import tensors
-from serving.contract.manifest import ModelManifest
+from serving.contract import api, tensors
 from serving.errors import InvalidInput
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 @dataclass
-class InferRequest:
+class Body:
     """A parsed request: its JSON object and the binary data that followed it (empty when none)."""
 
     header: dict[str, Any]
@@ -39,22 +39,13 @@ class InferRequest:
         return value if isinstance(value, str) else ""
 
     @property
-    def batch_size(self) -> int:
-        """The images the request asks for, read before admitting it (malformed: 1, refused later with why)."""
-        inputs = self.header.get("inputs")
-        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-            return 1
-        shape = inputs[0].get("shape")
-        return tensors.batch_size(shape) if isinstance(shape, list) else 1
-
-    @property
     def timeout_s(self) -> float | None:
         """Triton's ``parameters.timeout`` (microseconds), as seconds."""
         value = _parameters(self.header).get("timeout")
         return value / 1e6 if isinstance(value, int | float) and value > 0 else None
 
 
-def parse_request(body: bytes, header_length: str | None) -> InferRequest:
+def parse_request(body: bytes, header_length: str | None) -> Body:
     """Split ``body`` into its JSON object and binary data; InvalidInput when either is malformed."""
     view = memoryview(body)
     if header_length is not None:
@@ -73,7 +64,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         raise InvalidInput(f"the request is not valid JSON: {str(e)[:200]}") from None
     if not isinstance(header, dict):
         raise InvalidInput("the request must be a JSON object with an 'inputs' list")
-    return InferRequest(header, binary)
+    return Body(header, binary)
 
 
 def _parameters(obj: dict[str, Any]) -> dict[str, Any]:
@@ -125,56 +116,61 @@ def _json_values(tensor: dict[str, Any], datatype: str, what: str) -> list[Any]:
     return values  # the datatype is refused by the tensor rules, with what is accepted
 
 
-def infer_input(request: InferRequest, manifest: ModelManifest) -> np.ndarray | list[bytes]:
-    """The request's one input: an FP32 (N, C, H, W) array or the encoded images of a BYTES tensor."""
-    inputs = _list(request.header, "inputs", "the request's")
-    if len(inputs) != 1:
-        raise InvalidInput(f"model {manifest.name!r} takes exactly one input {manifest.input_name!r} "
-                           f"({tensors.expected_input(manifest)}), got {len(inputs)}")
-    tensor = inputs[0]
-    if not isinstance(tensor, dict):
-        raise InvalidInput("each input must be a JSON object with name, datatype, shape and data")
-    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
-    if not isinstance(name, str) or not isinstance(datatype, str):
-        raise InvalidInput("an input needs a string 'name' and 'datatype'")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise InvalidInput(f"input {name!r}: 'shape' must be a list of integers")
-    what = f"input {name!r}"
-    size = _parameters(tensor).get("binary_data_size")
-    if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or size != len(request.binary):
-            raise InvalidInput(f"{what}: binary_data_size is {size!r}, but {len(request.binary)} bytes of binary "
-                               "data follow the JSON")
-        return tensors.infer_input(manifest, name, datatype, shape, raw=request.binary)
-    if len(request.binary):
-        raise InvalidInput(f"{len(request.binary)} bytes follow the JSON, but no input has a binary_data_size")
-    if "data" not in tensor:
-        raise InvalidInput(f"{what}: no 'data' and no binary_data_size")
-    return tensors.infer_input(manifest, name, datatype, shape, values=_json_values(tensor, datatype, what))
+def inputs(request: Body) -> list[api.InputTensor]:
+    """Each input of the request, its data the binary part that its ``binary_data_size`` says (in order), or its
+    JSON ``data`` (read only when the data plane asks for it: after admission)."""
+    found: list[api.InputTensor] = []
+    binary, offset = request.binary, 0
+    for tensor in _list(request.header, "inputs", "the request's"):
+        if not isinstance(tensor, dict):
+            raise InvalidInput("each input must be a JSON object with name, datatype, shape and data")
+        name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+        if not isinstance(name, str) or not isinstance(datatype, str):
+            raise InvalidInput("an input needs a string 'name' and 'datatype'")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            raise InvalidInput(f"input {name!r}: 'shape' must be a list of integers")
+        what = f"input {name!r}"
+        size = _parameters(tensor).get("binary_data_size")
+        if size is not None:
+            left = len(binary) - offset
+            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= left:
+                raise InvalidInput(f"{what}: binary_data_size is {size!r}, but {left} bytes of binary data follow "
+                                   "the JSON")
+            found.append(api.InputTensor(name, datatype, shape, raw=binary[offset:offset + size]))
+            offset += size
+        elif "data" not in tensor:
+            raise InvalidInput(f"{what}: no 'data' and no binary_data_size")
+        else:
+            found.append(api.InputTensor(name, datatype, shape,
+                                         values=functools.partial(_json_values, tensor, datatype, what)))
+    if offset < len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes follow the JSON, but the inputs' binary_data_size add up "
+                           f"to {offset}")
+    return found
 
 
-def binary_output(request: InferRequest, manifest: ModelManifest) -> bool:
-    """Whether the answer's tensor goes as binary data; unknown requested outputs are refused."""
+def requested_outputs(request: Body) -> tuple[list[str], bool]:
+    """The names of the outputs asked for, and whether the answer's tensor goes as binary data."""
     binary = _parameters(request.header).get("binary_data_output") is True
+    names = []
     for output in _list(request.header, "outputs", "the request's"):
         name = output.get("name") if isinstance(output, dict) else None
-        if name != manifest.output_name:
-            raise InvalidInput(f"unknown output {name!r}; model {manifest.name!r} has {manifest.output_name!r}")
-        binary = _parameters(output).get("binary_data", binary) is True
-    return binary
+        names.append(name if isinstance(name, str) else str(name))
+        if isinstance(output, dict):
+            binary = _parameters(output).get("binary_data", binary) is True
+    return names, binary
 
 
-def infer_response(name: str, version: int, request_id: str, output_name: str, logits: np.ndarray,
-                   binary: bool) -> tuple[bytes, dict[str, str]]:
+def infer_response(result: api.InferResult, binary: bool) -> tuple[bytes, dict[str, str]]:
     """The response body and its extra headers."""
-    logits = np.ascontiguousarray(logits, dtype="<f4")
-    output: dict[str, Any] = {"name": output_name, "datatype": "FP32", "shape": list(logits.shape)}
+    logits = np.ascontiguousarray(result.logits, dtype="<f4")
+    output: dict[str, Any] = {"name": result.output, "datatype": "FP32", "shape": list(logits.shape)}
     raw = logits.tobytes() if binary else b""
     if binary:
         output["parameters"] = {"binary_data_size": len(raw)}
     else:
         output["data"] = logits.ravel().tolist()  # float32 → float64 is exact, and so is its shortest repr
-    header = json.dumps({"model_name": name, "model_version": str(version), "id": request_id,
+    header = json.dumps({"model_name": result.model, "model_version": str(result.version), "id": result.id,
                          "outputs": [output]}, separators=(",", ":")).encode()
     if not binary:
         return header, {}

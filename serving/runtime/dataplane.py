@@ -1,14 +1,22 @@
-"""The data plane: the operations every transport calls (admit, decode, infer, classify) on the registry's models.
+"""The data plane: every operation the front ends carry, once, on the registry's models and neutral types.
 
-A front end (gRPC today) translates its wire format to these calls and back and maps the domain errors they raise
-(``serving.errors``); nothing here knows about protobuf. Images are decoded in a thread pool, and tensors go through
-the model's :class:`~serving.runtime.batcher.DynamicBatcher`.
+A front end (gRPC, HTTP) parses its wire format into the request types of :mod:`serving.contract.api`, calls one
+method here, and writes the answer back; the domain errors raised here (``serving.errors``) carry a neutral kind
+that each front end maps to its own status. Nothing here knows protobuf, JSON or HTTP. Images are decoded in a
+thread pool, and tensors go through the model's :class:`~serving.runtime.batcher.DynamicBatcher`.
+
+- Open Inference Protocol: :meth:`DataPlane.server_metadata`, :meth:`~DataPlane.server_ready`,
+  :meth:`~DataPlane.model_ready`, :meth:`~DataPlane.model_metadata`, :meth:`~DataPlane.model_config`,
+  :meth:`~DataPlane.infer`;
+- the classifier API: :meth:`~DataPlane.models`, :meth:`~DataPlane.model_status`, :meth:`~DataPlane.classify`,
+  :meth:`~DataPlane.explain`.
 
 Admission is counted in images: a model holds at most ``config.max_admitted`` images at once (decoding, queued,
 computing), and a request holds at most ``max_images_per_request``; anything more is refused before any decoding, so
 overload costs the server almost nothing per request. A large request's decoding and compute are split into rounds
 that queue fairly behind other requests and stop once its deadline has passed or its caller has gone.
 """
+
 
 from __future__ import annotations
 
@@ -17,25 +25,33 @@ import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 
+from serving._generated import model_config_pb2 as config_pb2
+from serving.contract import tensors, triton
+from serving.contract.api import (
+    ClassifyRequest,
+    ClassifyResult,
+    ExplainRequest,
+    ExplainResult,
+    ImageSource,
+    InferRequest,
+    InferResult,
+    ModelMetadata,
+    ModelStatus,
+    ServerMetadata,
+    TensorSpec,
+)
+from serving.contract.manifest import ModelManifest
+from serving.contract.prediction import softmax, top_predictions
 from serving.errors import DeadlineExceeded, InvalidInput, NotReady, Overloaded, TooLarge
 from serving.runtime import explain
-from serving.runtime.prediction import Prediction, softmax, top_predictions
-from serving.runtime.predictor import ImageSource, Predictor, available_cores
-from serving.runtime.registry import ModelRegistry, ServedModel
+from serving.runtime.predictor import Predictor, available_cores
+from serving.runtime.registry import ModelRegistry, ModelState, ServedModel
+from serving.runtime.requests import SERVER_NAME, SERVER_VERSION
 
-
-@dataclass(frozen=True)
-class Explanation:
-    predictions: list[Prediction]
-    class_index: int
-    label: str
-    method: str
-    heatmap: explain.Heatmap
-    stages: list[explain.StageMaps]
+EXTENSIONS = ["model_configuration"]  # the Open Inference extensions every front end carries
 
 
 class DataPlane:
@@ -50,6 +66,51 @@ class DataPlane:
     def close(self) -> None:
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
+    # ---- what the server holds -------------------------------------------------------------------------------
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(SERVER_NAME, SERVER_VERSION, list(EXTENSIONS))
+
+    def server_ready(self) -> bool:
+        """Loading finished, at least one model passed its checks, and not shutting down."""
+        return self.registry.ready
+
+    def model_ready(self, name: str, version: str | int = "") -> bool:
+        """The model (version) serves and the server is not shutting down; ``ModelNotFound`` when unknown."""
+        model = self.registry.find(name, version)
+        return model.state is ModelState.SERVING and not self.registry.shutting_down
+
+    def model_metadata(self, name: str, version: str | int = "") -> ModelMetadata:
+        model = self.registry.find(name, version)
+        m = _manifest(model)
+        return ModelMetadata(
+            name=model.name, versions=[str(model.version)], platform=triton.PLATFORM,
+            inputs=[TensorSpec(m.input_name, "FP32", [-1, *m.input_shape])],
+            outputs=[TensorSpec(m.output_name, "FP32", [-1, m.num_classes])])
+
+    def model_config(self, name: str, version: str | int = "") -> config_pb2.ModelConfig:
+        """The exported ``config.pbtxt`` message, plus what only the running server knows."""
+        model = self.registry.find(name, version)
+        message = triton.model_config(_manifest(model), max_batch_size=self.config.max_batch)
+        gpu = model.predictor is not None and model.predictor.device == "cuda"
+        kind = config_pb2.ModelInstanceGroup.KIND_GPU if gpu else config_pb2.ModelInstanceGroup.KIND_CPU
+        message.name = model.name
+        message.version_policy.specific.versions.append(model.version)
+        message.dynamic_batching.max_queue_delay_microseconds = int(self.config.max_queue_delay_ms * 1000)
+        count = model.predictor.instances if model.predictor is not None else 1
+        message.instance_group.append(config_pb2.ModelInstanceGroup(name=model.name, kind=kind, count=count))
+        return message
+
+    def model_status(self, name: str, version: str | int = "") -> ModelStatus:
+        return _status(self.registry.find(name, version))
+
+    def models(self) -> list[ModelStatus]:
+        return [_status(m) for m in self.registry.models.values()]
+
+    def known(self, name: str) -> bool:
+        """Whether ``name`` is a model of this server (what may become a metric label)."""
+        return name in self.registry.models
+
+    # ---- admission -------------------------------------------------------------------------------------------
     @contextmanager
     def admit(self, name: str, version: str | int | None = None, images: int = 1) -> Iterator[ServedModel]:
         """The model, ready to answer, held for one request of ``images`` images; refused before any work when the
@@ -70,7 +131,31 @@ class DataPlane:
         finally:
             model.active -= images
 
-    # ---- operations ------------------------------------------------------------------------------------------
+    # ---- inference -------------------------------------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResult:
+        """Open Inference: the request's one input (an FP32 tensor, or encoded images) → the model's logits."""
+        with self.admit(request.model, request.version, request.batch_size) as model:
+            manifest = _manifest(model)
+            tensors.check_outputs(manifest, request.outputs)
+            data = tensors.request_input(manifest, request.inputs)
+            x = data if isinstance(data, np.ndarray) else await self.preprocess(model, data, request.deadline)
+            logits = await self.run(model, x, request.deadline)
+        return InferResult(model.name, model.version, request.id, manifest.output_name, logits)
+
+    async def classify(self, request: ClassifyRequest) -> ClassifyResult:
+        """The top-k classes of each image."""
+        with self.admit(request.model, request.version, max(1, len(request.images))) as model:
+            predictor = _predictor(model)
+            k = predictor.resolve_top_k(request.top_k)
+            logits = await self.run(model, await self.preprocess(model, request.images, request.deadline),
+                                    request.deadline)
+        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+        if len(bad):  # finite but extreme tensor values can overflow inside the network
+            raise InvalidInput(f"image {', '.join(map(str, bad))}: the model's output is not finite (NaN or "
+                               "infinite logits); the input values are out of range")
+        return ClassifyResult(model.name, model.version, request.id, top_predictions(logits, k, predictor.labels))
+
+    # ---- the steps ------------------------------------------------------------------------------------------
     def _check_size(self, model: ServedModel, count: int) -> None:
         """Refuse a request whose images would expand to a tensor above the message limit: a few MB of tiny PNGs
         must not become gigabytes of float32."""
@@ -111,7 +196,7 @@ class DataPlane:
                                               for i in range(start, min(start + self._decode_round, len(images)))))
         return np.stack(decoded)
 
-    async def infer(self, model: ServedModel, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
+    async def run(self, model: ServedModel, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """A checked (N, C, H, W) batch through the model's batcher; (N, K) logits. More than ``max_batch`` images
         go in ``max_batch`` chunks, one after the other, each queued behind the requests that came before it."""
         predictor = _predictor(model)
@@ -121,19 +206,6 @@ class DataPlane:
         if len(x) <= step:
             return await model.batcher.submit(x, deadline)
         return np.concatenate([await model.batcher.submit(x[i:i + step], deadline) for i in range(0, len(x), step)])
-
-    async def classify(self, model: ServedModel, images: Sequence[ImageSource], k: int,
-                       deadline: float | None = None) -> list[list[Prediction]]:
-        """Top-``k`` for each image, for a model held by :meth:`admit`."""
-        predictor = _predictor(model)
-        k = predictor.resolve_top_k(k)
-        logits = await self.infer(model, await self.preprocess(model, images, deadline), deadline)
-        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
-        if len(bad):  # finite but extreme tensor values can overflow inside the network
-            raise InvalidInput(f"image {', '.join(map(str, bad))}: the model's output is not finite (NaN or "
-                               "infinite logits); the input values are out of range")
-        return top_predictions(logits, k, predictor.labels)
-
 
     # ---- explanations ----------------------------------------------------------------------------------------
     @staticmethod
@@ -153,39 +225,42 @@ class DataPlane:
                 model.path, graph, _predictor(model).device, self.config.threads)
         return session
 
-    async def explain(self, model: ServedModel, image: ImageSource, class_index: int | None = None,
-                      method: str = "", top_k: int = 0, stages: bool = False,
-                      deadline: float | None = None) -> Explanation:
-        """The top-k of one image and a heatmap of the evidence for ``class_index`` (default: the top class), for
-        a model held by :meth:`admit` (with :meth:`explain_images` images)."""
+    async def explain(self, request: ExplainRequest) -> ExplainResult:
+        """The top-k of one image and a heatmap of the evidence for ``class_index`` (default: the top class)."""
+        with self.admit(request.model, request.version, self.explain_images(request.method)) as model:
+            return await self._explain(model, request)
+
+    async def _explain(self, model: ServedModel, request: ExplainRequest) -> ExplainResult:
         predictor = _predictor(model)
         graph = model.manifest.explain if model.manifest else None
-        method = method or ("cam" if graph is not None and graph.cam else "occlusion")
+        method = request.method or ("cam" if graph is not None and graph.cam else "occlusion")
         if method not in explain.METHODS:
             raise InvalidInput(f"unknown method {method!r}; choose one of {', '.join(explain.METHODS)}")
         if method == "cam" and graph is not None and not graph.cam:
             raise InvalidInput(f"model {model.name!r}: its head is not global-average-pool + linear, so it has no "
                                "class activation map; use method 'occlusion'")
-        k_top = predictor.resolve_top_k(top_k)
+        k_top = predictor.resolve_top_k(request.top_k)
+        class_index, deadline = request.class_index, request.deadline
         if class_index is not None and not 0 <= class_index < predictor.num_classes:
             raise InvalidInput(f"class_index {class_index} is out of range: model {model.name!r} has "
                                f"{predictor.num_classes} classes (0-{predictor.num_classes - 1})")
         session = self._explainer(model, f"method {method!r}" if method == "cam" else "stages") \
-            if method == "cam" or stages else None
-        x = await self.preprocess(model, [image], deadline)
+            if method == "cam" or request.stages else None
+        x = await self.preprocess(model, [request.image], deadline)
         loop = asyncio.get_running_loop()
         outputs = await loop.run_in_executor(self._decoder, session.run, x) if session is not None else {}
-        logits = outputs["logits"] if method == "cam" else await self.infer(model, x, deadline)
+        logits = outputs["logits"] if method == "cam" else await self.run(model, x, deadline)
         predictions = top_predictions(logits, k_top, predictor.labels)[0]
         probabilities = softmax(logits)[0]
         k = int(np.argmax(probabilities)) if class_index is None else class_index
         if method == "cam":
             heatmap = explain.cam(outputs, k)
         else:
-            occluded = await self.infer(model, explain.occlusion_batch(x[0]), deadline)
+            occluded = await self.run(model, explain.occlusion_batch(x[0]), deadline)
             heatmap = explain.occlusion(float(probabilities[k]), softmax(occluded)[:, k])
-        maps = explain.stage_maps(outputs, session.graph.stages) if stages and session is not None else []
-        return Explanation(predictions, k, predictor.labels[k], method, heatmap, maps)
+        maps = explain.stage_maps(outputs, session.graph.stages) if request.stages and session is not None else []
+        return ExplainResult(model.name, model.version, request.id, predictions, k, predictor.labels[k], method,
+                             heatmap, maps)
 
 
 def _check_deadline(loop: asyncio.AbstractEventLoop, deadline: float | None, where: str) -> None:
@@ -197,3 +272,20 @@ def _predictor(model: ServedModel) -> Predictor:
     if model.predictor is None:
         raise NotReady(f"model {model.name!r} is not serving")
     return model.predictor
+
+
+def _manifest(model: ServedModel) -> ModelManifest:
+    if model.manifest is None:
+        raise NotReady(f"model {model.name!r} is not serving: {model.reason or 'still loading'}")
+    return model.manifest
+
+
+def _status(model: ServedModel) -> ModelStatus:
+    predictor = model.predictor
+    return ModelStatus(
+        name=model.name, version=model.version, state=model.state.value, reason=model.reason,
+        versions=list(model.versions), manifest=model.manifest, verification=model.verification,
+        golden_max_abs_diff=model.golden.max_abs_diff if model.golden else 0.0,
+        golden_samples=model.golden.samples if model.golden else 0,
+        instances=predictor.instances if predictor is not None else 1,
+        device=predictor.device if predictor is not None else "cpu")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from serving.contract.api import Heatmap, StageMaps
 from serving.contract.manifest import CAM_OUTPUT, INPUT_NAME, OUTPUT_NAME, STAGE_PREFIX, ExplainGraph
 from serving.errors import ModelRejected
 from serving.runtime.predictor import session_options, session_providers
@@ -30,19 +31,6 @@ from serving.runtime.predictor import session_options, session_providers
 METHODS = ("cam", "occlusion")
 OCCLUSION_GRID = 7      # patches per side (equal parts of the image): 49 forward passes, a 7×7 map
 STAGE_CHANNELS = 8      # feature maps shown per stage: the most active ones
-
-
-@dataclass(frozen=True)
-class Heatmap:
-    values: np.ndarray   # (h, w) float32 in [0, 1]
-    raw_max: float
-
-
-@dataclass(frozen=True)
-class StageMaps:
-    name: str
-    maps: np.ndarray     # (channels, h, w) uint8
-    total_channels: int
 
 
 @dataclass

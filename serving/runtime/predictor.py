@@ -16,9 +16,9 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.contract.manifest import ModelManifest
+from serving.contract.prediction import Prediction, top_predictions
 from serving.contract.preprocess import DEFAULT_MAX_PIXELS, preprocess
 from serving.errors import InvalidInput, ModelRejected
-from serving.runtime.prediction import Prediction, top_predictions
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from serving.batch.output import (
     parse_output,
     read_existing,
 )
-from serving.runtime.prediction import Prediction
+from serving.contract.prediction import Prediction
 from tests.support.batch import AWKWARD, awkward_rows
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
-from serving.runtime.prediction import softmax
+from serving.contract.prediction import softmax
 from serving.runtime.predictor import Predictor
 from tests.support.hostile import seed_images
 from tests.support.processes import RssSampler, settled_rss_kb

@@ -24,7 +24,7 @@ from PIL import Image
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import grpc_service_pb2_grpc
 from serving._generated import imageclassifier_pb2 as ic_pb2
-from serving.grpc.converters import encode_bytes_elements
+from serving.contract.tensors import encode_bytes_elements
 from tests.support.hostile import seed_images
 from tests.support.images import encode
 from tests.support.paths import ROOT

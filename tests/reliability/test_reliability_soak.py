@@ -18,8 +18,8 @@ import pytest
 
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import imageclassifier_pb2 as ic_pb2
+from serving.contract.tensors import encode_bytes_elements
 from serving.errors import InvalidInput
-from serving.grpc.converters import encode_bytes_elements
 from serving.runtime.predictor import Predictor
 from tests.support.hostile import bombs, mutate, seed_images
 from tests.support.processes import RssSampler, slope_kb_per_min

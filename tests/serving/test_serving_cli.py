@@ -137,7 +137,7 @@ def test_serving_imports_neither_torch_nor_fastai() -> None:
     pattern = re.compile(r"^\s*(import|from)\s+(torch|torchvision|fastai)\b", re.MULTILINE)
     offenders = [p for p in (ROOT / "serving").rglob("*.py") if pattern.search(p.read_text())]
     assert not offenders
-    code = ("import sys, serving.grpc.server, serving.client, serving.cli, serving.runtime.loader; "
+    code = ("import sys, serving.server, serving.client, serving.cli, serving.runtime.loader; "
             "print(sorted(m for m in ('torch', 'torchvision', 'fastai') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr

@@ -1,4 +1,4 @@
-"""Protobuf ↔ domain conversions, without a server."""
+"""Protobuf ↔ the data plane's neutral types, and the input rules they feed, without a server."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import imageclassifier_pb2 as ic_pb2
+from serving.contract import tensors
 from serving.contract.manifest import ModelManifest
 from serving.errors import InvalidInput
 from serving.grpc import converters
@@ -22,17 +23,17 @@ def manifest(repository: Repo) -> ModelManifest:
 
 def test_bytes_elements_round_trip() -> None:
     items = [b"", b"\x89PNG...", bytes(range(256)) * 3]
-    raw = converters.encode_bytes_elements(items)
+    raw = tensors.encode_bytes_elements(items)
     assert raw[:4] == b"\x00\x00\x00\x00"
     assert raw[4:8] == (7).to_bytes(4, "little")
-    assert converters.decode_bytes_elements(raw) == items
+    assert tensors.decode_bytes_elements(raw) == items
 
 
 @pytest.mark.parametrize(("raw", "message"), [(b"\x05\x00", "truncated element length"),
                                               (b"\x05\x00\x00\x00abc", "element of 5 bytes runs past the end")])
 def test_malformed_bytes_elements(raw: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
-        converters.decode_bytes_elements(raw)
+        tensors.decode_bytes_elements(raw)
 
 
 def test_tensor_round_trip() -> None:
@@ -60,8 +61,7 @@ def test_images_from_request_keeps_order_and_kinds() -> None:
     encoded, tensor = converters.images_from_request(request)
     assert encoded == b"png"
     np.testing.assert_array_equal(tensor, x)
-    with pytest.raises(InvalidInput, match="no images in the request"):
-        converters.images_from_request(ic_pb2.ClassifyRequest())
+    assert converters.images_from_request(ic_pb2.ClassifyRequest()) == []  # refused by the data plane, once
     with pytest.raises(InvalidInput, match="image 1 is empty"):
         converters.images_from_request(ic_pb2.ClassifyRequest(images=[ic_pb2.Image(encoded=b"x"), ic_pb2.Image()]))
 
@@ -70,11 +70,16 @@ def infer_request(*inputs: Input, raw: list[bytes] | None = None) -> kserve_pb2.
     return kserve_pb2.ModelInferRequest(model_name="digits", inputs=list(inputs), raw_input_contents=raw or [])
 
 
+def infer_input(request: kserve_pb2.ModelInferRequest, manifest: ModelManifest) -> np.ndarray | list[bytes]:
+    """What the data plane reads from a ModelInfer request: its one input, checked."""
+    return tensors.request_input(manifest, converters.infer_request(request, "rid", None).inputs)
+
+
 def test_fp32_raw_and_typed_contents_give_the_same_array(manifest: ModelManifest) -> None:
     x = np.random.default_rng(0).normal(size=(2, 1, 28, 28)).astype(np.float32)
-    raw = converters.infer_inputs(infer_request(Input(name="input", datatype="FP32", shape=x.shape),
+    raw = infer_input(infer_request(Input(name="input", datatype="FP32", shape=x.shape),
                                                 raw=[x.tobytes()]), manifest)
-    typed = converters.infer_inputs(infer_request(Input(
+    typed = infer_input(infer_request(Input(
         name="input", datatype="FP32", shape=x.shape,
         contents=kserve_pb2.InferTensorContents(fp32_contents=x.ravel().tolist()))), manifest)
     np.testing.assert_array_equal(raw, x)
@@ -84,10 +89,10 @@ def test_fp32_raw_and_typed_contents_give_the_same_array(manifest: ModelManifest
 def test_bytes_input_raw_and_typed(manifest: ModelManifest) -> None:
     items = [b"one", b"two"]
     raw = infer_request(Input(name="input", datatype="BYTES", shape=[2]),
-                        raw=[converters.encode_bytes_elements(items)])
+                        raw=[tensors.encode_bytes_elements(items)])
     typed = infer_request(Input(name="input", datatype="BYTES", shape=[2, 1],
                                 contents=kserve_pb2.InferTensorContents(bytes_contents=items)))
-    assert converters.infer_inputs(raw, manifest) == converters.infer_inputs(typed, manifest) == items
+    assert infer_input(raw, manifest) == infer_input(typed, manifest) == items
 
 
 @pytest.mark.parametrize(("request_", "message"), [
@@ -96,16 +101,35 @@ def test_bytes_input_raw_and_typed(manifest: ModelManifest) -> None:
     (infer_request(Input(name="input", datatype="FP64", shape=[1, 1, 28, 28])), "datatype FP64 is not supported"),
     (infer_request(Input(name="input", datatype="FP32", shape=[1, 1, 28, 28]), raw=[b"\x00" * 8]),
      "the raw data has 8 bytes, FP32 \\[1, 1, 28, 28\\] needs 3136"),
-    (infer_request(Input(name="input", datatype="BYTES", shape=[3]), raw=[converters.encode_bytes_elements([b"a"])]),
+    (infer_request(Input(name="input", datatype="BYTES", shape=[3]), raw=[tensors.encode_bytes_elements([b"a"])]),
      "BYTES shape must be \\[N\\] or \\[N, 1\\].*got shape \\[3\\] with 1 elements"),
 ])
 def test_bad_infer_inputs(request_: kserve_pb2.ModelInferRequest, message: str, manifest: ModelManifest) -> None:
     with pytest.raises(InvalidInput, match=message):
-        converters.infer_inputs(request_, manifest)
+        infer_input(request_, manifest)
 
 
 def test_unknown_requested_output(manifest: ModelManifest) -> None:
     request = kserve_pb2.ModelInferRequest(outputs=[kserve_pb2.ModelInferRequest.InferRequestedOutputTensor(
         name="probs")])
     with pytest.raises(InvalidInput, match="unknown output 'probs'; model 'digits' has 'logits'"):
-        converters.check_requested_outputs(request, manifest)
+        tensors.check_outputs(manifest, converters.infer_request(request, "rid", None).outputs)
+
+
+def test_raw_contents_must_match_the_inputs() -> None:
+    request = infer_request(Input(name="input", datatype="FP32", shape=[1]), raw=[b"", b""])
+    with pytest.raises(InvalidInput, match=r"^2 raw_input_contents for 1 inputs$"):
+        converters.infer_request(request, "rid", None)
+
+
+def test_infer_request_keeps_what_the_data_plane_needs() -> None:
+    request = kserve_pb2.ModelInferRequest(
+        model_name="digits", model_version="3", id="client-id",
+        inputs=[Input(name="input", datatype="FP32", shape=[4, 1, 28, 28])], raw_input_contents=[b"x"],
+        outputs=[kserve_pb2.ModelInferRequest.InferRequestedOutputTensor(name="logits")])
+    neutral = converters.infer_request(request, "rid-7", 12.5)
+    assert (neutral.model, neutral.version, neutral.id, neutral.deadline) == ("digits", "3", "rid-7", 12.5)
+    assert neutral.batch_size == 4
+    assert list(neutral.outputs) == ["logits"]
+    assert neutral.inputs[0].raw == b"x"
+    assert neutral.inputs[0].values is None

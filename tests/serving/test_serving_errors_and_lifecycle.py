@@ -19,9 +19,19 @@ from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import grpc_service_pb2_grpc as kserve_grpc
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
-from serving.errors import DeadlineExceeded, InvalidInput, ModelNotFound, ModelRejected, NotReady, Overloaded
+from serving.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    Kind,
+    ModelNotFound,
+    ModelRejected,
+    NotReady,
+    Overloaded,
+    TooLarge,
+)
 from serving.grpc.converters import array_to_tensor
-from serving.grpc.status import status_for
+from serving.grpc.status import STATUS_CODES, status_for
+from serving.http.status import HTTP_STATUS, http_status_for
 from serving.runtime.predictor import Predictor
 from tests.support.images import draw_image, encode
 from tests.support.repositories import Repo
@@ -44,6 +54,12 @@ def expect(code: grpc.StatusCode, message: str, call: Callable[[], object]) -> g
     assert e.value.code() == code, e.value.details()
     assert message in e.value.details(), e.value.details()
     return e.value
+
+
+def test_every_error_kind_has_a_grpc_code_and_an_http_status() -> None:
+    assert set(STATUS_CODES) == set(Kind) == set(HTTP_STATUS)
+    assert http_status_for(TooLarge("big"), "r") == (413, Kind.TOO_LARGE, "big")
+    assert http_status_for(Overloaded("full"), "r") == (429, Kind.OVERLOADED, "full")
 
 
 def test_status_mapping_is_total() -> None:

@@ -79,6 +79,14 @@ def _bright_patch(top: int, left: int, size: int = 28) -> bytes:
     return encode(Image.fromarray(pixels, "L"), "PNG")
 
 
+def test_get_model_says_what_explain_offers(explain_server: ServerThread) -> None:
+    models = {m["name"]: m for m in httpx.get(f"{explain_server.http_url}/v1/models").json()["models"]}
+    offers = {name: (m["explain_methods"], m["stages"]) for name, m in models.items()}
+    assert offers == {"digits": (["cam", "occlusion"], ["layer1", "layer2", "layer3"]),
+                      "fastai": (["occlusion"], ["layer1", "layer2", "layer3"]),
+                      "patch": (["occlusion"], [])}
+
+
 def test_occlusion_peaks_on_the_patch_that_decides(explain_server: ServerThread) -> None:
     for top, left in ((4, 4), (12, 16), (20, 8)):
         answer = httpx.post(f"{explain_server.http_url}/v1/models/patch/explain", content=_bright_patch(top, left))

@@ -129,6 +129,18 @@ def test_classify_raw_body_and_multipart_equal_grpc(server: ServerThread, image_
     assert form.headers["x-request-id"] == answer["request_id"]
 
 
+def test_every_field_is_present_whatever_its_value(server: ServerThread, image_files: dict[str, Path]) -> None:
+    """proto3's JSON mapping drops zeros and empty strings; the /v1 answers keep them, so class 0 has its index."""
+    answer = httpx.post(f"{server.http_url}/v1/models/digits/classify", params={"top_k": 10},
+                        content=image_files["img0.png"].read_bytes()).json()
+    predictions = answer["results"][0]["predictions"]
+    assert all(set(p) == {"label", "index", "probability"} for p in predictions)
+    assert sorted(p["index"] for p in predictions) == list(range(10))
+    info = httpx.get(f"{server.http_url}/v1/models/digits").json()
+    assert info["reason"] == ""  # nothing refused: present, and empty
+    assert set(info) >= {"name", "version", "state", "reason", "arch", "labels", "variant", "available_versions"}
+
+
 def test_list_and_get_model_as_json(server: ServerThread) -> None:
     models = httpx.get(f"{server.http_url}/v1/models").json()["models"]
     assert {m["name"] for m in models} >= {"digits", "rgb", "tampered"}

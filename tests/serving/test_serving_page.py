@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from serving.client import Client
-from tests.support.repositories import Repo
+from tests.support.repositories import Repo, export_model, patch_detector
 from tests.support.servers import ServerThread, base_config
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
@@ -32,6 +32,22 @@ pytestmark = pytest.mark.skipif((CHROMIUM is None or CHROMEDRIVER is None) and n
 def page_server(serving_repo: Repo) -> Iterator[ServerThread]:
     repository = Path(os.environ.get("PAGE_REPOSITORY") or serving_repo.path)
     server = ServerThread(base_config(repository, models=("digits",))).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def few_classes_server(repository: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """Models with fewer classes than the page's five rows: "patch" (2 classes, occlusion only) and "three"
+    (3 classes, with a class activation map)."""
+    from tests.support.runs import make_run
+
+    root = tmp_path_factory.mktemp("few-classes")
+    patch_detector(root / "repository")
+    run = make_run(root / "runs" / "three", "resnet20", ("circle", "square", "star"), in_chans=3, size=32, seed=3,
+                   n_train=4, n_valid=8)
+    export_model(run, root / "repository", "three")
+    server = ServerThread(base_config(root / "repository")).start()
     yield server
     server.close()
 
@@ -99,6 +115,31 @@ def test_upload_shows_the_answer_heatmap_and_stages(page_server: ServerThread, b
         browser.find_elements(By.CSS_SELECTOR, "#predictions .prediction")[0].click()
         WebDriverWait(browser, 60).until(lambda d: expected[0].label in d.find_element(By.ID, "caption").text)
         browser.save_screenshot(target)
+
+
+@pytest.mark.parametrize(("model", "classes"), [("patch", 2), ("three", 3)])
+def test_a_model_with_fewer_classes_than_five(few_classes_server: ServerThread, browser,  # type: ignore[no-untyped-def]
+                                              image_files: dict[str, Path], model: str, classes: int) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    image = image_files["img1.png"]
+    with Client(few_classes_server.address, model) as client:
+        expected = client.classify(image)[0]
+    assert len(expected) == classes
+    browser.get(few_classes_server.http_url + "/")
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model option")) == 2)
+    Select(browser.find_element(By.ID, "model")).select_by_value(f"{model}/versions/1")
+    browser.find_element(By.ID, "file").send_keys(str(image.resolve()))
+    WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "top1").text.strip()
+                                     or "error" in d.find_element(By.ID, "status").get_attribute("class"))
+
+    assert "error" not in browser.find_element(By.ID, "status").get_attribute("class"), \
+        browser.find_element(By.ID, "status").text
+    labels = [e.text.rsplit(" ", 2)[0] for e in browser.find_elements(By.CSS_SELECTOR, "#predictions .label")]
+    assert labels == [p.label for p in expected]
+    chosen = browser.find_elements(By.CSS_SELECTOR, "#predictions .prediction.chosen")
+    assert [int(c.get_attribute("data-index")) for c in chosen] == [expected[0].index]
 
 
 def test_errors_show_on_the_page(page_server: ServerThread, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

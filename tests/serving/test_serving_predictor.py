@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serving.contract.prediction import softmax, top_predictions
 from serving.errors import InvalidInput
 from serving.runtime import loader
-from serving.runtime.prediction import softmax, top_predictions
 from serving.runtime.predictor import Predictor
 from tests.support.images import draw_image, encode
 from tests.support.repositories import Repo

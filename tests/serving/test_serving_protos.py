@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as tritonclient
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from serving import gen_protos
@@ -13,14 +14,12 @@ from serving._generated import grpc_service_pb2, model_config_pb2
 
 
 def test_stubs_are_up_to_date(tmp_path: Path) -> None:
-    pytest.importorskip("grpc_tools")
     gen_protos.generate(tmp_path)
     stale = gen_protos.diff(tmp_path, gen_protos.OUT_DIR)
     assert not stale, "serving/_generated is stale; run `python -m serving.gen_protos`:\n" + "".join(stale[:40])
 
 
 def test_check_mode_reports_a_stale_stub(tmp_path: Path) -> None:
-    pytest.importorskip("grpc_tools")
     gen_protos.generate(tmp_path)
     (tmp_path / "model_config_pb2.pyi").write_text("# edited by hand\n")
     assert gen_protos.diff(tmp_path, gen_protos.OUT_DIR)
@@ -51,7 +50,6 @@ def _compare_enum(ours: EnumDescriptor, theirs: EnumDescriptor) -> None:
 
 @pytest.mark.parametrize("module", ["grpc_service", "model_config"])
 def test_open_inference_protocol_matches_the_public_protos(module: str) -> None:
-    tritonclient = pytest.importorskip("tritonclient.grpc")
     ours = {"grpc_service": grpc_service_pb2, "model_config": model_config_pb2}[module].DESCRIPTOR
     theirs = {"grpc_service": tritonclient.service_pb2, "model_config": tritonclient.model_config_pb2}[module]
     theirs = theirs.DESCRIPTOR
@@ -72,7 +70,6 @@ def test_open_inference_protocol_matches_the_public_protos(module: str) -> None:
 
 def test_stubs_coexist_with_tritonclient() -> None:
     """Both define inference.*; our private descriptor pool keeps them apart, and the bytes are interchangeable."""
-    tritonclient = pytest.importorskip("tritonclient.grpc")
     ours = model_config_pb2.ModelConfig(name="m", max_batch_size=8, input=[model_config_pb2.ModelInput(
         name="input", data_type=model_config_pb2.TYPE_FP32, dims=[1, 28, 28])])
     theirs = tritonclient.model_config_pb2.ModelConfig.FromString(ours.SerializeToString())

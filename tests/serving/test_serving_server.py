@@ -127,7 +127,8 @@ def test_list_and_get_model(stub: ic_grpc.ImageClassifierStub, serving_repo: Rep
 
 @pytest.fixture(scope="module")
 def triton(server: ServerThread):  # type: ignore[no-untyped-def]
-    tritonclient = pytest.importorskip("tritonclient.grpc")
+    import tritonclient.grpc as tritonclient
+
     client = tritonclient.InferenceServerClient(server.address)
     yield client
     client.close()

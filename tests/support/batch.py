@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.batch.output import Row
-from serving.runtime.prediction import Prediction
+from serving.contract.prediction import Prediction
 from tests.support.images import draw_image, encode, save
 from tests.support.paths import ROOT
 from tests.support.repositories import Repo

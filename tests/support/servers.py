@@ -32,8 +32,8 @@ from serving._generated import grpc_service_pb2_grpc as kserve_grpc
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
 from serving.config import ServerConfig
-from serving.grpc.server import InferenceServer, create_server
 from serving.runtime.registry import ServedModel
+from serving.server import InferenceServer, create_server
 from tests.support.paths import ROOT
 from tests.support.processes import rss_kb
 

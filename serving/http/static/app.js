@@ -29,6 +29,7 @@ async function loadModels() {
     $("model").replaceChildren(...serving.map((m) => {
       const option = document.createElement("option");
       option.value = `${m.name}/versions/${m.version}`;
+      option.dataset.stages = m.stages.length ? "1" : "0"; // a version without an explain graph shows no stages
       option.textContent = `${m.name} (version ${m.version}, ${m.input.channels}×${m.input.height}×${m.input.width})`;
       return option;
     }));
@@ -100,8 +101,8 @@ function drawPredictions(answer) {
   $("top1").textContent = answer.predictions[0].label;
   $("predictions").replaceChildren(...answer.predictions.map((p) => {
     const item = document.createElement("li");
-    item.className = "prediction" + ((p.index || 0) === (answer.class_index || 0) ? " chosen" : "");
-    item.dataset.index = p.index || 0;
+    item.className = "prediction" + (p.index === answer.class_index ? " chosen" : "");
+    item.dataset.index = p.index;
     const label = document.createElement("span");
     label.className = "label";
     label.textContent = `${p.label} ${(100 * (p.probability || 0)).toFixed(1)} %`;
@@ -109,14 +110,14 @@ function drawPredictions(answer) {
     bar.className = "bar";
     bar.style.width = `${Math.max(1, 100 * (p.probability || 0))}%`;
     item.append(label, bar);
-    item.addEventListener("click", () => explain(p.index || 0));
+    item.addEventListener("click", () => explain(p.index));
     return item;
   }));
 }
 
 async function explain(classIndex = null) {
   if (!current || !$("model").value) return;
-  const query = new URLSearchParams({ top_k: 5, stages: 1 });
+  const query = new URLSearchParams({ stages: $("model").selectedOptions[0].dataset.stages }); // top_k left out: the server's default, 5 or every class when fewer
   if ($("method").value) query.set("method", $("method").value);
   if (classIndex !== null) query.set("class", classIndex);
   status("Asking the model…");

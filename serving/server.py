@@ -1,12 +1,14 @@
-"""The gRPC server: wiring, lifecycle and graceful shutdown.
+"""The composition root: one server process's parts, built and started in order, stopped gracefully.
 
-``create_server(config)`` builds everything and binds the port (0: any free one) without starting; ``start()``
-opens the port with every model NOT_SERVING, then loads the models in the background — each turns SERVING in
-``grpc.health.v1`` only after its golden self-check. After loading, the repository is looked at again every
-``poll_s`` seconds (``--poll-s``; 0: never) and whenever ``reload()`` is called (SIGHUP in ``serve``): new models
-and newer versions load without a restart. ``stop(grace)`` turns health NOT_SERVING, refuses new RPCs, lets
-in-flight ones finish for up to ``grace`` seconds, then stops the batchers. ``serve(config)`` runs until
-SIGTERM/SIGINT; it is what ``python -m serving serve`` calls.
+``create_server(config)`` builds the metrics, the model registry, the data plane and the auth tokens, then the two
+front ends over that one data plane — gRPC (``serving.grpc``) and HTTP (``serving.http``), peers that never import
+each other — and binds the gRPC port (0: any free one) without starting. ``start()`` opens the ports with every
+model NOT_SERVING, then loads the models in the background: each turns SERVING (health, ready) only after its golden
+self-check. After loading, the repository is looked at again every ``poll_s`` seconds (``--poll-s``; 0: never) and
+whenever ``reload()`` is called (SIGHUP in ``serve``): new models and newer versions load without a restart.
+``stop(grace)`` turns health NOT_SERVING, refuses new requests on both ports, lets those in flight finish for up to
+``grace`` seconds, then stops the batchers. ``serve(config)`` runs until SIGTERM/SIGINT; it is what
+``python -m serving serve`` calls.
 """
 
 from __future__ import annotations
@@ -15,56 +17,20 @@ import asyncio
 import contextlib
 import logging
 import signal
-from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection, reflection_pb2
-
-from serving._generated import grpc_service_pb2, imageclassifier_pb2
-from serving._generated._pool import POOL
 from serving.config import ServerConfig
-from serving.grpc.auth import TokenInterceptor
-from serving.grpc.handlers import add_service
-from serving.grpc.servicers import ImageClassifierServicer, InferenceServicer
+from serving.grpc.frontend import GrpcFrontEnd
 from serving.http.app import HttpFrontEnd
 from serving.runtime.auth import Tokens
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.metrics import Metrics
-from serving.runtime.registry import ModelRegistry, ModelState, ServedModel
+from serving.runtime.registry import ModelRegistry
 
-log = logging.getLogger(__name__)
-
-SERVICE_NAMES = (
-    imageclassifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier"].full_name,
-    grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-)
-_SERVING = health_pb2.HealthCheckResponse.SERVING
-_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _reflection_pool() -> None:
-    """Our stubs live in a private descriptor pool; reflection serves from it, so health and reflection go in too."""
-    for file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
-        try:
-            POOL.FindFileByName(file.name)
-        except KeyError:
-            POOL.AddSerializedFile(file.serialized_pb)
-
-
-def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
-    if not config.tls_cert:
-        return None
-    assert config.tls_key is not None  # ServerConfig checks they come together
-    key, cert = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
-    client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
-                                       require_client_auth=client_ca is not None)
+log = logging.getLogger("serving.server")
 
 
 class InferenceServer:
-    """One server instance: model registry and data plane, the gRPC and HTTP front ends, health, metrics."""
+    """One server instance: model registry and data plane, the gRPC and HTTP front ends, metrics."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -72,46 +38,19 @@ class InferenceServer:
         self.registry = ModelRegistry(config, self.metrics)
         self.plane = DataPlane(self.registry)
         self.tokens = Tokens(config.auth_token_file) if config.auth_token_file else None
-        self.health = health_aio.HealthServicer()
-        self.grpc = grpc.aio.server(options=config.grpc_options(),
-                                    interceptors=[TokenInterceptor(self.tokens)] if self.tokens else None)
+        self.grpc = GrpcFrontEnd(self.plane, config, self.metrics, self.tokens)
         self.http = (HttpFrontEnd(self.plane, config, self.metrics, self.tokens)
                      if config.http_port is not None else None)
+        self.port = self.grpc.port
         self.http_port: int | None = None
-        add_service(self.grpc, imageclassifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier"],
-                    ImageClassifierServicer(self.plane, self.metrics))
-        add_service(self.grpc, grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
-                    InferenceServicer(self.plane, config, self.metrics))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        _reflection_pool()
-        reflection.enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME),
-                                            self.grpc, pool=POOL)
-        address = f"{config.host}:{config.port}"
-        credentials = _credentials(config)
-        try:
-            self.port = (self.grpc.add_secure_port(address, credentials) if credentials
-                         else self.grpc.add_insecure_port(address))
-        except RuntimeError:  # grpc's way of saying bind() failed
-            raise OSError(f"cannot bind the gRPC port {address} (in use, or not permitted)") from None
         self.metrics_port: int | None = None
         self._load_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._rescan = asyncio.Event()
         self._stopped = asyncio.Event()
-        self.registry.on_state_change(self._publish)
-
-    async def _publish(self, model: ServedModel | None) -> None:
-        if model is not None:
-            serving = model.state is ModelState.SERVING and not self.registry.shutting_down
-            await self.health.set(model.name, _SERVING if serving else _NOT_SERVING)
-        overall = _SERVING if self.registry.ready else _NOT_SERVING
-        for service in ("", *SERVICE_NAMES):
-            await self.health.set(service, overall)
 
     async def start(self, load_models: bool = True) -> None:
-        """Open the port (everything NOT_SERVING), then load the models in the background unless told not to."""
-        for service in ("", *SERVICE_NAMES, *self.registry.models):
-            await self.health.set(service, _NOT_SERVING)
+        """Open the ports (everything NOT_SERVING), then load the models in the background unless told not to."""
         if self.config.metrics_port is not None:  # first: a taken metrics port fails before gRPC is up
             host = self.config.metrics_host or self.config.host
             self.metrics_port = self.metrics.serve(self.config.metrics_port, host)
@@ -171,13 +110,13 @@ class InferenceServer:
         return self.registry.ready
 
     async def stop(self, grace: float | None = None) -> None:
-        """Refuse new RPCs, finish in-flight ones for up to ``grace`` seconds (default: config), release all."""
+        """Refuse new requests, finish in-flight ones for up to ``grace`` seconds (default: config), release all."""
         if self._stopped.is_set():
             return
         grace = self.config.grace_s if grace is None else grace
         log.info("shutting down (grace %.1f s)", grace)
         self.registry.shutting_down = True
-        await self.health.enter_graceful_shutdown()
+        await self.grpc.drain()
         for task in (self._load_task, self._poll_task):
             if task is not None and not task.done():
                 task.cancel()

@@ -1,0 +1,161 @@
+"""The operations' neutral request and answer types: what a front end hands the data plane and gets back.
+
+A front end parses its wire format (protobuf, JSON, Triton's binary extension, multipart forms) into these, calls
+:class:`~serving.runtime.dataplane.DataPlane`, and writes the answer back in its own format; the rules (which
+input, which shapes, which limits) and their messages live below it, once. Deadlines are event-loop times
+(``loop.time()``), as the batcher compares them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving.contract import tensors
+from serving.contract.manifest import ModelManifest
+from serving.contract.prediction import Prediction
+
+ImageSource = bytes | np.ndarray  # encoded image bytes, or a float32 (C, H, W) tensor
+
+
+# ---- Open Inference Protocol ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InputTensor:
+    """One input as the request described it, with its data either ``raw`` (little-endian bytes: gRPC's
+    ``raw_input_contents``, Triton's HTTP binary data) or ``values`` (typed contents, JSON ``data``). ``values`` may
+    be a function that reads them: it is called only once the request was admitted, so that a refused request
+    costs no parsing of a large JSON tensor."""
+
+    name: str
+    datatype: str
+    shape: Sequence[int]
+    raw: bytes | memoryview | None = None
+    values: Sequence[Any] | Callable[[], Sequence[Any]] | None = None
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    model: str
+    version: str | int = ""
+    inputs: Sequence[InputTensor] = ()
+    outputs: Sequence[str] = ()      # the outputs asked for by name (none: all)
+    id: str = ""
+    deadline: float | None = None
+
+    @property
+    def batch_size(self) -> int:
+        """The images the request asks for (its one input's first dimension), read before admitting it (malformed:
+        1, and refused later with the reason)."""
+        return tensors.batch_size(self.inputs[0].shape) if len(self.inputs) == 1 else 1
+
+
+@dataclass(frozen=True)
+class InferResult:
+    model: str
+    version: int
+    id: str
+    output: str                      # the output's name
+    logits: np.ndarray               # (N, K) float32
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: list[int]                 # -1: any size
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+@dataclass(frozen=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: list[str]            # what every transport implements; a front end adds its own
+
+
+# ---- the classifier API --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    model: str
+    images: Sequence[ImageSource]
+    version: str | int = ""
+    top_k: int = 0                   # 0: the default (5, or every class when fewer)
+    id: str = ""
+    deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    model: str
+    version: int
+    id: str
+    results: list[list[Prediction]]  # per image, most probable first
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    model: str
+    image: ImageSource
+    version: str | int = ""
+    class_index: int | None = None   # None: the top class
+    method: str = ""                 # "": cam where the model has one, else occlusion
+    top_k: int = 0
+    stages: bool = False
+    id: str = ""
+    deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    values: np.ndarray               # (h, w) float32 in [0, 1]
+    raw_max: float
+
+
+@dataclass(frozen=True)
+class StageMaps:
+    name: str
+    maps: np.ndarray                 # (channels, h, w) uint8
+    total_channels: int
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    model: str
+    version: int
+    id: str
+    predictions: list[Prediction]
+    class_index: int
+    label: str
+    method: str
+    heatmap: Heatmap
+    stages: list[StageMaps]
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """A model as the server holds it: its state, and its manifest once it loaded (None before, or if it failed)."""
+
+    name: str
+    version: int
+    state: str                       # LOADING, SERVING, FAILED…
+    reason: str
+    versions: list[int]              # every version the repository holds
+    manifest: ModelManifest | None
+    verification: dict[str, Any] = field(default_factory=dict)
+    golden_max_abs_diff: float = 0.0
+    golden_samples: int = 0
+    instances: int = 1
+    device: str = "cpu"
