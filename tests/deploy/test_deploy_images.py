@@ -67,12 +67,13 @@ def test_serve_venv_knows_the_project_version(serve_venv: Path) -> None:
 
 def test_every_cli_command_loads_in_the_serve_image(dockerfile: Dockerfile, serve_venv: Path,
                                                     tmp_path: Path) -> None:
-    """`python -m serving …` with only the serving package and the serve set: no command falls back or fails."""
+    """`python -m serving …` with only the serving package and the serve set: no command fails to load."""
     image = stand_in(dockerfile, SERVE_TARGET, tmp_path / "app", {"/opt/venv": serve_venv})
     env = image.env
+    # The parser imports the classify and batch modules as it is built (serving/cli.py has no stand-in for a command
+    # whose imports fail any more), so a dependency missing from the serve set fails the listing itself.
     listing = run(image, image.argv(["python", "-m", "serving", "--help"], env), env, timeout=60)
     assert listing.returncode == 0, listing.stderr
-    assert "not available" not in listing.stdout  # the CLI's stand-in for a command whose imports failed
     for command in ("serve", "classify", "health", "batch"):
         assert command in listing.stdout
         result = run(image, image.argv(["python", "-m", "serving", command, "--help"], env), env, timeout=60)
