@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,8 @@ def trained(dockerfile: Dockerfile, tmp_path_factory: pytest.TempPathFactory) ->
     torch's spinning threads tripled the CPU time here). The learning rate is left to lr_find, as by default.
     """
     root = tmp_path_factory.mktemp("train-image")
-    paths = {"/opt/venv": ROOT / ".venv", "/model_repository": root / "model_repository", "/runs": root / "runs",
+    # The image's venv: the one running these tests (it holds the train set); ROOT/.venv is absent in a git worktree.
+    paths = {"/opt/venv": Path(sys.prefix), "/model_repository": root / "model_repository", "/runs": root / "runs",
              "/home/app": root / "home", "/tmp": root / "tmp"}
     for folder in paths.values():
         folder.mkdir(exist_ok=True)
