@@ -1,9 +1,10 @@
-"""Fixtures of the container tests; helpers in tests/support/containers.py, checks in deploy/check.py."""
+"""Fixtures of the container tests; helpers in tests/support/containers.py, checks in deploy/checks/."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from deploy import check, images
+from deploy import images
+from deploy.checks.common import TRAIN_TARGET
+from deploy.checks.compose import load_compose
 from deploy.dockerfile import Dockerfile
 from deploy.images import Docker
 from tests.support.containers import StandIn, WriteWatch, docker_or_skip_reason, ensure_serve_venv, run, stand_in
@@ -26,7 +29,7 @@ def dockerfile() -> Dockerfile:
 
 @pytest.fixture(scope="session")
 def compose() -> dict[str, Any]:
-    return check.load_compose(ROOT / "docker-compose.yml")
+    return load_compose(ROOT / "docker-compose.yml")
 
 
 @pytest.fixture(scope="session")
@@ -60,11 +63,12 @@ def trained(dockerfile: Dockerfile, tmp_path_factory: pytest.TempPathFactory) ->
     torch's spinning threads tripled the CPU time here). The learning rate is left to lr_find, as by default.
     """
     root = tmp_path_factory.mktemp("train-image")
-    paths = {"/opt/venv": ROOT / ".venv", "/model_repository": root / "model_repository", "/runs": root / "runs",
+    # The image's venv: the one running these tests (it holds the train set); ROOT/.venv is absent in a git worktree.
+    paths = {"/opt/venv": Path(sys.prefix), "/model_repository": root / "model_repository", "/runs": root / "runs",
              "/home/app": root / "home", "/tmp": root / "tmp"}
     for folder in paths.values():
         folder.mkdir(exist_ok=True)
-    image = stand_in(dockerfile, check.TRAIN_TARGET, root / "app", paths)
+    image = stand_in(dockerfile, TRAIN_TARGET, root / "app", paths)
     images = make_image_folder(root / "images", classes=3, per_class=12, size=16)
     env = {**image.env, "MODEL_NAME": "shapes", "TRAIN_DATA": str(images), "TRAIN_EPOCHS": "1",
            "TRAIN_ARGS": "--bs 16 --no-plots", "OMP_NUM_THREADS": "1"}

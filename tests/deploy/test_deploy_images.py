@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from deploy import check
+from deploy.checks.common import GRPC_PORT, SERVE_TARGET
 from deploy.dockerfile import Dockerfile
 from tests.support.containers import StandIn, WriteWatch, run, stand_in, terminate, wait_for
 from tests.support.paths import ROOT
@@ -67,12 +67,13 @@ def test_serve_venv_knows_the_project_version(serve_venv: Path) -> None:
 
 def test_every_cli_command_loads_in_the_serve_image(dockerfile: Dockerfile, serve_venv: Path,
                                                     tmp_path: Path) -> None:
-    """`python -m serving …` with only the serving package and the serve set: no command falls back or fails."""
-    image = stand_in(dockerfile, check.SERVE_TARGET, tmp_path / "app", {"/opt/venv": serve_venv})
+    """`python -m serving …` with only the serving package and the serve set: no command fails to load."""
+    image = stand_in(dockerfile, SERVE_TARGET, tmp_path / "app", {"/opt/venv": serve_venv})
     env = image.env
+    # The parser imports the classify and batch modules as it is built (serving/cli.py has no stand-in for a command
+    # whose imports fail any more), so a dependency missing from the serve set fails the listing itself.
     listing = run(image, image.argv(["python", "-m", "serving", "--help"], env), env, timeout=60)
     assert listing.returncode == 0, listing.stderr
-    assert "not available" not in listing.stdout  # the CLI's stand-in for a command whose imports failed
     for command in ("serve", "classify", "health", "batch"):
         assert command in listing.stdout
         result = run(image, image.argv(["python", "-m", "serving", command, "--help"], env), env, timeout=60)
@@ -82,7 +83,7 @@ def test_every_cli_command_loads_in_the_serve_image(dockerfile: Dockerfile, serv
 def test_serve_cmd_serves_the_trained_repository(dockerfile: Dockerfile, serve_venv: Path, trained: Any,
                                                  tmp_path: Path) -> None:
     assert trained.first.returncode == 0, "the train stage's command failed (see the test above)"
-    image = stand_in(dockerfile, check.SERVE_TARGET, tmp_path / "app",
+    image = stand_in(dockerfile, SERVE_TARGET, tmp_path / "app",
                      {"/opt/venv": serve_venv, "/model_repository": trained.repository})
     # The serving package alone: it must not need training/ or models/.
     assert sorted(p.name for p in image.cwd.iterdir()) == ["serving"]
@@ -96,7 +97,7 @@ def test_serve_cmd_serves_the_trained_repository(dockerfile: Dockerfile, serve_v
     assert config.healthcheck is not None
     probe = list(config.healthcheck.command)
     server_at = probe.index("--server") + 1
-    assert probe[server_at] == f"localhost:{check.GRPC_PORT}"
+    assert probe[server_at] == f"localhost:{GRPC_PORT}"
     probe[server_at] = f"127.0.0.1:{port}"
     probe = image.argv(probe, env)
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy import check
+from deploy.checks.common import load_yaml_documents
+from deploy.checks.kubernetes import check_kubernetes
 from deploy.dockerfile import Dockerfile
 from tests.support.paths import ROOT
 
@@ -19,16 +20,16 @@ Doc = dict[str, Any]
 
 
 def test_manifests_pass(dockerfile: Dockerfile) -> None:
-    assert check.check_kubernetes(FOLDER, dockerfile) == []
+    assert check_kubernetes(FOLDER, dockerfile) == []
 
 
 def test_probes_are_native_grpc_on_the_grpc_port() -> None:
-    (deployment,) = check.load_yaml_documents(FOLDER / "deployment.yaml")
+    (deployment,) = load_yaml_documents(FOLDER / "deployment.yaml")
     server = deployment["spec"]["template"]["spec"]["containers"][0]
     assert server["readinessProbe"]["grpc"] == {"port": 8001, "service": "inference.GRPCInferenceService"}
     assert server["livenessProbe"]["grpc"] == {"port": 8001}
     assert server["startupProbe"]["grpc"] == {"port": 8001}
-    (isvc,) = check.load_yaml_documents(FOLDER / "inferenceservice.yaml")
+    (isvc,) = load_yaml_documents(FOLDER / "inferenceservice.yaml")
     container = isvc["spec"]["predictor"]["containers"][0]
     assert container["ports"] == [{"name": "h2c", "containerPort": 8001, "protocol": "TCP"}]
     assert container["readinessProbe"]["grpc"]["port"] == 8001
@@ -93,8 +94,8 @@ def test_kubernetes_rules_catch(dockerfile: Dockerfile, tmp_path: Path, file: st
                                 mutation: Callable[[list[Doc]], Any], message: str) -> None:
     folder = tmp_path / "kubernetes"
     shutil.copytree(FOLDER, folder)
-    docs = check.load_yaml_documents(folder / file)
+    docs = load_yaml_documents(folder / file)
     mutation(docs)
     (folder / file).write_text(yaml.safe_dump_all(docs))
-    problems = check.check_kubernetes(folder, dockerfile)
+    problems = check_kubernetes(folder, dockerfile)
     assert any(message in p for p in problems), problems

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from deploy import check
+from deploy.checks.common import load_yaml_documents
+from deploy.checks.prometheus import check_prometheus
 from tests.support.paths import ROOT
 
 Doc = dict[str, Any]
@@ -17,11 +18,11 @@ Doc = dict[str, Any]
 
 @pytest.fixture(scope="module")
 def prometheus() -> Doc:
-    return check.load_yaml_documents(ROOT / "deploy" / "prometheus.yml")[0]
+    return load_yaml_documents(ROOT / "deploy" / "prometheus.yml")[0]
 
 
 def test_prometheus_scrapes_every_server_service(prometheus: Doc, compose: Doc) -> None:
-    assert check.check_prometheus(prometheus, compose) == []
+    assert check_prometheus(prometheus, compose) == []
     names = {n for job in prometheus["scrape_configs"] for sd in job.get("dns_sd_configs", []) for n in sd["names"]}
     assert names == {"server", "replica", "balancer"}
 
@@ -38,5 +39,5 @@ def test_prometheus_scrapes_every_server_service(prometheus: Doc, compose: Doc) 
 def test_prometheus_rules_catch(prometheus: Doc, compose: Doc, mutation: Callable[[Doc], Any], message: str) -> None:
     broken = copy.deepcopy(prometheus)
     mutation(broken)
-    problems = check.check_prometheus(broken, compose)
+    problems = check_prometheus(broken, compose)
     assert any(message in p for p in problems), problems
