@@ -17,7 +17,9 @@ from models.pretrained import PretrainedError, load_body
 from tests.support.images import make_image_folder
 from training import data
 from training.__main__ import main
-from training.fit import FitConfig, fit, lr_find_iterations
+from training.fit import fit
+from training.schedule import lr_find_iterations
+from training.settings import FitConfig
 
 
 def _quiet(_: str) -> None:
