@@ -41,7 +41,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from models import registry
+from models import registry, scratch
 from serving.contract import layout, triton
 from serving.contract.manifest import EXPLAIN_FILE, INPUT_NAME, OUTPUT_NAME, ExplainGraph, ModelManifest
 from serving.contract.preprocess import PreprocessSpec
@@ -206,15 +206,9 @@ def check_onnx(path: Path, spec: PreprocessSpec, classes: int) -> None:
 
 def _numpy_reference(run: Run) -> verify.Runner | str:
     """The from-scratch NumPy forward of the checkpoint (``models.scratch``), or the reason it cannot run."""
-    try:
-        from models import scratch
-    except ImportError as e:
-        return f"models.scratch cannot be imported ({e})"
-    if not hasattr(scratch, "from_checkpoint"):
-        return "models.scratch has no from_checkpoint()"
     if run.checkpoint is None:
         return "the model was given as a module, not as a checkpoint the NumPy reference can read"
-    if run.arch not in getattr(scratch, "SUPPORTED_ARCHS", (run.arch,)):
+    if run.arch not in scratch.SUPPORTED_ARCHS:
         return f"the NumPy reference does not implement {run.arch}"
     try:
         net = scratch.from_checkpoint(torch.load(run.checkpoint, map_location="cpu", weights_only=True))
