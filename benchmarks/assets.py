@@ -250,7 +250,8 @@ def _digits(ctx: Context) -> ModelAsset:
             version = _export(ctx, run, "digits")
             source = "reused runs/digits, exported in this run"
     else:
-        from training.fit import FitConfig, fit
+        from training.fit import fit
+        from training.settings import FitConfig
 
         run = ctx.work / "runs" / "digits"
         ctx.log(f"digits: no runs/digits; training resnet20 for {DIGITS_EPOCHS} epochs (one-cycle, lr {DIGITS_LR})")

@@ -70,7 +70,8 @@ def bare_loop(tensors: dict[str, Any], head: str) -> dict[str, float]:
 
 
 def fastai_fit(ctx: Context, run: int) -> dict[str, float]:
-    from training.fit import FitConfig, default_head, fit
+    from training.fit import fit
+    from training.settings import FitConfig, default_head
 
     cfg = FitConfig(data="digits", arch=ARCH, epochs=EPOCHS, lr=LR, bs=BS, seed=SEED, plots=False,
                     out=ctx.work / "fastai_epoch" / str(run), schedule="constant")
@@ -82,7 +83,7 @@ def fastai_fit(ctx: Context, run: int) -> dict[str, float]:
 def rows(ctx: Context) -> list[Row]:
     import torch
 
-    from training.fit import FitConfig, default_head
+    from training.settings import FitConfig, default_head
 
     torch.set_num_threads(ctx.threads)
     head = default_head(FitConfig(data="digits", arch=ARCH, epochs=EPOCHS, out=ctx.work))

@@ -55,7 +55,8 @@ def _stopper(target: float, max_seconds: float) -> Any:
 def _train(ctx: Context, schedule: str) -> dict[str, Any]:
     import torch
 
-    from training.fit import FitConfig, fit
+    from training.fit import fit
+    from training.settings import FitConfig
 
     torch.set_num_threads(ctx.threads)
     stop = _stopper(TARGET_ACCURACY, MAX_SECONDS)

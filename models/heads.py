@@ -6,30 +6,29 @@
   ``nn.Sequential(body, head)``, the model ``vision_learner`` returns (same modules, same state_dict keys).
 - ``splitter``: two parameter groups, body and head, so that ``freeze`` trains the head alone and ``fine_tune``'s
   ``slice(lr / 100, lr)`` gives the body the smaller learning rate (discriminative learning rates).
-- ``learner_arch``: a callable per arch, registered in fastai's ``model_meta`` (cut and splitter), so that
-  ``vision_learner(dls, learner_arch("resnet20"), …)`` itself works with the project's archs.
+
+``models.learner.learner_arch`` registers these cuts and splitters in fastai's ``model_meta``, so that
+``vision_learner`` itself works with the project's archs.
 
 The ``linear`` head is each network's own (global average pool → ``fc``): its modules and keys are untouched.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from torch import nn
 
 from models.archs import HEADS, family
 
-__all__ = ["CUTS", "HEADS", "fastai_model", "head_module", "learner_arch", "splitter"]
+__all__ = ["CUTS", "HEADS", "check_head", "fastai_model", "head_module", "splitter"]
 
 # fastai's cut per family: the children after the body (pool + fc; xresnet: pool, flatten, dropout, linear).
 CUTS: dict[str, int] = {"project": -2, "torchvision": -2, "xresnet": -4}
 
 
 def check_head(head: str) -> None:
+    """ValueError for an unknown head name."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
 
@@ -62,33 +61,3 @@ def splitter(head: str) -> Callable[[nn.Module], list[list[nn.Parameter]]]:
         return [[p for p in model.parameters() if id(p) not in ids], list(top.parameters())]
 
     return split
-
-
-@functools.cache
-def learner_arch(arch: str, weights: str | Path | None = None) -> Callable[..., nn.Module]:
-    """``arch`` as fastai expects an architecture: ``make(pretrained=False)`` → a 3-channel network with a
-    1000-class head (which ``create_body`` cuts off), registered in fastai's ``model_meta``.
-
-    ``pretrained=True`` needs ``weights``, a checkpoint ``models.pretrained.load_body`` reads (a previous run's
-    ``model.pth`` or a torchvision-format state_dict): nothing is ever downloaded.
-    """
-    from fastai.vision.learner import model_meta
-
-    from models import registry
-
-    family(arch)  # ValueError naming every arch for an unknown one
-
-    def make(pretrained: bool = False, **_: Any) -> nn.Module:
-        model = registry.create(arch, num_classes=1000, in_chans=3)
-        if pretrained:
-            if weights is None:
-                raise ValueError(f"{arch} ships no pretrained weights (nothing is downloaded): use "
-                                 f"pretrained=False, or learner_arch({arch!r}, weights=PATH)")
-            from models.pretrained import load_body
-
-            load_body(model, arch, "linear", weights)
-        return model
-
-    make.__name__ = make.__qualname__ = arch
-    model_meta[make] = {"cut": CUTS[family(arch)], "split": splitter("fastai")}
-    return make

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import resnet
+from models import heads, resnet
 from models.archs import ARCHS, TORCHVISION_SPECS, XRESNET_SPECS, downsampling, family
 
 __all__ = ["ARCHS", "TORCHVISION", "XRESNETS", "create", "downsampling", "family", "load_checkpoint",
@@ -33,8 +33,6 @@ TORCHVISION: tuple[str, ...] = tuple(TORCHVISION_SPECS)
 
 def create(arch: str, num_classes: int, in_chans: int = 3, head: str = "linear", **kwargs: Any) -> nn.Module:
     """Build ``arch`` with random weights and the ``head`` classifier."""
-    from models import heads
-
     heads.check_head(head)
     model = _network(arch, num_classes, in_chans, **kwargs)
     return heads.fastai_model(model, arch, num_classes) if head == "fastai" else model

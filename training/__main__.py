@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         return _experiment(args, argv)
 
     if args.command == "fit":
-        from training.fit import FitConfig, FitError, fit
+        from training.fit import fit
+        from training.settings import FitConfig, FitError
 
         cfg = FitConfig(data=args.data, arch=args.arch, epochs=args.epochs, out=args.out, lr=args.lr, bs=args.bs,
                         size=args.size, seed=args.seed, valid_pct=args.valid_pct, wd=args.wd,

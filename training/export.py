@@ -41,7 +41,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from models import registry
+from models import registry, scratch
 from serving.contract import layout, triton
 from serving.contract.manifest import EXPLAIN_FILE, INPUT_NAME, OUTPUT_NAME, ExplainGraph, ModelManifest
 from serving.contract.preprocess import PreprocessSpec
@@ -49,8 +49,8 @@ from serving.errors import InvalidInput
 from training import explain, verify
 from training.fold import FoldReport, fold_batchnorm
 
-__all__ = ["OPSET", "ExportError", "Run", "VerificationFailed", "batchnorm_nodes", "export", "export_run", "load_run",
-           "sha256"]
+__all__ = ["MAX_INT8_DROP", "OPSET", "ExportError", "Run", "VerificationFailed", "batchnorm_nodes", "export",
+           "export_run", "load_run", "sha256"]
 
 OPSET = 18
 GOLDEN_SAMPLES = 8
@@ -64,6 +64,8 @@ GOLDEN_FLOOR = 1e-6  # never 0: the server requires golden_atol > 0 (an --atol 0
 # least INT8_GOLDEN_FLOOR of the largest golden logit. Thread count does not change integer results.
 INT8_GOLDEN_FACTOR = 3.0
 INT8_GOLDEN_FLOOR = 0.02
+# The INT8 model is refused when its validation accuracy falls more than this below the FP32 model's (0.01: one point).
+MAX_INT8_DROP = 0.01
 # The NumPy reference is the slowest runner (tens of ms per image at 224 px): it checks the first samples only.
 NUMPY_MAX_SAMPLES = 2048
 VARIANTS = (None, "int8")
@@ -206,15 +208,9 @@ def check_onnx(path: Path, spec: PreprocessSpec, classes: int) -> None:
 
 def _numpy_reference(run: Run) -> verify.Runner | str:
     """The from-scratch NumPy forward of the checkpoint (``models.scratch``), or the reason it cannot run."""
-    try:
-        from models import scratch
-    except ImportError as e:
-        return f"models.scratch cannot be imported ({e})"
-    if not hasattr(scratch, "from_checkpoint"):
-        return "models.scratch has no from_checkpoint()"
     if run.checkpoint is None:
         return "the model was given as a module, not as a checkpoint the NumPy reference can read"
-    if run.arch not in getattr(scratch, "SUPPORTED_ARCHS", (run.arch,)):
+    if run.arch not in scratch.SUPPORTED_ARCHS:
         return f"the NumPy reference does not implement {run.arch}"
     try:
         net = scratch.from_checkpoint(torch.load(run.checkpoint, map_location="cpu", weights_only=True))
@@ -265,7 +261,7 @@ def _write_json(path: Path, doc: Any) -> None:
 
 
 def export(run: Path, repository: Path, name: str, version: int | None = None, quantize: str | None = None,
-           atol: float = 1e-4, optimize: bool = False, max_int8_drop: float = 0.01, log: Log = print, *,
+           atol: float = 1e-4, optimize: bool = False, max_int8_drop: float = MAX_INT8_DROP, log: Log = print, *,
            explain: bool = True) -> Path:
     """Fold, export, verify and publish ``run`` as ``repository/name/version``; returns that folder. ``explain``:
     also the explain graph (``explain.onnx``, FP32 ResNets), which the server's explanations need."""
@@ -274,7 +270,7 @@ def export(run: Path, repository: Path, name: str, version: int | None = None, q
 
 
 def export_run(run: Run, repository: Path, name: str, version: int | None = None, quantize: str | None = None,
-               atol: float = 1e-4, optimize: bool = False, max_int8_drop: float = 0.01, log: Log = print, *,
+               atol: float = 1e-4, optimize: bool = False, max_int8_drop: float = MAX_INT8_DROP, log: Log = print, *,
                explain: bool = True) -> Path:
     """:func:`export` for a run already in memory (e.g. a model that the registry cannot rebuild)."""
     if not layout.is_model_name(name or ""):

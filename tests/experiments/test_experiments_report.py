@@ -13,7 +13,7 @@ from PIL import Image
 
 from models import registry
 from training.experiments import one_cycle
-from training.fit import step_schedule
+from training.schedule import step_schedule
 
 NAMES = ("batchnorm", "skip", "one-cycle", "pooling")
 

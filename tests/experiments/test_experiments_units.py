@@ -12,7 +12,7 @@ from torch import nn
 from models import resnet
 from training.experiments.runner import shift_images, trains_threshold
 from training.experiments.stats import compare, fmt, mean_std
-from training.fit import step_schedule
+from training.schedule import step_schedule
 
 
 def test_mean_std_is_the_sample_std():

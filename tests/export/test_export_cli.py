@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-main = pytest.importorskip("training.__main__").main
+from training.__main__ import main
 
 
 def test_cli_exit_codes(run_of, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

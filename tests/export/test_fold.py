@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from models import registry
+from models.scratch import fold_bn_linear, fold_conv_bn, fold_linear_bn
 from tests.support.runs import body_and_head, random_model, randomize_batchnorm
 from training.fold import Affine, fold_batchnorm, fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
 
@@ -157,13 +158,6 @@ def test_batchnorm_without_running_stats_is_refused() -> None:
 
 def test_same_weights_as_numpy_folding() -> None:
     """The PyTorch folder and models.scratch's NumPy folder agree on the folded weights."""
-    scratch = pytest.importorskip("models.scratch")
-    fold_conv_bn = getattr(scratch, "fold_conv_bn", None)
-    fold_bn_linear = getattr(scratch, "fold_bn_linear", None)
-    fold_linear_bn = getattr(scratch, "fold_linear_bn", None)
-    if fold_conv_bn is None or fold_bn_linear is None or fold_linear_bn is None:
-        pytest.skip("models.scratch does not define fold_conv_bn/fold_bn_linear/fold_linear_bn")
-
     def stats(bn: _BatchNorm) -> list:
         """γ, β, running mean and variance as NumPy arrays, then ε: the NumPy folders' BatchNorm arguments."""
         p = {k: v.detach().numpy().copy() for k, v in bn.state_dict().items() if v.dtype.is_floating_point}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fastai.vision.all as fastai_vision
 import numpy as np
 import pytest
 import torch
@@ -17,8 +18,7 @@ from PIL import Image
 
 from serving.contract.preprocess import PreprocessSpec, preprocess
 from tests.support.runs import random_model
-
-fastai_vision = pytest.importorskip("fastai.vision.all")
+from training import data
 
 SIZE = (12, 20)  # (height, width): not square, so a swapped axis shows
 # (file name, PIL mode, (width, height)): down- and up-scaling, both aspect ratios, both formats and modes.
@@ -85,7 +85,6 @@ def test_stock_fastai_pipeline_gives_the_same_tensor(files: list[Path], mode: st
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_trainer_dataloaders_give_the_same_tensor(files: list[Path], mode: str) -> None:
-    data = pytest.importorskip("training.data")
     spec = _spec(mode)
     ds = data.Dataset(root=files[0].parent, labels=list(spec.labels), train=[(f, 0) for f in files[:2]],
                       valid=[(f, i % 3) for i, f in enumerate(files)])
@@ -118,7 +117,6 @@ def test_trainer_decodes_large_jpegs_as_the_server_does(tmp_path: Path, mode: st
     use the very same decode (stock fastai decodes at full size, so it is left out here)."""
     from serving.contract.preprocess import load_image
 
-    data = pytest.importorskip("training.data")
     spec = _spec(mode)
     rng = np.random.default_rng(3)
     files = []

@@ -18,7 +18,8 @@ from models import registry
 from serving.contract.preprocess import PreprocessSpec
 from tests.support.paths import ROOT
 from training.__main__ import main
-from training.fit import FitConfig, fit
+from training.fit import fit
+from training.settings import FitConfig
 
 
 @pytest.fixture(scope="module")

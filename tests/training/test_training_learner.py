@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from models import heads, registry
+from models import registry
+from models.learner import learner_arch
 from models.pretrained import PretrainedError, load_body
 from tests.support.images import make_image_folder
 from training import data
 from training.__main__ import main
-from training.fit import FitConfig, fit, lr_find_iterations
+from training.fit import fit
+from training.schedule import lr_find_iterations
+from training.settings import FitConfig
 
 
 def _quiet(_: str) -> None:
@@ -45,7 +48,7 @@ def test_vision_learner_builds_and_trains_our_arch(tmp_path: Path, source_run: P
     from fastai.vision.learner import vision_learner
 
     _, _, dls = _dls(make_image_folder(tmp_path / "images", per_class=8), "L", 8)
-    learn = vision_learner(dls, heads.learner_arch("resnet20"), pretrained=False, n_in=1, metrics=accuracy,
+    learn = vision_learner(dls, learner_arch("resnet20"), pretrained=False, n_in=1, metrics=accuracy,
                            path=tmp_path)
     ours = registry.create("resnet20", 3, 1, head="fastai").state_dict()
     theirs = learn.model.state_dict()
@@ -58,7 +61,7 @@ def test_vision_learner_builds_and_trains_our_arch(tmp_path: Path, source_run: P
 
     # pretrained=True: the body comes from a run's checkpoint (a 1-channel body through fastai's 3 → 1 rule) and
     # vision_learner freezes it.
-    arch = heads.learner_arch("resnet20", weights=str(source_run / "model.pth"))
+    arch = learner_arch("resnet20", weights=str(source_run / "model.pth"))
     learn = vision_learner(dls, arch, n_in=1, path=tmp_path)
     source = torch.load(source_run / "model.pth", weights_only=True)["state_dict"]
     got = learn.model.state_dict()
@@ -66,7 +69,7 @@ def test_vision_learner_builds_and_trains_our_arch(tmp_path: Path, source_run: P
     assert torch.equal(got["0.6.2.conv2.weight"], source["0.6.2.conv2.weight"])
     assert learn.opt.frozen_idx == 1
     with pytest.raises(ValueError, match="resnet20 ships no pretrained weights"):
-        vision_learner(dls, heads.learner_arch("resnet20"), n_in=1)
+        vision_learner(dls, learner_arch("resnet20"), n_in=1)
 
 
 def test_pretrained_fine_tunes_on_another_folder_and_exports(tmp_path: Path, source_run: Path) -> None:

@@ -32,7 +32,7 @@ DEFAULTS = {"seeds": 5, "epochs": 5, "lr": 3e-3}
 
 
 def input_size(s: Settings) -> int:
-    from training.fit import FitConfig, default_size
+    from training.settings import FitConfig, default_size
 
     size = s.size or default_size(FitConfig(data=s.data, arch=s.arch, epochs=1, out=s.out))
     minimum = registry.downsampling(s.arch)

@@ -298,7 +298,8 @@ def _probe(spec: RunSpec, log: Callable[[str], None]):
 
 def train_one(spec: RunSpec, settings: Settings, run_dir: Path, log: Callable[[str], None]) -> RunResult:
     """One ``fit`` run with a probe; returns what the experiment analyses."""
-    from training.fit import FitConfig, FitError, fit
+    from training.fit import fit
+    from training.settings import FitConfig, FitError
 
     probe = _probe(spec, log)
     callbacks = [probe]

@@ -93,7 +93,8 @@ def folders(data: str, per_class: int = PER_CLASS) -> tuple[Path, Path]:
 
 def source_run(s: Settings, folder: Path) -> Path:
     """The run on the source classes whose body every fine-tuned run starts from (trained once, then reused)."""
-    from training.fit import FitConfig, fit
+    from training.fit import fit
+    from training.settings import FitConfig
 
     out = _home() / f"{folder.name}-run-{s.arch}-e{SOURCE_EPOCHS}-lr{s.lr:g}-bs{s.bs}-size{s.size}"
     if not (out / "model.pth").exists():

@@ -1,0 +1,133 @@
+"""The run directory a fit leaves: ``model.pth``, ``spec.json``, ``data.json``, ``metrics.json`` and ``plots/``.
+
+``write_run`` takes a :class:`TrainedRun`, the typed record of what the fit did, and the learner holding the trained
+model; it evaluates the model on the validation split, writes every file and logs the closing line.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastai.learner import Learner
+from torch import nn
+
+from models import registry
+from serving.contract.preprocess import PreprocessSpec
+from training import data, plots
+from training.evaluate import Evaluation, evaluate
+from training.schedule import LrFind
+from training.settings import FitConfig
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """What a fit did, as metrics.json and the plots record it."""
+
+    cfg: FitConfig
+    dataset: data.Dataset
+    spec: PreprocessSpec
+    head: str
+    aug: bool
+    lr: float
+    lr_find: LrFind | None            # None: lr_max was given
+    train_seconds: float
+    history: list[dict[str, float]]   # one row per epoch (EpochRecorder)
+    losses: list[float]               # training loss per mini-batch, over every fit
+    hps: dict[str, list[float]]       # hyper-parameters per mini-batch (lr, mom, …)
+    world_size: int
+    device: torch.device
+    started: float                    # time.perf_counter() when fit() started, for total_seconds
+
+
+def write_run(run: TrainedRun, learn: Learner, log: Callable[[str], None]) -> dict[str, Any]:
+    """Write ``run.cfg.out`` for the model in ``learn``; returns the metrics written to metrics.json."""
+    out = Path(run.cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = _trained_model(learn)
+    save_model(run, model, out)
+    evaluation = evaluate(model, learn.dls.valid, len(run.dataset.labels))
+    metrics = metrics_of(run, evaluation)
+    if run.cfg.plots:
+        draw_plots(run, evaluation, len(learn.dls.train), out / "plots")
+    # The fit call (decoding, lr_find, training, evaluation, plots) and, from the CLI, the whole command with the
+    # imports of torch and fastai.
+    now = time.perf_counter()
+    metrics["total_seconds"] = round(now - run.started, 3)
+    if run.cfg.started is not None:
+        metrics["command_seconds"] = round(now - run.cfg.started, 3)
+    data.save_json(out / "metrics.json", metrics)
+    took = f", command {metrics['command_seconds']:.1f} s" if run.cfg.started is not None else ""
+    log(f"valid_accuracy={evaluation.valid_accuracy:.4f} valid_loss={evaluation.valid_loss:.4f} (plain "
+        f"cross-entropy) train_seconds={run.train_seconds:.1f}{took} → {out}")
+    return metrics
+
+
+def _trained_model(learn: Learner) -> nn.Module:
+    """The network itself (not a DistributedDataParallel wrapper), in float32 and eval mode."""
+    model = learn.model.module if hasattr(learn.model, "module") else learn.model
+    return model.float().eval()
+
+
+def save_model(run: TrainedRun, model: nn.Module, out: Path) -> None:
+    """model.pth (weights and constructor arguments), spec.json and data.json."""
+    cfg = run.cfg
+    registry.save_checkpoint(out / "model.pth", model, cfg.arch, len(run.dataset.labels), run.spec.channels,
+                             head=run.head, **cfg.model_kwargs)
+    run.spec.save(out / "spec.json")
+    data.save_json(out / "data.json", run.dataset.to_json())
+
+
+def metrics_of(run: TrainedRun, evaluation: Evaluation) -> dict[str, Any]:
+    """metrics.json's fields (without the timings of the whole call, which come last)."""
+    cfg, ds = run.cfg, run.dataset
+    metrics: dict[str, Any] = {
+        "valid_accuracy": evaluation.valid_accuracy,
+        "valid_loss": evaluation.valid_loss,
+        "epochs": cfg.epochs,
+        "train_seconds": round(run.train_seconds, 3),
+        "lr_max": run.lr,
+        "lr_source": "lr_find" if run.lr_find is not None else "given",
+        "schedule": "fine_tune" if cfg.fine_tune else cfg.schedule,
+        "label_smoothing": cfg.label_smoothing,
+        "arch": cfg.arch,
+        "head": run.head,
+        "aug": run.aug,
+        "pretrained": str(cfg.pretrained) if cfg.pretrained is not None else None,
+        "n_classes": len(ds.labels),
+        "n_train": len(ds.train),
+        "n_valid": len(ds.valid),
+        "n_skipped": len(ds.skipped),
+        "bs": cfg.bs,
+        "size": list(run.spec.size),
+        "seed": cfg.seed,
+        "world_size": run.world_size,
+        "device": str(run.device),
+        "torch_threads": torch.get_num_threads(),
+        "history": run.history,
+        "confusion": evaluation.confusion.tolist(),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "host": platform.node(),
+    }
+    if cfg.fine_tune:
+        metrics["freeze_epochs"] = cfg.freeze_epochs
+    if run.lr_find is not None:
+        metrics["lr_find_seconds"] = round(run.lr_find.seconds, 3)
+        metrics["lr_find_iterations"] = run.lr_find.iterations
+        metrics["lr_find_valley"] = run.lr_find.valley
+    return metrics
+
+
+def draw_plots(run: TrainedRun, evaluation: Evaluation, steps_per_epoch: int, folder: Path) -> None:
+    """lr_find.png (when lr_find ran), schedule.png (one-cycle), loss.png and confusion.png."""
+    if run.lr_find is not None:
+        plots.lr_find(run.lr_find.lrs, run.lr_find.losses, run.lr, folder / "lr_find.png")
+    if "lr" in run.hps and run.cfg.schedule == "one-cycle":  # the plot's titles describe the one-cycle policy
+        plots.schedule(run.hps["lr"], run.hps.get("mom", [0.0] * len(run.hps["lr"])), folder / "schedule.png")
+    plots.losses(run.losses, [h["valid_loss"] for h in run.history], steps_per_epoch, folder / "loss.png")
+    plots.confusion(evaluation.confusion, run.dataset.labels, folder / "confusion.png")
