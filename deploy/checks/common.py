@@ -52,7 +52,7 @@ def serve_option_variables() -> frozenset[str]:
 @cache
 def health_service_names() -> frozenset[str]:
     """Service names the server reports in grpc.health.v1 ("" is the whole server)."""
-    from serving.grpc.server import SERVICE_NAMES
+    from serving.grpc.frontend import SERVICE_NAMES
 
     return frozenset(("", *SERVICE_NAMES))
 
