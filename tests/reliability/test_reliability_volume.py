@@ -386,10 +386,10 @@ def _scrape_ok(server: ServerProcess) -> bool:
 
 def test_text_log_lines_cannot_be_forged() -> None:
     """The text format escapes control characters in the message: a quoted client string stays on its line."""
-    from serving.runtime.logs import _TextFormatter
+    from serving.runtime.logs import TextFormatter
 
     record = logging.LogRecord("serving", logging.INFO, __file__, 1, "model %s not found", ("a\nERROR forged",), None)
-    line = _TextFormatter("%(levelname)s %(message)s").format(record)
+    line = TextFormatter("%(levelname)s %(message)s").format(record)
     assert line == "INFO model a\\nERROR forged not found"
 
 
