@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from serving.batch.output import Row, escape_surrogates, unescape_surrogates
 from serving.batch.parquet import rows_from_table, rows_to_table
+from serving.batch.rows import Row, escape_surrogates, unescape_surrogates
 from serving.batch.runners import chunks, classify_local
 
 if TYPE_CHECKING:
