@@ -27,10 +27,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# PYTEST_ARGS: more pytest arguments (.ci/run adds a JUnit report, from which it checks what was skipped).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m serving.gen_protos --check
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # gRPC stubs (serving/_generated/) from protos/, with the pinned grpcio-tools.
 protos: $(STAMP)
