@@ -24,6 +24,8 @@ from tests.support.processes import descendants, running
 from tests.support.repositories import Repo, add_version, tamper_golden
 from tests.support.servers import poll, wait_until
 
+pytestmark = pytest.mark.not_quick  # Ray starts processes (and so do its CLI runs here)
+
 # Ray's switch for a one-machine cluster on 127.0.0.1; and the code under test for the workers, which the raylet
 # starts with its own environment (a driver's PYTHONPATH does not reach them).
 CLUSTER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(ROOT)}
