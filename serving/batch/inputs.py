@@ -28,6 +28,8 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
+from serving.batch.rows import unescape_surrogates
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 LIST_SUFFIXES = frozenset({".csv", ".parquet"})
 STDIN = "-"
@@ -82,7 +84,6 @@ def _read_csv_list(path: str) -> list[str]:
 
 
 def _read_parquet_list(path: str) -> list[str]:
-    from serving.batch.output import unescape_surrogates
     from serving.batch.parquet import arrow
 
     try:

@@ -4,9 +4,10 @@ crash.
 
 The pieces, one idea each: ``inputs`` (INPUT arguments → ordered unique paths), ``runners`` (paths → rows, locally
 through the shared Predictor or through the gRPC server), ``decode`` (files → tensors in worker processes),
-``ray_engine`` (the local runner in Ray Data actors), ``output`` and ``parquet`` (rows ↔ CSV/JSONL/Parquet, torn
-tails, resume) and ``progress`` (progress bar or lines, summary). :func:`run_job` ties them together;
-:func:`add_arguments` and :func:`run` are the command line (serving/cli.py mounts them as ``batch``).
+``ray_engine`` (the local runner in Ray Data actors), ``rows`` (a row, and the escaping of odd names), ``output``
+and ``parquet`` (rows ↔ CSV/JSONL/Parquet, torn tails, resume), ``progress`` (progress bar or lines, summary) and
+``backends`` (what every engine hands this module, the errors, the checked model load). :func:`run_job` ties them
+together; :func:`add_arguments` and :func:`run` are the command line (serving/cli.py mounts them as ``batch``).
 
 Exit codes: 0 every input has a prediction; 3 the job finished but some rows are errors; 2 usage error (bad
 arguments, no inputs, unusable output, unknown model), reported before any work; 1 the job could not finish (model
@@ -19,30 +20,22 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from serving.batch.backends import Backend, JobFailed, UsageError, load_checked
 from serving.batch.inputs import IMAGE_SUFFIXES, InputError, expand_inputs
-from serving.batch.output import Existing, OutputError, OutputFile, Row, check_output, open_output, read_existing
+from serving.batch.output import Existing, OutputError, OutputFile, check_output, open_output, read_existing
 from serving.batch.progress import Progress, Summary
+from serving.batch.rows import Row
 
 if TYPE_CHECKING:
     from serving.batch.parquet import ParquetOutput
-    from serving.runtime.loader import LoadedModel
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ROW_ERRORS = 0, 1, 2, 3  # the first three as in serving.cli
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_ROW_ERRORS", "EXIT_USAGE", "add_arguments", "plan", "run", "run_job"]
-
-
-class UsageError(ValueError):
-    """The arguments cannot work (exit code 2)."""
-
-
-class JobFailed(RuntimeError):
-    """The job could not start or finish for a reason that is not the user's arguments (exit code 1)."""
 
 
 # ---- library -------------------------------------------------------------------------------------------------------
@@ -170,31 +163,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise UsageError(f"{name} must be >= {low}, got {value}")
     if not args.timeout > 0:
         raise UsageError(f"--timeout must be > 0, got {args.timeout}")
-
-
-@dataclass
-class Backend:
-    """Where the rows come from: a loaded local model or a server, checked before the output is touched."""
-
-    described: str
-    batches: Callable[[list[str]], Iterator[list[Row]]]
-    close: Callable[[], None] = lambda: None
-
-
-def load_checked(args: argparse.Namespace, threads: int | None = None) -> LoadedModel:
-    """The model loaded with every check the server makes (sha256, golden self-check), and ``--top-k`` checked."""
-    from serving.errors import InvalidInput, ModelNotFound, ModelRejected
-    from serving.runtime import loader
-
-    try:
-        loaded = loader.load(args.repository, args.model, args.version or None, device=args.device,
-                             threads=threads or args.threads)
-        loaded.predictor.resolve_top_k(args.top_k)
-    except (FileNotFoundError, ModelNotFound, InvalidInput) as e:
-        raise UsageError(str(e)) from None
-    except ModelRejected as e:
-        raise JobFailed(f"model {args.model!r} refused: {e}") from None
-    return loaded
 
 
 def local_backend(args: argparse.Namespace, todo: list[str]) -> Backend:

@@ -12,7 +12,8 @@ ends with a newline outside any quoted CSV field), and appends. A malformed reco
 guess about: :class:`OutputError`.
 
 Parquet output is a folder of parts written whole (``serving.batch.parquet``); :func:`check_output`,
-:func:`read_existing` and :func:`open_output` take either kind.
+:func:`read_existing` and :func:`open_output` take either kind. The row itself and the escaping of odd names are in
+``serving.batch.rows``, which both writers share (so neither imports the other's module for them).
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import csv
 import io
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from serving.batch.rows import Row, escape_surrogates, one_line
 from serving.contract.prediction import Prediction
 
 if TYPE_CHECKING:
@@ -35,46 +36,12 @@ if TYPE_CHECKING:
 
 COLUMNS = ("path", "label", "probability", "top_k", "error")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
-# Undecodable bytes in file names (os.fsdecode gives them as lone surrogates) survive a write/read round trip: CSV
-# writes them back as the original bytes, JSONL and Parquet as escapes.
+# CSV is written and read with surrogateescape: a name's undecodable bytes go back to disk as the bytes they were.
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"
-_LONE_SURROGATE = re.compile("[\udc80-\udcff]")
-_SURROGATE_ESCAPE = re.compile(r"\\udc[89a-f][0-9a-f]")
-
-
-def escape_surrogates(text: str) -> str:
-    """A name's undecodable bytes (lone surrogates) as ``\\udcXX`` escapes: valid UTF-8 for JSON and Arrow."""
-    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def unescape_surrogates(text: str) -> str:
-    """The inverse of :func:`escape_surrogates` (JSON readers do it themselves)."""
-    return _SURROGATE_ESCAPE.sub(lambda m: chr(int(m.group()[2:], 16)), text)
 
 
 class OutputError(ValueError):
     """The output path cannot be used as asked (a usage error, reported before any work)."""
-
-
-@dataclass(frozen=True)
-class Row:
-    """One input's outcome: its predictions (most probable first), or why there are none."""
-
-    path: str
-    predictions: tuple[Prediction, ...] = ()
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return not self.error
-
-    @property
-    def label(self) -> str | None:
-        return self.predictions[0].label if self.predictions else None
-
-    @property
-    def probability(self) -> float | None:
-        return self.predictions[0].probability if self.predictions else None
 
 
 def output_format(path: str | Path, fmt: str | None = None) -> str:
@@ -91,11 +58,6 @@ def output_format(path: str | Path, fmt: str | None = None) -> str:
         raise OutputError(f"output must end in {', '.join(others)} or {last} (it picks the format; or pass "
                           f"--format), got {str(path)!r}")
     return FORMATS[suffix]
-
-
-def one_line(error: str) -> str:
-    """An error text as every format writes it: whitespace runs (newlines too) become one space."""
-    return " ".join(error.split())
 
 
 def _short(p: float) -> float:

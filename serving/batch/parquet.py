@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serving.batch.output import Row, escape_surrogates, one_line, unescape_surrogates
+from serving.batch.rows import Row, escape_surrogates, one_line, unescape_surrogates
 from serving.contract.prediction import Prediction
 
 if TYPE_CHECKING:

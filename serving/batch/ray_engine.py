@@ -25,14 +25,13 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from serving.batch.output import Row, escape_surrogates, unescape_surrogates
+from serving.batch.backends import Backend, JobFailed, UsageError, load_checked
 from serving.batch.parquet import rows_from_table, rows_to_table
+from serving.batch.rows import Row, escape_surrogates, unescape_surrogates
 from serving.batch.runners import chunks, classify_local
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-    from serving.batch.job import Backend
 
 RAY_LOGS = "/tmp/ray/session_latest/logs on the head node"
 NO_RAY = "--engine ray needs Ray: pip install 'resnet-serving[ray]'"
@@ -68,16 +67,12 @@ def _ray() -> Any:
         import ray
         import ray.data
     except ImportError:
-        from serving.batch.job import UsageError
-
         raise UsageError(NO_RAY) from None
     return ray
 
 
 def connect(address: str | None) -> bool:
     """Join the Ray cluster at ``address`` (None: ``RAY_ADDRESS``, else a new local one); True if we started Ray."""
-    from serving.batch.job import JobFailed
-
     ray = _ray()
     if ray.is_initialized():  # a caller (a test, a notebook) already chose the cluster
         return False
@@ -129,8 +124,6 @@ def classify_ray(paths: list[str], version_dir: str, *, top_k: int, batch_size: 
 
 def ray_backend(args: argparse.Namespace, todo: list[str]) -> Backend:
     """The model checked here, then a Ray cluster joined (or started) to run the actors."""
-    from serving.batch.job import Backend, JobFailed, UsageError, load_checked
-
     if importlib.util.find_spec("ray") is None:  # said first, but without the cost of importing Ray yet
         raise UsageError(NO_RAY)
     loaded = load_checked(args, threads=1)  # before Ray starts: a refused model costs no cluster start-up

@@ -23,7 +23,7 @@ from contextlib import closing
 from typing import TYPE_CHECKING, TypeVar
 
 from serving.batch.decode import Group, decoder, read_file
-from serving.batch.output import Row
+from serving.batch.rows import Row
 from serving.contract.prediction import top_predictions
 from serving.runtime.predictor import Predictor
 

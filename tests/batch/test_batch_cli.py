@@ -26,6 +26,7 @@ def reference(repository: Repo, paths: list[str], k: int) -> list[list]:
     return predictor.classify(paths, top_k=k)
 
 
+@pytest.mark.not_quick  # more files than two batches: the local engine starts its decoding processes
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_rows_and_error_rows(repository: Repo, tree: Tree, in_trees: Path, tmp_path: Path, suffix: str,
                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -146,6 +147,7 @@ def test_unknown_model_and_argument_conflicts_are_usage_errors(repository: Repo,
     assert not (tmp_path / "o.csv").exists()
 
 
+@pytest.mark.not_quick  # binds a port to find one nobody listens on
 def test_rejected_model_and_unreachable_server_exit_1(repository: Repo, tree: Tree, in_trees: Path,
                                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     repo = tmp_path / "repo"
@@ -167,6 +169,7 @@ def test_remote_unknown_model_is_a_usage_error(batch_server, tree: Tree, in_tree
     assert "nope" in err
 
 
+@pytest.mark.not_quick  # runs the CLI as a subprocess
 # ---- subprocesses --------------------------------------------------------------------------------------------------
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to find the child processes")
@@ -204,6 +207,7 @@ def test_sigkill_then_resume_gives_every_input_exactly_once(repository: Repo, tm
     assert paths == [f"many/{i:05d}.png" for i in range(n)]  # each once, in order, no fragment left
 
 
+@pytest.mark.not_quick  # runs the CLI as a subprocess
 def test_read_only_output_folder_fails_fast(repository: Repo, tree: Tree, tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()

@@ -108,6 +108,7 @@ def test_bad_inputs(files: Path, inputs: list[str], message: str) -> None:
     assert str(exc.value) == message
 
 
+@pytest.mark.not_quick  # runs Python as a subprocess, without root's capabilities
 def test_unreadable_subfolder_is_an_error_not_a_silent_skip(files: Path) -> None:
     (files / "d" / "sub").chmod(0)
     code = "from serving.batch.inputs import expand_inputs; expand_inputs(['d'])"

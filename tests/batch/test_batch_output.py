@@ -12,13 +12,13 @@ import pytest
 from serving.batch.output import (
     OutputError,
     OutputFile,
-    Row,
     check_output,
     complete_records,
     encode_row,
     parse_output,
     read_existing,
 )
+from serving.batch.rows import Row
 from serving.contract.prediction import Prediction
 from tests.support.batch import AWKWARD, awkward_rows
 

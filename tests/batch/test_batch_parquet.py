@@ -12,7 +12,8 @@ import pytest
 
 from serving.batch import parquet
 from serving.batch.job import EXIT_OK, EXIT_ROW_ERRORS
-from serving.batch.output import OutputError, Row, check_output, open_output, read_existing
+from serving.batch.output import OutputError, check_output, open_output, read_existing
+from serving.batch.rows import Row
 from serving.contract.prediction import Prediction
 from tests.support.batch import AWKWARD, Tree, awkward_rows, local, read_rows
 from tests.support.repositories import Repo

@@ -24,6 +24,8 @@ from tests.support.processes import descendants, running
 from tests.support.repositories import Repo, add_version, tamper_golden
 from tests.support.servers import poll, wait_until
 
+pytestmark = pytest.mark.not_quick  # Ray starts processes (and so do its CLI runs here)
+
 # Ray's switch for a one-machine cluster on 127.0.0.1; and the code under test for the workers, which the raylet
 # starts with its own environment (a driver's PYTHONPATH does not reach them).
 CLUSTER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(ROOT)}
@@ -233,6 +235,6 @@ def test_killed_ray_job_resumes_to_every_input_once(repository: Repo, ray_addres
 
 def test_serving_imports_no_ray() -> None:
     """The serve image has no Ray: the CLI, the server and the local engine must not import it."""
-    code = ("import sys, serving.cli, serving.batch.job, serving.batch.runners, serving.grpc.server; "
+    code = ("import sys, serving.cli, serving.batch.job, serving.batch.runners, serving.server; "
             "sys.exit('ray' in sys.modules or 'pyarrow' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
