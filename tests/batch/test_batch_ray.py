@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,9 +62,9 @@ def _process_table() -> str:
     return "; ".join(rows) or "none"
 
 
-def _startup_report(error: BaseException) -> str:
+def _startup_report(error: BaseException, temp_dir: str) -> str:
     """Why a local Ray did not start, from what it left: its processes and the ends of its logs."""
-    logs = Path("/tmp/ray/session_latest/logs")
+    logs = Path(temp_dir) / "session_latest" / "logs"
     lines = [f"ray.init failed: {error}", f"processes: {_process_table()}",
              f"logs in {logs.resolve()}: {sorted(p.name for p in logs.glob('*')) if logs.is_dir() else 'none'}"]
     for name in ("raylet.out", "raylet.err", "gcs_server.err", "runtime_env_agent.err", "dashboard_agent.err"):
@@ -82,12 +83,15 @@ def _start_ray() -> None:
 
     reports = []
     for _ in range(2):
+        # A session folder of its own each time: a session left in /tmp/ray by another run (CI's sandbox shares
+        # /tmp with the machine) is never what this one reads. Short: Ray's socket paths must fit in 107 bytes.
+        temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
         try:
             ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
-                     log_to_driver=False, configure_logging=False)
+                     log_to_driver=False, configure_logging=False, _temp_dir=temp_dir)
             return
         except Exception as error:  # Ray raises a bare Exception for a node that does not come up
-            reports.append(_startup_report(error))
+            reports.append(_startup_report(error, temp_dir))
             print(reports[-1], file=sys.stderr)
             left = _ray_processes()
             ray.shutdown()
