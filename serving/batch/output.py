@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from serving.batch.rows import Row, escape_surrogates, one_line
 from serving.contract.prediction import Prediction
 
@@ -62,10 +64,6 @@ def output_format(path: str | Path, fmt: str | None = None) -> str:
 
 def _short(p: float) -> float:
     """The float whose repr is the shortest decimal that reads back as the same float32 (0.1, not 0.100000001…)."""
-    # Imported here: serving.cli imports this module to build its parser, and `python -m serving health` (the
-    # container's HEALTHCHECK) should not pay for NumPy. After the first call this is a dictionary lookup.
-    import numpy as np
-
     return float(str(np.float32(p)))
 
 

@@ -102,7 +102,8 @@ def test_copy_helper_keeps_the_checks_valid(repository: Repo, tmp_path: Path) ->
 
 
 def test_fallback_exporter_writes_a_loadable_version(repository: Repo, tmp_path: Path) -> None:
-    """The helpers' minimal exporter (used when training.export is unavailable) stays in the repository format."""
+    """The helpers' minimal exporter (the shortest path: no folding, no explain graph) stays in the repository
+    format."""
     minimal_export(repository.runs["digits"], tmp_path, "mini")
     loaded = loader.load(tmp_path, "mini", threads=1)
     assert loaded.golden.max_abs_diff <= loaded.golden.atol
