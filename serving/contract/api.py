@@ -157,5 +157,3 @@ class ModelStatus:
     verification: dict[str, Any] = field(default_factory=dict)
     golden_max_abs_diff: float = 0.0
     golden_samples: int = 0
-    instances: int = 1
-    device: str = "cpu"

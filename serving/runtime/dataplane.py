@@ -106,10 +106,6 @@ class DataPlane:
     def models(self) -> list[ModelStatus]:
         return [_status(m) for m in self.registry.models.values()]
 
-    def known(self, name: str) -> bool:
-        """Whether ``name`` is a model of this server (what may become a metric label)."""
-        return name in self.registry.models
-
     # ---- admission -------------------------------------------------------------------------------------------
     @contextmanager
     def admit(self, name: str, version: str | int | None = None, images: int = 1) -> Iterator[ServedModel]:
@@ -281,11 +277,8 @@ def _manifest(model: ServedModel) -> ModelManifest:
 
 
 def _status(model: ServedModel) -> ModelStatus:
-    predictor = model.predictor
     return ModelStatus(
         name=model.name, version=model.version, state=model.state.value, reason=model.reason,
         versions=list(model.versions), manifest=model.manifest, verification=model.verification,
         golden_max_abs_diff=model.golden.max_abs_diff if model.golden else 0.0,
-        golden_samples=model.golden.samples if model.golden else 0,
-        instances=predictor.instances if predictor is not None else 1,
-        device=predictor.device if predictor is not None else "cpu")
+        golden_samples=model.golden.samples if model.golden else 0)
