@@ -51,6 +51,9 @@ def _export_parser(sub) -> None:
     p.add_argument("--max-int8-drop", type=float, default=0.01, help="max accuracy drop (0–1) for --quantize int8")
     p.add_argument("--no-explain", dest="explain", action="store_false",
                    help="skip the explain graph (explain.onnx: CAM and feature maps for the server's explanations)")
+    p.add_argument("--allow-unlearned", action="store_true",
+                   help="publish a model whose validation accuracy does not beat the majority class by 5 points and "
+                        "two standard errors (refused by default)")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         path = export(args.run, args.repository, args.name, version=args.version, quantize=args.quantize,
-                      atol=args.atol, optimize=args.optimize, max_int8_drop=args.max_int8_drop, explain=args.explain)
+                      atol=args.atol, optimize=args.optimize, max_int8_drop=args.max_int8_drop, explain=args.explain,
+                      allow_unlearned=args.allow_unlearned)
     except VerificationFailed as e:
         print(f"verification failed: {e}", file=sys.stderr)
         return 1

@@ -48,6 +48,7 @@ from serving.contract.preprocess import PreprocessSpec
 from serving.errors import InvalidInput
 from training import explain, verify
 from training.fold import FoldReport, fold_batchnorm
+from training.learned import judge
 
 __all__ = ["MAX_INT8_DROP", "OPSET", "ExportError", "Run", "VerificationFailed", "batchnorm_nodes", "export",
            "export_run", "load_run", "sha256"]
@@ -80,6 +81,10 @@ class ExportError(Exception):
 
 class VerificationFailed(ExportError):
     """The exported model does not reproduce the trained one; the message names the comparison and the gap."""
+
+
+class NotLearned(VerificationFailed):
+    """The model does not beat the majority class on the validation images (``training.learned``)."""
 
 
 @dataclass(frozen=True)
@@ -262,16 +267,17 @@ def _write_json(path: Path, doc: Any) -> None:
 
 def export(run: Path, repository: Path, name: str, version: int | None = None, quantize: str | None = None,
            atol: float = 1e-4, optimize: bool = False, max_int8_drop: float = MAX_INT8_DROP, log: Log = print, *,
-           explain: bool = True) -> Path:
+           explain: bool = True, allow_unlearned: bool = False) -> Path:
     """Fold, export, verify and publish ``run`` as ``repository/name/version``; returns that folder. ``explain``:
-    also the explain graph (``explain.onnx``, FP32 ResNets), which the server's explanations need."""
+    also the explain graph (``explain.onnx``, FP32 ResNets), which the server's explanations need.
+    ``allow_unlearned``: publish a model that did not beat the majority class (``training.learned``) all the same."""
     return export_run(load_run(Path(run)), repository, name, version, quantize, atol, optimize, max_int8_drop, log,
-                      explain=explain)
+                      explain=explain, allow_unlearned=allow_unlearned)
 
 
 def export_run(run: Run, repository: Path, name: str, version: int | None = None, quantize: str | None = None,
                atol: float = 1e-4, optimize: bool = False, max_int8_drop: float = MAX_INT8_DROP, log: Log = print, *,
-               explain: bool = True) -> Path:
+               explain: bool = True, allow_unlearned: bool = False) -> Path:
     """:func:`export` for a run already in memory (e.g. a model that the registry cannot rebuild)."""
     if not layout.is_model_name(name or ""):
         raise ExportError(f"model name {name!r} must match {layout.NAME_PATTERN}")
@@ -287,7 +293,8 @@ def export_run(run: Run, repository: Path, name: str, version: int | None = None
     staging.chmod(0o755)  # mkdtemp makes it private; a server running as another user must read the version
     try:
         try:
-            _build(run, staging, name, version, quantize, atol, optimize, max_int8_drop, log, explain)
+            _build(run, staging, name, version, quantize, atol, optimize, max_int8_drop, log, explain,
+                   allow_unlearned)
         except InvalidInput as e:  # an image listed in data.json is missing or unreadable
             raise ExportError(f"cannot read a dataset image: {e}") from None
         target = model_dir / str(version)
@@ -314,7 +321,7 @@ def _update_model_config(model_dir: Path, target: Path) -> None:
 
 
 def _build(run: Run, out: Path, name: str, version: int, quantize: str | None, atol: float, optimize: bool,
-           max_int8_drop: float, log: Log, explain_graph_too: bool = True) -> None:
+           max_int8_drop: float, log: Log, explain_graph_too: bool = True, allow_unlearned: bool = False) -> None:
     started = time.perf_counter()
     golden_inputs = next(run.valid.batches(run.spec, GOLDEN_SAMPLES))[0]
     example = torch.from_numpy(golden_inputs)
@@ -335,6 +342,7 @@ def _build(run: Run, out: Path, name: str, version: int, quantize: str | None, a
 
         fp32_doc, fp32_out = _verify_fp32(run, fp32_path, folded, atol, log)
         fp32_doc["fold"] = report.summary()
+        fp32_doc["learned"] = _check_learned(fp32_doc, fp32_out.labels, run.classes, allow_unlearned, log)
         explain_graph = None if quantize or not explain_graph_too else \
             _explain(run, folded, example, golden_inputs, out, atol, fp32_doc, log)
         if quantize:
@@ -356,6 +364,8 @@ def _build(run: Run, out: Path, name: str, version: int, quantize: str | None, a
     np.savez(out / "golden.npz", inputs=golden_inputs.astype(np.float32), logits=golden_logits.astype(np.float32))
     _write_json(out / "verification.json", doc)
     summary = {k: doc[k] for k in ("passed", "samples", "max_abs_diff", "top1_agreement")}
+    learned = fp32_doc["learned"]
+    summary |= {"learned": learned["learned"], "majority_rate": learned["majority_rate"]}
     if quantize:
         summary |= {"accuracy": doc["accuracy"]["int8"], "fp32_accuracy": doc["accuracy"]["fp32"],
                     "accuracy_drop": doc["accuracy_drop"], "max_int8_drop": doc["max_int8_drop"]}
@@ -366,6 +376,18 @@ def _build(run: Run, out: Path, name: str, version: int, quantize: str | None, a
     manifest = dataclasses.replace(manifest, explain=explain_graph)
     manifest.save(out / "model.json")
     (out / "config.pbtxt").write_text(triton.config_pbtxt(manifest))
+
+
+def _check_learned(doc: dict[str, Any], labels: np.ndarray, classes: int, allowed: bool, log: Log) -> dict[str, Any]:
+    """The model must beat the majority class on the validation images (training.learned) to be published, unless
+    ``allowed``; the verdict goes into verification.json and model.json either way."""
+    verdict = judge(doc["accuracy"]["onnxruntime"], np.bincount(labels, minlength=classes).tolist())
+    if not verdict.learned:
+        if not allowed:
+            raise NotLearned(f"the model has not learned: {verdict.why_not()}; not published (--allow-unlearned "
+                             "publishes it all the same)")
+        log(f"learned: NO ({verdict.why_not()}); published all the same (--allow-unlearned)")
+    return {**verdict.to_dict(), "allowed_unlearned": allowed}
 
 
 def _explain(run: Run, folded: nn.Module, example: torch.Tensor, samples: np.ndarray, out: Path, atol: float,

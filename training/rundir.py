@@ -21,6 +21,7 @@ from models import registry
 from serving.contract.preprocess import PreprocessSpec
 from training import data, plots
 from training.evaluate import Evaluation, evaluate
+from training.learned import Learned, judge
 from training.schedule import LrFind
 from training.settings import FitConfig
 
@@ -65,7 +66,15 @@ def write_run(run: TrainedRun, learn: Learner, log: Callable[[str], None]) -> di
     took = f", command {metrics['command_seconds']:.1f} s" if run.cfg.started is not None else ""
     log(f"valid_accuracy={evaluation.valid_accuracy:.4f} valid_loss={evaluation.valid_loss:.4f} (plain "
         f"cross-entropy) train_seconds={run.train_seconds:.1f}{took} → {out}")
+    verdict = learned_of(evaluation)
+    if not verdict.learned:
+        log(f"WARNING: the model has not learned: {verdict.why_not()}; export refuses it unless --allow-unlearned")
     return metrics
+
+
+def learned_of(evaluation: Evaluation) -> Learned:
+    """Whether the evaluated model learned anything (training.learned)."""
+    return judge(evaluation.valid_accuracy, evaluation.confusion.sum(axis=1).tolist())
 
 
 def _trained_model(learn: Learner) -> nn.Module:
@@ -113,6 +122,8 @@ def metrics_of(run: TrainedRun, evaluation: Evaluation) -> dict[str, Any]:
         "confusion": evaluation.confusion.tolist(),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         "host": platform.node(),
+        "majority_rate": learned_of(evaluation).majority_rate,
+        "learned": learned_of(evaluation).to_dict(),
     }
     if cfg.fine_tune:
         metrics["freeze_epochs"] = cfg.freeze_epochs

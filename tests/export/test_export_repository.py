@@ -55,14 +55,14 @@ def exported(run_of, repository: Path) -> dict[str, Path]:
     """One published version per family (exported once for the whole module)."""
     out = {}
     for name, (arch, chans, size, head) in FAMILIES.items():
-        out[name] = export(run_of(arch, 10, chans, size, head), repository, name, log=_quiet)
+        out[name] = export(run_of(arch, 10, chans, size, head), repository, name, log=_quiet, allow_unlearned=True)
     # fastai vision_learner-style: a torchvision body + create_head (BatchNorm1d before Linear). The registry
     # cannot rebuild it from a checkpoint, so it goes through export_run with the module itself.
     base = load_run(run_of("tv_resnet18", 5, 3, 32))
     torch.manual_seed(1)
     model = randomize_batchnorm(body_and_head(5), 3, 32)
     run = dataclasses.replace(base, model=model, arch="tv_resnet18+create_head", checkpoint=None)
-    out["head"] = export_run(run, repository, "head", log=_quiet)
+    out["head"] = export_run(run, repository, "head", log=_quiet, allow_unlearned=True)
     return out
 
 
@@ -179,14 +179,14 @@ def test_model_json_metadata_and_golden(exported: dict[str, Path], family: str) 
 
 def test_next_version_and_no_overwrite(run_of, tmp_path: Path) -> None:
     run = run_of("resnet20", 10, 1, 16)
-    assert export(run, tmp_path, "m", log=_quiet, explain=False).name == "1"
-    assert export(run, tmp_path, "m", version=5, log=_quiet, explain=False).name == "5"
-    assert export(run, tmp_path, "m", log=_quiet, explain=False).name == "6"
+    assert export(run, tmp_path, "m", log=_quiet, allow_unlearned=True, explain=False).name == "1"
+    assert export(run, tmp_path, "m", version=5, log=_quiet, allow_unlearned=True, explain=False).name == "5"
+    assert export(run, tmp_path, "m", log=_quiet, allow_unlearned=True, explain=False).name == "6"
     before = ex.sha256(tmp_path / "m" / "5" / "model.onnx")
     assert not (tmp_path / "m" / "5" / "explain.onnx").exists()  # explain=False: the served graph only
     assert json.loads((tmp_path / "m" / "5" / "model.json").read_text()).get("explain") is None
     with pytest.raises(ExportError, match="already exists"):
-        export(run, tmp_path, "m", version=5, log=_quiet, explain=False)
+        export(run, tmp_path, "m", version=5, log=_quiet, allow_unlearned=True, explain=False)
     assert ex.sha256(tmp_path / "m" / "5" / "model.onnx") == before
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "5", "6", "config.pbtxt"]
 
@@ -194,7 +194,7 @@ def test_next_version_and_no_overwrite(run_of, tmp_path: Path) -> None:
 def test_forced_failure_leaves_nothing(run_of, tmp_path: Path) -> None:
     run = run_of("resnet20", 10, 1, 16)
     with pytest.raises(VerificationFailed, match=r"max_abs_diff [0-9.e-]+ > atol 0"):
-        export(run, tmp_path, "strict", atol=0.0, log=_quiet, explain=False)
+        export(run, tmp_path, "strict", atol=0.0, log=_quiet, allow_unlearned=True, explain=False)
     assert not (tmp_path / "strict").exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -202,7 +202,8 @@ def test_forced_failure_leaves_nothing(run_of, tmp_path: Path) -> None:
 def test_tampered_onnx_is_caught(run_of, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """If the exported graph computes something else, the onnxruntime comparison fails and names the gap."""
     run = run_of("resnet20", 10, 1, 16)
-    export(run, tmp_path, "keep", log=_quiet, explain=False)  # an earlier good version must survive a failed one
+    # an earlier good version must survive a failed one
+    export(run, tmp_path, "keep", log=_quiet, allow_unlearned=True, explain=False)
     real = ex.to_onnx
 
     def tampered(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -213,7 +214,7 @@ def test_tampered_onnx_is_caught(run_of, tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(ex, "to_onnx", tampered)
     with pytest.raises(VerificationFailed) as err:
-        export(run, tmp_path, "keep", log=_quiet, explain=False)
+        export(run, tmp_path, "keep", log=_quiet, allow_unlearned=True, explain=False)
     message = str(err.value)
     assert message.startswith("verification failed: onnxruntime vs pytorch: max_abs_diff 0.05")
     assert "> atol 0.0001" in message
@@ -223,22 +224,22 @@ def test_tampered_onnx_is_caught(run_of, tmp_path: Path, monkeypatch: pytest.Mon
 def test_bad_inputs(run_of, tmp_path: Path) -> None:
     run = run_of("resnet20", 10, 1, 16)
     with pytest.raises(ExportError, match="does not exist"):
-        export(tmp_path / "nope", tmp_path, "m", log=_quiet, explain=False)
+        export(tmp_path / "nope", tmp_path, "m", log=_quiet, allow_unlearned=True, explain=False)
     with pytest.raises(ExportError, match="model name"):
-        export(run, tmp_path, "../escape", log=_quiet, explain=False)
+        export(run, tmp_path, "../escape", log=_quiet, allow_unlearned=True, explain=False)
     with pytest.raises(ExportError, match="quantize must be one of"):
-        export(run, tmp_path, "m", quantize="int4", log=_quiet, explain=False)
+        export(run, tmp_path, "m", quantize="int4", log=_quiet, allow_unlearned=True, explain=False)
     with pytest.raises(ExportError, match="version must be an integer >= 1"):
-        export(run, tmp_path, "m", version=0, log=_quiet, explain=False)
+        export(run, tmp_path, "m", version=0, log=_quiet, allow_unlearned=True, explain=False)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.pth").write_bytes((run / "model.pth").read_bytes())
     with pytest.raises(ExportError, match=r"spec\.json is missing"):
-        export(broken, tmp_path, "m", log=_quiet, explain=False)
+        export(broken, tmp_path, "m", log=_quiet, allow_unlearned=True, explain=False)
     (broken / "spec.json").write_text((run / "spec.json").read_text().replace("class_9", "x").replace(
         '"x"\n', '"x", "extra"\n'))
     with pytest.raises(ExportError, match="11 labels but the model has 10 outputs"):
-        export(broken, tmp_path, "m", log=_quiet, explain=False)
+        export(broken, tmp_path, "m", log=_quiet, allow_unlearned=True, explain=False)
     assert not (tmp_path / "m").exists()
 
 
@@ -252,7 +253,7 @@ def test_missing_image_is_an_export_error(run_of, tmp_path: Path) -> None:
     data["valid"][3][0] = "valid/missing.png"
     (run / "data.json").write_text(json.dumps(data))
     with pytest.raises(ExportError, match=r"cannot read a dataset image: .*valid/missing\.png"):
-        export(run, tmp_path / "repo", "m", log=_quiet, explain=False)
+        export(run, tmp_path / "repo", "m", log=_quiet, allow_unlearned=True, explain=False)
     assert list((tmp_path / "repo").iterdir()) == []
 
 
@@ -277,7 +278,7 @@ def test_slow_runner_limited_to_the_first_samples(run_of) -> None:
 
 
 def test_optimized_copy(run_of, tmp_path: Path) -> None:
-    folder = export(run_of("resnet20", 10, 1, 16), tmp_path, "opt", optimize=True, log=_quiet)
+    folder = export(run_of("resnet20", 10, 1, 16), tmp_path, "opt", optimize=True, log=_quiet, allow_unlearned=True)
     meta = json.loads((folder / "model.json").read_text())
     opt = folder / meta["optimized"]["file"]
     assert meta["optimized"]["sha256"] == ex.sha256(opt)
@@ -338,7 +339,7 @@ def test_int8_refused_when_accuracy_drops(run_of, tmp_path: Path) -> None:
         loaded.valid, items=tuple((p, int(y)) for (p, _), y in zip(loaded.valid.items, predictions, strict=True))))
     # If this ever stops raising, INT8 matched FP32 on every sample: pick another seed, the rule is untested.
     with pytest.raises(VerificationFailed, match=r"int8 vs fp32: accuracy drop [0-9.]+ points > max_int8_drop 0\.00"):
-        export_run(relabelled, tmp_path, "q8", quantize="int8", max_int8_drop=0.0, log=_quiet)
+        export_run(relabelled, tmp_path, "q8", quantize="int8", max_int8_drop=0.0, log=_quiet, allow_unlearned=True)
     assert not (tmp_path / "q8").exists()
 
 

@@ -67,6 +67,10 @@ def test_metrics_fields(trained_run):
     # The patterns are easy: four epochs learn them (with lr_find, 5 of 5 seeds reached 100 %).
     assert m["valid_accuracy"] >= 0.9
     assert np.asarray(m["confusion"]).sum() == 18
+    # 18 validation images, 6 of each class: majority rate 1/3, and the model is well above it
+    assert m["majority_rate"] == pytest.approx(1 / 3)
+    assert m["learned"]["learned"] is True
+    assert m["learned"]["threshold"] == pytest.approx(1 / 3 + 2 * (1 / 3 * 2 / 3 / 18) ** 0.5, abs=1e-6)
 
 
 def test_checkpoint_and_spec_rebuild_the_model(trained_run):
@@ -173,3 +177,17 @@ def test_numpy_reference_reproduces_the_trained_model(trained_run):
     got = from_checkpoint(ckpt).forward(x)
     assert np.abs(got - expected).max() <= 1e-4
     assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_a_model_that_learned_nothing_is_called_out(tmp_path: Path) -> None:
+    """A learning rate at which nothing moves: the run says so, and metrics.json records the verdict."""
+    from tests.support.images import make_image_folder
+
+    images = make_image_folder(tmp_path / "images", classes=2, per_class=16)
+    lines: list[str] = []
+    m = fit(FitConfig(data=str(images), arch="resnet20", epochs=1, out=tmp_path / "run", lr=1e-9, bs=8, size=16,
+                      seed=0, plots=False), log=lines.append)
+    assert m["learned"]["learned"] is False
+    warning = [line for line in lines if line.startswith("WARNING: the model has not learned: validation accuracy")]
+    assert len(warning) == 1
+    assert warning[0].endswith("export refuses it unless --allow-unlearned")

@@ -84,7 +84,7 @@ def test_pretrained_fine_tunes_on_another_folder_and_exports(tmp_path: Path, sou
     assert m["aug"] is True  # an RGB folder
     assert [h.get("phase") for h in m["history"]] == ["frozen", "unfrozen"]
     assert m["n_classes"] == 4
-    version = export(out, tmp_path / "repo", "tuned", log=_quiet)
+    version = export(out, tmp_path / "repo", "tuned", log=_quiet, allow_unlearned=True)  # one epoch: any accuracy
     doc = json.loads((version / "verification.json").read_text())
     assert doc["passed"]
     assert doc["batchnorm_nodes"] == 0
