@@ -25,6 +25,7 @@ from serving.runtime.auth import Tokens
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.metrics import Metrics
 from serving.runtime.registry import ModelRegistry
+from serving.runtime.requests import Recorder
 
 log = logging.getLogger("serving.server")
 
@@ -38,8 +39,10 @@ class InferenceServer:
         self.registry = ModelRegistry(config, self.metrics)
         self.plane = DataPlane(self.registry)
         self.tokens = Tokens(config.auth_token_file) if config.auth_token_file else None
-        self.grpc = GrpcFrontEnd(self.plane, config, self.metrics, self.tokens)
-        self.http = (HttpFrontEnd(self.plane, config, self.metrics, self.tokens)
+        # One recorder for both front ends: the same metric children, and one log rate limit for the process.
+        recorder = Recorder(self.metrics, lambda: self.registry.models)
+        self.grpc = GrpcFrontEnd(self.plane, config, recorder, self.tokens)
+        self.http = (HttpFrontEnd(self.plane, config, recorder, self.tokens)
                      if config.http_port is not None else None)
         self.port = self.grpc.port
         self.http_port: int | None = None

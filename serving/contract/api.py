@@ -150,7 +150,7 @@ class ModelStatus:
 
     name: str
     version: int
-    state: str                       # LOADING, SERVING, FAILED…
+    state: str                       # LOADING, SERVING or NOT_SERVING
     reason: str
     versions: list[int]              # every version the repository holds
     manifest: ModelManifest | None

@@ -22,8 +22,8 @@ from serving.grpc.handlers import add_service
 from serving.grpc.servicers import ImageClassifierServicer, InferenceServicer
 from serving.runtime.auth import Tokens
 from serving.runtime.dataplane import DataPlane
-from serving.runtime.metrics import Metrics
 from serving.runtime.registry import ModelState, ServedModel
+from serving.runtime.requests import Recorder
 
 SERVICE_NAMES = (
     imageclassifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier"].full_name,
@@ -53,16 +53,16 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 
 class GrpcFrontEnd:
-    def __init__(self, plane: DataPlane, config: ServerConfig, metrics: Metrics | None = None,
+    def __init__(self, plane: DataPlane, config: ServerConfig, recorder: Recorder,
                  tokens: Tokens | None = None) -> None:
         self.plane = plane
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(options=config.grpc_options(),
                                       interceptors=[TokenInterceptor(tokens)] if tokens else None)
         add_service(self.server, imageclassifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier"],
-                    ImageClassifierServicer(plane, metrics))
+                    ImageClassifierServicer(plane, recorder))
         add_service(self.server, grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
-                    InferenceServicer(plane, metrics))
+                    InferenceServicer(plane, recorder))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         _reflection_pool()
         reflection.enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME),

@@ -22,20 +22,18 @@ from serving.contract import classifier
 from serving.errors import SlowReader
 from serving.grpc import converters
 from serving.grpc.handlers import UndecodableRequest
-from serving.grpc.status import deadline_of, rpc, status_for
+from serving.grpc.status import STATUS_CODES, deadline_of, rpc
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import request_id_var
-from serving.runtime.metrics import Metrics
-from serving.runtime.requests import OK, Recorder, sane_request_id
+from serving.runtime.requests import OK, Recorder, error_of, sane_request_id
 
 Context = grpc.aio.ServicerContext
 STREAM_WINDOW = 64  # messages of one stream processed concurrently; reading pauses beyond that (back-pressure)
 
 
 class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
-    def __init__(self, plane: DataPlane, metrics: Metrics | None = None) -> None:
-        self.plane = plane
-        self.recorder = Recorder(metrics, lambda: plane.registry.models)
+    def __init__(self, plane: DataPlane, recorder: Recorder) -> None:
+        self.plane, self.recorder = plane, recorder
         self.write_timeout_s = plane.config.stream_write_timeout_s
 
     async def _classify(self, request: ic_pb2.ClassifyRequest, deadline: float | None,
@@ -106,9 +104,9 @@ async def _answer_stream(method: str, recorder: Recorder, requests: AsyncIterato
                 raise request.error()
             return await respond(request, deadline_of(context), mid)
         except Exception as e:
-            code, message = status_for(e, mid)
-            outcome = code.name
-            return fail(request, mid, code, message)
+            kind, message = error_of(e, mid)
+            outcome = kind.outcome
+            return fail(request, mid, STATUS_CODES[kind], message)
         finally:
             label = "" if undecodable else recorder.model_label(model(request))
             recorder.done(method, label, outcome, time.perf_counter() - started)
@@ -151,9 +149,8 @@ async def _concurrent_answers(requests: AsyncIterator, answer) -> AsyncIterator:
 
 
 class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, metrics: Metrics | None = None) -> None:
-        self.plane = plane
-        self.recorder = Recorder(metrics, lambda: plane.registry.models)
+    def __init__(self, plane: DataPlane, recorder: Recorder) -> None:
+        self.plane, self.recorder = plane, recorder
         self.write_timeout_s = plane.config.stream_write_timeout_s
 
     @rpc("ServerLive")

@@ -40,7 +40,6 @@ from serving.http.status import http_status_for
 from serving.runtime.auth import Tokens
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import new_request_id, request_id_var
-from serving.runtime.metrics import Metrics
 from serving.runtime.requests import CANCELLED, OK, REQUEST_ID_KEY, Recorder, sane_request_id
 
 log = logging.getLogger("serving.http")
@@ -81,10 +80,10 @@ def _ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
 class HttpFrontEnd:
     """``start()`` binds ``config.http_port`` (0: any free port) and returns it; ``stop(grace)`` drains."""
 
-    def __init__(self, plane: DataPlane, config: ServerConfig, metrics: Metrics | None = None,
+    def __init__(self, plane: DataPlane, config: ServerConfig, recorder: Recorder,
                  tokens: Tokens | None = None) -> None:
         self.plane, self.config, self.tokens = plane, config, tokens
-        self.recorder = Recorder(metrics, lambda: plane.registry.models)
+        self.recorder = recorder
         self.app = web.Application(client_max_size=config.max_message_bytes, middlewares=[self._around],
                                    handler_args={"keepalive_timeout": config.max_connection_idle_s or 3600})
         self._operations: dict[Any, str] = {}
