@@ -63,8 +63,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     _option(p, "--max-http-connections", int, 1000, "HTTP connections open at once; more are closed (default 1000)")
     _option(p, "--http-timeout-s", float, 30.0, "an HTTP client must start each request, send its body and read "
             "the answer within this long (default 30)")
-    _option(p, "--auth-token-file", Path, None, "require 'authorization: Bearer TOKEN' on every call but health, "
-            "TOKEN one of the file's lines (reread on SIGHUP)")
+    _option(p, "--auth-token-file", Path, None, "require 'authorization: Bearer TOKEN' on every call but health; "
+            "the file's lines are TOKEN or TOKEN NAME, NAME the client's identity (reread on SIGHUP)")
     _option(p, "--device", str, "cpu", choices=("cpu", "cuda"))
     p.add_argument("--models", nargs="+", metavar="NAME[:VERSION]",
                    default=_env("models", [], lambda v: v.replace(",", " ").split()),

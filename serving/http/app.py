@@ -37,7 +37,7 @@ from serving.errors import InvalidInput, Kind, TooLarge
 from serving.http import kserve
 from serving.http.connections import ConnectionGuard
 from serving.http.status import http_status_for
-from serving.runtime.auth import Tokens
+from serving.runtime.auth import Tokens, client_var
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import new_request_id, request_id_var
 from serving.runtime.requests import CANCELLED, OK, REQUEST_ID_KEY, Recorder, sane_request_id
@@ -149,6 +149,7 @@ class HttpFrontEnd:
     async def _around(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = sane_request_id(request.headers.get(REQUEST_ID_KEY)) or new_request_id()
         token = request_id_var.set(rid)
+        client = None  # the caller's identity, set for the handler once its token is checked
         request[RID] = rid
         operation = self._operations.get(request.match_info.route)
         started, outcome = time.perf_counter(), OK
@@ -156,7 +157,7 @@ class HttpFrontEnd:
             self.guard.request_started(request.transport)
         try:
             if self.tokens is not None and operation not in OPEN_OPERATIONS:
-                self.tokens.check(request.headers.get("Authorization"))
+                client = client_var.set(self.tokens.check(request.headers.get("Authorization")))
             encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
             if encoding != "identity" and not self.config.allow_compression:
                 raise InvalidInput(f"Content-Encoding {encoding[:20]!r} refused: compressed requests are off "
@@ -190,6 +191,8 @@ class HttpFrontEnd:
                 model = self.recorder.model_label(request.match_info.get("name", ""))
                 self.recorder.done("http." + operation, model, outcome, time.perf_counter() - started)
             request_id_var.reset(token)
+            if client is not None:  # a keep-alive connection's next request must not inherit it
+                client_var.reset(client)
         response.headers[REQUEST_ID_KEY] = rid
         return response
 
