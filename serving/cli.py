@@ -99,6 +99,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     _option(p, "--tls-client-ca", Path, None, "CA that client certificates must be signed by (mutual TLS)")
     _option(p, "--poll-s", float, 0.0, "look for new models and versions every SECONDS (default 0: only on SIGHUP); "
             "a version that fails its checks never replaces the one serving")
+    _option(p, "--max-shm-regions", int, 64, "system shared-memory regions registered at once, all clients "
+            "together (Triton's shared-memory extension; default 64; 0: off)")
     _option(p, "--log-level", str, "INFO")
     _option(p, "--log-format", str, "json", choices=("json", "text"))
     p.set_defaults(func=_serve)

@@ -16,6 +16,7 @@ from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving.contract import api, tensors
 from serving.errors import InvalidInput
+from serving.runtime.shared_memory import RegionStatus
 
 # ---- imageclassifier.v1 ------------------------------------------------------------------------------------------
 
@@ -114,3 +115,12 @@ def model_metadata(m: api.ModelMetadata) -> kserve_pb2.ModelMetadataResponse:
 
 def server_metadata(m: api.ServerMetadata) -> kserve_pb2.ServerMetadataResponse:
     return kserve_pb2.ServerMetadataResponse(name=m.name, version=m.version, extensions=m.extensions)
+
+
+# ---- shared memory (Triton's extensions) ------------------------------------------------------------------------
+
+
+def shm_status(regions: list[RegionStatus]) -> kserve_pb2.SystemSharedMemoryStatusResponse:
+    status = kserve_pb2.SystemSharedMemoryStatusResponse.RegionStatus
+    return kserve_pb2.SystemSharedMemoryStatusResponse(regions={
+        r.name: status(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size) for r in regions})

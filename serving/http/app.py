@@ -5,6 +5,8 @@ the two transports share admission, batching, limits and errors; this module onl
 
 - ``/v2``, ``/v2/health/live|ready``, ``/v2/models/{name}[/versions/{v}]``, ``…/ready``, ``…/config``,
   ``…/infer`` — KServe v2 with Triton's binary-tensor extension (``tritonclient.http`` works unchanged);
+- ``/v2/systemsharedmemory[/region/{region}]/status|register|unregister`` and the same under
+  ``/v2/cudasharedmemory`` — Triton's shared-memory extensions;
 - ``GET /v1/models``, ``GET /v1/models/{name}``, ``POST /v1/models/{name}/classify`` (the image as the body, or
   one or many multipart files: ``curl -F image=@cat.jpg …``) — the JSON is the proto3 JSON mapping of the
   ``imageclassifier.v1`` messages (``serving.contract.classifier``: field names as in the .proto, int64 values as
@@ -103,6 +105,14 @@ class HttpFrontEnd:
                        ("GET", base + "/ready", self.model_ready, "ModelReady"),
                        ("GET", base + "/config", self.model_config, "ModelConfig"),
                        ("POST", base + "/infer", self.infer, "ModelInfer")]
+        for kind, status, register, unregister in (
+                ("system", self.shm_status, self.shm_register, self.shm_unregister),
+                ("cuda", self.cuda_shm_status, self.cuda_shm_register, self.cuda_shm_unregister)):
+            base, operation = f"/v2/{kind}sharedmemory", f"{kind.capitalize()}SharedMemory"
+            for region in ("", "/region/{region}"):
+                routes += [("GET", f"{base}{region}/status", status, operation + "Status"),
+                           ("POST", f"{base}{region}/unregister", unregister, operation + "Unregister")]
+            routes.append(("POST", f"{base}/region/{{region}}/register", register, operation + "Register"))
         return [*routes,
                 ("GET", "/v1/models", self.list_models, "ListModels"),
                 ("GET", "/v1/models/{name}", self.get_model, "GetModel"),
@@ -242,6 +252,30 @@ class HttpFrontEnd:
         body, headers = kserve.infer_response(result, binary)
         return web.Response(body=body, headers=headers,
                             content_type="application/octet-stream" if binary else "application/json")
+
+    # ---- Triton's shared-memory extensions (the regions of the calling client) ------------------------------------
+    async def shm_status(self, request: web.Request) -> web.Response:
+        return web.json_response(kserve.shm_status(self.plane.shm_status(request.match_info.get("region", ""))))
+
+    async def shm_register(self, request: web.Request) -> web.Response:
+        key, offset, byte_size = kserve.shm_register_request(await self._within_timeout(request.read()))
+        self.plane.shm_register(request.match_info["region"], key, offset, byte_size)
+        return web.Response(status=200)
+
+    async def shm_unregister(self, request: web.Request) -> web.Response:
+        self.plane.shm_unregister(request.match_info.get("region", ""))
+        return web.Response(status=200)
+
+    async def cuda_shm_status(self, request: web.Request) -> web.Response:
+        return web.json_response(kserve.shm_status(self.plane.cuda_shm_status(request.match_info.get("region", ""))))
+
+    async def cuda_shm_register(self, request: web.Request) -> web.Response:
+        self.plane.cuda_shm_register(request.match_info["region"])
+        return web.Response(status=200)
+
+    async def cuda_shm_unregister(self, request: web.Request) -> web.Response:
+        self.plane.cuda_shm_unregister(request.match_info.get("region", ""))
+        return web.Response(status=200)
 
     # ---- the simple API ------------------------------------------------------------------------------------------
     async def list_models(self, request: web.Request) -> web.Response:

@@ -9,7 +9,10 @@ thread pool, and tensors go through the model's :class:`~serving.runtime.batcher
   :meth:`~DataPlane.model_ready`, :meth:`~DataPlane.model_metadata`, :meth:`~DataPlane.model_config`,
   :meth:`~DataPlane.infer`;
 - the classifier API: :meth:`~DataPlane.models`, :meth:`~DataPlane.model_status`, :meth:`~DataPlane.classify`,
-  :meth:`~DataPlane.explain`.
+  :meth:`~DataPlane.explain`;
+- Triton's shared-memory extensions: :meth:`~DataPlane.shm_register`, :meth:`~DataPlane.shm_status`,
+  :meth:`~DataPlane.shm_unregister` (system shared memory, :mod:`serving.runtime.shared_memory`; the caller is
+  ``serving.runtime.auth.client_var``) and their CUDA twins, which a CPU server answers as Triton's CPU build does.
 
 Admission is counted in images: a model holds at most ``config.max_admitted`` images at once (decoding, queued,
 computing), and a request holds at most ``max_images_per_request``; anything more is refused before any decoding, so
@@ -47,11 +50,15 @@ from serving.contract.manifest import ModelManifest
 from serving.contract.prediction import softmax, top_predictions
 from serving.errors import DeadlineExceeded, InvalidInput, NotReady, Overloaded, TooLarge
 from serving.runtime import explain
+from serving.runtime.auth import client_var
 from serving.runtime.predictor import Predictor, available_cores
 from serving.runtime.registry import ModelRegistry, ModelState, ServedModel
 from serving.runtime.requests import SERVER_NAME, SERVER_VERSION
+from serving.runtime.shared_memory import RegionNotFound, RegionStatus, SharedMemory
 
-EXTENSIONS = ["model_configuration"]  # the Open Inference extensions every front end carries
+# The Open Inference extensions every front end carries. Not "cuda_shared_memory": its calls answer, but as a CPU
+# build of Triton does (no region can be registered), so a client must not be told it works.
+EXTENSIONS = ["model_configuration", "system_shared_memory"]
 
 
 class DataPlane:
@@ -62,13 +69,16 @@ class DataPlane:
         self._decoder = ThreadPoolExecutor(workers, thread_name_prefix="decode")
         self._decode_round = workers  # images of one request in the decode pool at once
         self._explainers: dict[str, explain.ExplainSession] = {}  # model name → its served version's graph
+        self.shared_memory = SharedMemory(self.config.max_shm_regions)
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False, cancel_futures=True)
+        self.shared_memory.close()
 
     # ---- what the server holds -------------------------------------------------------------------------------
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(SERVER_NAME, SERVER_VERSION, list(EXTENSIONS))
+        off = () if self.shared_memory.enabled else ("system_shared_memory",)
+        return ServerMetadata(SERVER_NAME, SERVER_VERSION, [e for e in EXTENSIONS if e not in off])
 
     def server_ready(self) -> bool:
         """Loading finished, at least one model passed its checks, and not shutting down."""
@@ -202,6 +212,31 @@ class DataPlane:
         if len(x) <= step:
             return await model.batcher.submit(x, deadline)
         return np.concatenate([await model.batcher.submit(x[i:i + step], deadline) for i in range(0, len(x), step)])
+
+    # ---- shared memory (Triton's extensions; regions belong to the calling client) ---------------------------------
+    def shm_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.shared_memory.register(client_var.get(), name, key, offset, byte_size)
+
+    def shm_status(self, name: str = "") -> list[RegionStatus]:
+        return self.shared_memory.status(client_var.get(), name)
+
+    def shm_unregister(self, name: str = "") -> None:
+        self.shared_memory.unregister(client_var.get(), name)
+
+    def cuda_shm_register(self, name: str) -> None:
+        raise InvalidInput(f"failed to register CUDA shared memory region: '{name}', GPUs not supported")
+
+    def cuda_shm_status(self, name: str = "") -> list[RegionStatus]:
+        """No CUDA region ever exists: all of them is none, and a named one is not found."""
+        if not name:
+            return []
+        if self.shared_memory.has(client_var.get(), name):
+            raise RegionNotFound(f"The region named '{name}' is registered as system shared memory, not CUDA shared "
+                                 "memory")
+        raise RegionNotFound(f"Unable to find cuda shared memory region: '{name}'")
+
+    def cuda_shm_unregister(self, name: str = "") -> None:
+        """Nothing to unregister (as Triton, unregistering a region that does not exist succeeds)."""
 
     # ---- explanations ----------------------------------------------------------------------------------------
     @staticmethod
