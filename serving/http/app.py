@@ -238,7 +238,7 @@ class HttpFrontEnd:
             deadline=deadline))
         body, headers = kserve.infer_response(result, binary)
         return web.Response(body=body, headers=headers,
-                            content_type="application/octet-stream" if binary else "application/json")
+                            content_type="application/octet-stream" if headers else "application/json")
 
     # ---- the simple API ------------------------------------------------------------------------------------------
     async def list_models(self, request: web.Request) -> web.Response:
