@@ -20,6 +20,7 @@ class Kind(enum.Enum):
     OVERLOADED = "overloaded"              # back off and retry
     TOO_LARGE = "too large"                # split the request
     DEADLINE = "deadline exceeded"         # the request's deadline passed before it ran
+    UNSUPPORTED = "unsupported"            # this server does not offer that (CUDA shared memory on a CPU build…)
     INTERNAL = "internal"                  # a bug: logged with the request id
 
     @property
@@ -30,7 +31,7 @@ class Kind(enum.Enum):
 _OUTCOMES = {
     Kind.INVALID_INPUT: "INVALID_ARGUMENT", Kind.UNAUTHENTICATED: "UNAUTHENTICATED", Kind.NOT_FOUND: "NOT_FOUND",
     Kind.NOT_READY: "UNAVAILABLE", Kind.OVERLOADED: "RESOURCE_EXHAUSTED", Kind.TOO_LARGE: "RESOURCE_EXHAUSTED",
-    Kind.DEADLINE: "DEADLINE_EXCEEDED", Kind.INTERNAL: "INTERNAL",
+    Kind.DEADLINE: "DEADLINE_EXCEEDED", Kind.UNSUPPORTED: "UNIMPLEMENTED", Kind.INTERNAL: "INTERNAL",
 }
 
 
@@ -92,3 +93,10 @@ class Unauthenticated(ServingError):
     """The server wants a bearer token (``--auth-token-file``) and the request had none, or not a valid one."""
 
     kind = Kind.UNAUTHENTICATED
+
+
+class Unsupported(ServingError):
+    """A feature of the protocol this server does not offer (Triton's ``UNSUPPORTED``: gRPC UNIMPLEMENTED, HTTP
+    501), as opposed to a request that is wrong."""
+
+    kind = Kind.UNSUPPORTED

@@ -24,17 +24,39 @@ ImageSource = bytes | np.ndarray  # encoded image bytes, or a float32 (C, H, W) 
 # ---- Open Inference Protocol ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class SharedMemoryRef:
+    """Where a tensor lies in a registered shared-memory region (Triton's system shared-memory extension): the
+    request's ``shared_memory_region``, ``shared_memory_byte_size`` and ``shared_memory_offset`` parameters."""
+
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
 class InputTensor:
     """One input as the request described it, with its data either ``raw`` (little-endian bytes: gRPC's
-    ``raw_input_contents``, Triton's HTTP binary data) or ``values`` (typed contents, JSON ``data``). ``values`` may
-    be a function that reads them: it is called only once the request was admitted, so that a refused request
-    costs no parsing of a large JSON tensor."""
+    ``raw_input_contents``, Triton's HTTP binary data), ``values`` (typed contents, JSON ``data``) or in a
+    shared-memory region (``shm``). ``values`` may be a function that reads them: it is called only once the request
+    was admitted, so that a refused request costs no parsing of a large JSON tensor."""
 
     name: str
     datatype: str
     shape: Sequence[int]
     raw: bytes | memoryview | None = None
     values: Sequence[Any] | Callable[[], Sequence[Any]] | None = None
+    shm: SharedMemoryRef | None = None
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """An output asked for by name. ``class_count`` > 0 (Triton's classification extension): instead of the tensor,
+    the ``class_count`` most probable classes of each row as BYTES strings ``"probability:index:label"``. ``shm``:
+    write the tensor into that shared-memory region instead of the answer."""
+
+    name: str
+    class_count: int = 0
+    shm: SharedMemoryRef | None = None
 
 
 @dataclass(frozen=True)
@@ -42,7 +64,7 @@ class InferRequest:
     model: str
     version: str | int = ""
     inputs: Sequence[InputTensor] = ()
-    outputs: Sequence[str] = ()      # the outputs asked for by name (none: all)
+    outputs: Sequence[RequestedOutput] = ()  # the outputs asked for (none: all, as tensors)
     id: str = ""
     deadline: float | None = None
 
@@ -54,12 +76,23 @@ class InferRequest:
 
 
 @dataclass(frozen=True)
+class OutputTensor:
+    """One output of an answer: FP32 ``data`` as an array of ``shape``, or BYTES ``data`` as a flat list of elements
+    (row-major). ``shm`` set: the data was written into that region, and the answer carries only the reference."""
+
+    name: str
+    datatype: str                    # FP32 or BYTES
+    shape: list[int]
+    data: np.ndarray | list[bytes]
+    shm: SharedMemoryRef | None = None
+
+
+@dataclass(frozen=True)
 class InferResult:
     model: str
     version: int
     id: str
-    output: str                      # the output's name
-    logits: np.ndarray               # (N, K) float32
+    outputs: list[OutputTensor]
 
 
 @dataclass(frozen=True)

@@ -36,3 +36,12 @@ def top_predictions(logits: np.ndarray, k: int, labels: Sequence[str]) -> list[l
     probs = softmax(logits)
     order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
     return [[Prediction(labels[i], int(i), float(row[i])) for i in idx] for row, idx in zip(probs, order, strict=True)]
+
+
+def classification(logits: np.ndarray, k: int, labels: Sequence[str]) -> list[bytes]:
+    """Triton's classification extension: the ``k`` most probable classes of each row of (N, K) logits as
+    ``b"probability:index:label"`` (six decimals, as Triton prints a float), row after row: an (N, k) BYTES tensor.
+    The score is the softmax probability, not the raw logit Triton would print for a model whose output is logits:
+    the answer a reader can weigh, and the one the classifier API gives."""
+    return [f"{p.probability:.6f}:{p.index}:{p.label}".encode()
+            for row in top_predictions(logits, k, labels) for p in row]

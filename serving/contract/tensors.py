@@ -19,7 +19,7 @@ from serving.contract.manifest import ModelManifest
 from serving.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from serving.contract.api import InputTensor
+    from serving.contract.api import InputTensor, RequestedOutput
 
 MAX_DIMS = 8  # far more than any image tensor needs; checked before anything is computed from the shape
 _LENGTH = struct.Struct("<I")
@@ -52,6 +52,14 @@ def encode_bytes_elements(items: Sequence[bytes]) -> bytes:
     return b"".join(_LENGTH.pack(len(item)) + bytes(item) for item in items)
 
 
+def output_bytes(datatype: str, data: np.ndarray | Sequence[bytes]) -> bytes:
+    """An output's raw little-endian bytes, as gRPC's ``raw_output_contents`` and Triton's HTTP binary data carry
+    them: FP32 values, or BYTES elements each with its 4-byte length."""
+    if datatype == "BYTES":
+        return encode_bytes_elements(data)  # type: ignore[arg-type]
+    return np.ascontiguousarray(data, dtype="<f4").tobytes()
+
+
 def expected_input(manifest: ModelManifest) -> str:
     return f"FP32 [N, {', '.join(map(str, manifest.input_shape))}] or BYTES [N] (encoded images)"
 
@@ -66,11 +74,20 @@ def request_input(manifest: ModelManifest, inputs: Sequence[InputTensor]) -> np.
     return infer_input(manifest, tensor.name, tensor.datatype, tensor.shape, raw=tensor.raw, values=values)
 
 
-def check_outputs(manifest: ModelManifest, names: Sequence[str]) -> None:
-    """Every output a request asks for by name exists."""
-    for name in names:
-        if name != manifest.output_name:
-            raise InvalidInput(f"unknown output {name!r}; model {manifest.name!r} has {manifest.output_name!r}")
+def check_outputs(manifest: ModelManifest, outputs: Sequence[RequestedOutput]) -> None:
+    """Every output a request asks for exists, once, with a usable class count (and not in shared memory, which
+    Triton's clients refuse for a classification output)."""
+    seen: set[str] = set()
+    for output in outputs:
+        if output.name != manifest.output_name:
+            raise InvalidInput(f"unknown output {output.name!r}; model {manifest.name!r} has {manifest.output_name!r}")
+        if output.name in seen:
+            raise InvalidInput(f"output {output.name!r} is requested twice")
+        seen.add(output.name)
+        if output.class_count < 0:
+            raise InvalidInput(f"output {output.name!r}: classification {output.class_count} must be >= 0")
+        if output.class_count and output.shm is not None:
+            raise InvalidInput(f"output {output.name!r}: a classification output cannot go to shared memory")
 
 
 def infer_input(manifest: ModelManifest, name: str, datatype: str, dims: Sequence[int], *,

@@ -9,6 +9,7 @@ built by ``serving.contract.classifier``, which the HTTP front end shares.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -80,28 +81,66 @@ def stream_error(request_id: str, code: int, message: str) -> ic_pb2.ClassifyStr
 # ---- inference (Open Inference Protocol) ------------------------------------------------------------------------
 
 
+def _parameter(parameters, key: str, what: str, kind: type) -> Any:  # type: ignore[no-untyped-def]
+    """One request parameter's value (None when absent), refused when it is not of the ``kind`` Triton sends."""
+    if key not in parameters:
+        return None
+    value = getattr(parameters[key], parameters[key].WhichOneof("parameter_choice") or "string_param")
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    raise InvalidInput(f"{what}: parameter {key!r} must be {'an integer' if kind is int else 'a string'}")
+
+
+def _shared_memory(parameters, what: str) -> api.SharedMemoryRef | None:  # type: ignore[no-untyped-def]
+    """The ``shared_memory_*`` parameters of an input or a requested output, as Triton's clients set them."""
+    region = _parameter(parameters, "shared_memory_region", what, str)
+    if region is None:
+        return None
+    size = _parameter(parameters, "shared_memory_byte_size", what, int)
+    if size is None:
+        raise InvalidInput(f"{what}: shared_memory_region needs shared_memory_byte_size")
+    return api.SharedMemoryRef(region, size, _parameter(parameters, "shared_memory_offset", what, int) or 0)
+
+
 def infer_request(request: kserve_pb2.ModelInferRequest, request_id: str,
                   deadline: float | None) -> api.InferRequest:
-    """A ModelInfer request as the data plane takes it: each input with its raw bytes or its typed contents."""
+    """A ModelInfer request as the data plane takes it: each input with its raw bytes, its typed contents or its
+    place in shared memory; each requested output with its class count and place in shared memory."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
-    inputs = [api.InputTensor(t.name, t.datatype, t.shape, raw=raw[i] if raw else None,
-                              values=None if raw else (t.contents.bytes_contents if t.datatype == "BYTES"
-                                                       else t.contents.fp32_contents))
-              for i, t in enumerate(request.inputs)]
+    inputs = []
+    for i, t in enumerate(request.inputs):
+        shm = _shared_memory(t.parameters, f"input {t.name!r}")
+        values = None if raw or shm else (t.contents.bytes_contents if t.datatype == "BYTES"
+                                          else t.contents.fp32_contents)
+        inputs.append(api.InputTensor(t.name, t.datatype, t.shape, raw=raw[i] if raw else None, values=values,
+                                      shm=shm))
+    outputs = [api.RequestedOutput(o.name, _parameter(o.parameters, "classification", f"output {o.name!r}", int) or 0,
+                                   _shared_memory(o.parameters, f"output {o.name!r}"))
+               for o in request.outputs]
     return api.InferRequest(model=request.model_name, version=request.model_version, inputs=inputs,
-                            outputs=[o.name for o in request.outputs], id=request_id, deadline=deadline)
+                            outputs=outputs, id=request_id, deadline=deadline)
 
 
 def infer_response(result: api.InferResult) -> kserve_pb2.ModelInferResponse:
-    logits = np.ascontiguousarray(result.logits, dtype="<f4")
-    return kserve_pb2.ModelInferResponse(
-        model_name=result.model, model_version=str(result.version), id=result.id,
-        outputs=[kserve_pb2.ModelInferResponse.InferOutputTensor(name=result.output, datatype="FP32",
-                                                                 shape=list(logits.shape))],
-        raw_output_contents=[logits.tobytes()],
-    )
+    """Every output's raw bytes in ``raw_output_contents``, in order; one in shared memory has an empty entry and
+    says where it went in its parameters, as Triton answers."""
+    response = kserve_pb2.ModelInferResponse(model_name=result.model, model_version=str(result.version),
+                                             id=result.id)
+    for tensor in result.outputs:
+        output = response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        if tensor.shm is not None:
+            output.parameters["shared_memory_region"].string_param = tensor.shm.region
+            output.parameters["shared_memory_byte_size"].int64_param = tensor.shm.byte_size
+            if tensor.shm.offset:
+                output.parameters["shared_memory_offset"].int64_param = tensor.shm.offset
+            response.raw_output_contents.append(b"")
+        else:
+            response.raw_output_contents.append(tensors.output_bytes(tensor.datatype, tensor.data))
+    return response
 
 
 def model_metadata(m: api.ModelMetadata) -> kserve_pb2.ModelMetadataResponse:

@@ -29,6 +29,7 @@ STATUS_CODES: dict[Kind, grpc.StatusCode] = {
     Kind.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Kind.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,  # like gRPC's own "message larger than max"
     Kind.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Kind.UNSUPPORTED: grpc.StatusCode.UNIMPLEMENTED,
     Kind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 

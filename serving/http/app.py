@@ -251,7 +251,7 @@ class HttpFrontEnd:
             deadline=deadline))
         body, headers = kserve.infer_response(result, binary)
         return web.Response(body=body, headers=headers,
-                            content_type="application/octet-stream" if binary else "application/json")
+                            content_type="application/octet-stream" if headers else "application/json")
 
     # ---- Triton's shared-memory extensions (the regions of the calling client) ------------------------------------
     async def shm_status(self, request: web.Request) -> web.Response:

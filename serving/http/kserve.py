@@ -132,7 +132,10 @@ def inputs(request: Body) -> list[api.InputTensor]:
             raise InvalidInput(f"input {name!r}: 'shape' must be a list of integers")
         what = f"input {name!r}"
         size = _parameters(tensor).get("binary_data_size")
-        if size is not None:
+        shm = _shared_memory(tensor, what)
+        if shm is not None:
+            found.append(api.InputTensor(name, datatype, shape, shm=shm))
+        elif size is not None:
             left = len(binary) - offset
             if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= left:
                 raise InvalidInput(f"{what}: binary_data_size is {size!r}, but {left} bytes of binary data follow "
@@ -150,32 +153,71 @@ def inputs(request: Body) -> list[api.InputTensor]:
     return found
 
 
-def requested_outputs(request: Body) -> tuple[list[str], bool]:
-    """The names of the outputs asked for, and whether the answer's tensor goes as binary data."""
+def _integer(parameters: dict[str, Any], key: str, what: str) -> int | None:
+    value = parameters.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(f"{what}: parameter {key!r} must be an integer")
+    return value
+
+
+def _shared_memory(tensor: dict[str, Any], what: str) -> api.SharedMemoryRef | None:
+    """The ``shared_memory_*`` parameters of an input or a requested output, as Triton's clients set them."""
+    parameters = _parameters(tensor)
+    region = parameters.get("shared_memory_region")
+    if region is None:
+        return None
+    if not isinstance(region, str):
+        raise InvalidInput(f"{what}: parameter 'shared_memory_region' must be a string")
+    size = _integer(parameters, "shared_memory_byte_size", what)
+    if size is None:
+        raise InvalidInput(f"{what}: shared_memory_region needs shared_memory_byte_size")
+    return api.SharedMemoryRef(region, size, _integer(parameters, "shared_memory_offset", what) or 0)
+
+
+def requested_outputs(request: Body) -> tuple[list[api.RequestedOutput], bool]:
+    """The outputs asked for (class count, place in shared memory), and whether the answer's tensors go as binary
+    data."""
     binary = _parameters(request.header).get("binary_data_output") is True
-    names = []
+    outputs = []
     for output in _list(request.header, "outputs", "the request's"):
-        name = output.get("name") if isinstance(output, dict) else None
-        names.append(name if isinstance(name, str) else str(name))
-        if isinstance(output, dict):
-            binary = _parameters(output).get("binary_data", binary) is True
-    return names, binary
+        if not isinstance(output, dict):
+            raise InvalidInput("each requested output must be a JSON object with a 'name'")
+        name = output.get("name")
+        name = name if isinstance(name, str) else str(name)
+        what = f"output {name!r}"
+        outputs.append(api.RequestedOutput(name, _integer(_parameters(output), "classification", what) or 0,
+                                           _shared_memory(output, what)))
+        binary = _parameters(output).get("binary_data", binary) is True
+    return outputs, binary
 
 
 def infer_response(result: api.InferResult, binary: bool) -> tuple[bytes, dict[str, str]]:
-    """The response body and its extra headers."""
-    logits = np.ascontiguousarray(result.logits, dtype="<f4")
-    output: dict[str, Any] = {"name": result.output, "datatype": "FP32", "shape": list(logits.shape)}
-    raw = logits.tobytes() if binary else b""
-    if binary:
-        output["parameters"] = {"binary_data_size": len(raw)}
-    else:
-        output["data"] = logits.ravel().tolist()  # float32 → float64 is exact, and so is its shortest repr
+    """The response body and its extra headers. Binary: each output's bytes after the JSON, in order (BYTES elements
+    each with its 4-byte length); JSON: FP32 numbers, BYTES elements as strings. An output written into shared
+    memory says where, and carries no data."""
+    outputs, raws = [], []
+    for tensor in result.outputs:
+        output: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+        if tensor.shm is not None:
+            output["parameters"] = {"shared_memory_region": tensor.shm.region,
+                                    "shared_memory_byte_size": tensor.shm.byte_size}
+            if tensor.shm.offset:
+                output["parameters"]["shared_memory_offset"] = tensor.shm.offset
+        elif binary:
+            raws.append(tensors.output_bytes(tensor.datatype, tensor.data))
+            output["parameters"] = {"binary_data_size": len(raws[-1])}
+        elif tensor.datatype == "BYTES":
+            output["data"] = [bytes(item).decode("utf-8", "replace") for item in tensor.data]
+        else:
+            output["data"] = np.asarray(tensor.data, dtype=np.float32).ravel().tolist()  # float32 → float64 is exact
+        outputs.append(output)
     header = json.dumps({"model_name": result.model, "model_version": str(result.version), "id": result.id,
-                         "outputs": [output]}, separators=(",", ":")).encode()
-    if not binary:
+                         "outputs": outputs}, separators=(",", ":")).encode()
+    if not raws:
         return header, {}
-    return header + raw, {HEADER_LENGTH: str(len(header))}
+    return header + b"".join(raws), {HEADER_LENGTH: str(len(header))}
 
 
 # ---- shared memory (Triton's extensions) ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ HTTP_STATUS: dict[Kind, int] = {
     Kind.TOO_LARGE: 413,
     Kind.OVERLOADED: 429,
     Kind.INTERNAL: 500,
+    Kind.UNSUPPORTED: 501,
     Kind.NOT_READY: 503,
     Kind.DEADLINE: 504,
 }

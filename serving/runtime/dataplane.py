@@ -43,12 +43,14 @@ from serving.contract.api import (
     InferResult,
     ModelMetadata,
     ModelStatus,
+    OutputTensor,
+    RequestedOutput,
     ServerMetadata,
     TensorSpec,
 )
 from serving.contract.manifest import ModelManifest
-from serving.contract.prediction import softmax, top_predictions
-from serving.errors import DeadlineExceeded, InvalidInput, NotReady, Overloaded, TooLarge
+from serving.contract.prediction import classification, softmax, top_predictions
+from serving.errors import DeadlineExceeded, InvalidInput, NotReady, Overloaded, TooLarge, Unsupported
 from serving.runtime import explain
 from serving.runtime.auth import client_var
 from serving.runtime.predictor import Predictor, available_cores
@@ -58,7 +60,7 @@ from serving.runtime.shared_memory import RegionNotFound, RegionStatus, SharedMe
 
 # The Open Inference extensions every front end carries. Not "cuda_shared_memory": its calls answer, but as a CPU
 # build of Triton does (no region can be registered), so a client must not be told it works.
-EXTENSIONS = ["model_configuration", "system_shared_memory"]
+EXTENSIONS = ["classification", "model_configuration", "system_shared_memory"]
 
 
 class DataPlane:
@@ -139,14 +141,19 @@ class DataPlane:
 
     # ---- inference -------------------------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResult:
-        """Open Inference: the request's one input (an FP32 tensor, or encoded images) → the model's logits."""
+        """Open Inference: the request's one input (an FP32 tensor, or encoded images) → the model's outputs (its
+        logits, or Triton's classification strings where a requested output has a ``class_count``)."""
         with self.admit(request.model, request.version, request.batch_size) as model:
             manifest = _manifest(model)
             tensors.check_outputs(manifest, request.outputs)
+            if any(t.shm for t in request.inputs) or any(o.shm for o in request.outputs):
+                raise Unsupported("system shared memory is not available on this server yet")
             data = tensors.request_input(manifest, request.inputs)
             x = data if isinstance(data, np.ndarray) else await self.preprocess(model, data, request.deadline)
             logits = await self.run(model, x, request.deadline)
-        return InferResult(model.name, model.version, request.id, manifest.output_name, logits)
+        requested = request.outputs or [RequestedOutput(manifest.output_name)]
+        return InferResult(model.name, model.version, request.id,
+                           [_output(o, logits, _predictor(model).labels) for o in requested])
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResult:
         """The top-k classes of each image."""
@@ -292,6 +299,15 @@ class DataPlane:
         maps = explain.stage_maps(outputs, session.graph.stages) if request.stages and session is not None else []
         return ExplainResult(model.name, model.version, request.id, predictions, k, predictor.labels[k], method,
                              heatmap, maps)
+
+
+def _output(requested: RequestedOutput, logits: np.ndarray, labels: Sequence[str]) -> OutputTensor:
+    """One requested output of (N, K) logits: the tensor, or its top ``class_count`` (at most K) as Triton's
+    classification strings, an (N, k) BYTES tensor."""
+    if not requested.class_count:
+        return OutputTensor(requested.name, "FP32", list(logits.shape), logits)
+    k = min(requested.class_count, logits.shape[1])
+    return OutputTensor(requested.name, "BYTES", [len(logits), k], classification(logits, k, labels))
 
 
 def _check_deadline(loop: asyncio.AbstractEventLoop, deadline: float | None, where: str) -> None:

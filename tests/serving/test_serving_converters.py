@@ -7,13 +7,15 @@ import pytest
 
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import imageclassifier_pb2 as ic_pb2
-from serving.contract import tensors
+from serving.contract import api, tensors
+from serving.contract.api import RequestedOutput, SharedMemoryRef
 from serving.contract.manifest import ModelManifest
 from serving.errors import InvalidInput
 from serving.grpc import converters
 from tests.support.repositories import Repo
 
 Input = kserve_pb2.ModelInferRequest.InferInputTensor
+Output = kserve_pb2.ModelInferRequest.InferRequestedOutputTensor
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +132,58 @@ def test_infer_request_keeps_what_the_data_plane_needs() -> None:
     neutral = converters.infer_request(request, "rid-7", 12.5)
     assert (neutral.model, neutral.version, neutral.id, neutral.deadline) == ("digits", "3", "rid-7", 12.5)
     assert neutral.batch_size == 4
-    assert list(neutral.outputs) == ["logits"]
+    assert list(neutral.outputs) == [RequestedOutput("logits")]
     assert neutral.inputs[0].raw == b"x"
     assert neutral.inputs[0].values is None
+
+
+def test_classification_and_shared_memory_parameters_become_fields() -> None:
+    """What tritonclient sets: InferRequestedOutput(class_count=3), InferInput/Output.set_shared_memory(...)."""
+    request = kserve_pb2.ModelInferRequest(inputs=[Input(name="input", datatype="FP32", shape=[1, 1, 28, 28])],
+                                           outputs=[Output(name="logits"), Output(name="other")])
+    request.inputs[0].parameters["shared_memory_region"].string_param = "in"
+    request.inputs[0].parameters["shared_memory_byte_size"].int64_param = 3136
+    request.outputs[0].parameters["classification"].int64_param = 3
+    request.outputs[1].parameters["shared_memory_region"].string_param = "out"
+    request.outputs[1].parameters["shared_memory_byte_size"].int64_param = 40
+    request.outputs[1].parameters["shared_memory_offset"].int64_param = 8
+    neutral = converters.infer_request(request, "rid", None)
+    assert neutral.inputs[0].shm == SharedMemoryRef("in", 3136, 0)
+    assert (neutral.inputs[0].raw, neutral.inputs[0].values) == (None, None)
+    assert list(neutral.outputs) == [RequestedOutput("logits", 3), RequestedOutput("other", 0,
+                                                                                    SharedMemoryRef("out", 40, 8))]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("classification", "three", "parameter 'classification' must be an integer"),
+    ("shared_memory_region", 5, "parameter 'shared_memory_region' must be a string"),
+])
+def test_parameters_of_the_wrong_type_are_refused(key: str, value: object, message: str) -> None:
+    request = kserve_pb2.ModelInferRequest(outputs=[Output(name="logits")])
+    field = "string_param" if isinstance(value, str) else "int64_param"
+    setattr(request.outputs[0].parameters[key], field, value)
+    with pytest.raises(InvalidInput, match=message):
+        converters.infer_request(request, "rid", None)
+
+
+def test_a_region_without_a_size_is_refused() -> None:
+    request = kserve_pb2.ModelInferRequest(inputs=[Input(name="input", datatype="FP32", shape=[1])])
+    request.inputs[0].parameters["shared_memory_region"].string_param = "in"
+    with pytest.raises(InvalidInput, match="shared_memory_region needs shared_memory_byte_size"):
+        converters.infer_request(request, "rid", None)
+
+
+def test_every_output_is_answered_in_order() -> None:
+    logits = np.arange(6, dtype=np.float32).reshape(2, 3)
+    result = api.InferResult("m", 2, "rid", [
+        api.OutputTensor("logits", "FP32", [2, 3], logits),
+        api.OutputTensor("top", "BYTES", [2, 1], [b"0.9:2:cat", b"0.8:1:dog"]),
+        api.OutputTensor("shm", "FP32", [2, 3], logits, api.SharedMemoryRef("out", 24, 4))])
+    response = converters.infer_response(result)
+    assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
+        ("logits", "FP32", [2, 3]), ("top", "BYTES", [2, 1]), ("shm", "FP32", [2, 3])]
+    assert response.raw_output_contents[0] == logits.astype("<f4").tobytes()
+    assert tensors.decode_bytes_elements(response.raw_output_contents[1]) == [b"0.9:2:cat", b"0.8:1:dog"]
+    assert response.raw_output_contents[2] == b""
+    assert response.outputs[2].parameters["shared_memory_region"].string_param == "out"
+    assert response.outputs[2].parameters["shared_memory_offset"].int64_param == 4

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from serving.config import ServerConfig
-from serving.contract.api import ClassifyRequest, ExplainRequest, InferRequest, InputTensor
+from serving.contract.api import (
+    ClassifyRequest,
+    ExplainRequest,
+    InferRequest,
+    InputTensor,
+    RequestedOutput,
+    SharedMemoryRef,
+)
+from serving.contract.prediction import softmax
 from serving.contract.tensors import encode_bytes_elements
 from serving.errors import DeadlineExceeded, InvalidInput, ModelNotFound, NotReady, Overloaded, TooLarge
 from serving.runtime.dataplane import DataPlane
@@ -71,8 +79,10 @@ def png(image_files: dict[str, Path]) -> bytes:
 def test_infer_gives_the_predictors_logits(config: ServerConfig, digits: Predictor) -> None:
     x = batch(3)
     result = run(config, lambda plane: plane.infer(InferRequest("digits", inputs=[fp32(x)], id="r1")))
-    assert (result.model, result.version, result.id, result.output) == ("digits", 1, "r1", "logits")
-    np.testing.assert_allclose(result.logits, digits.run(x), atol=1e-5)
+    assert (result.model, result.version, result.id) == ("digits", 1, "r1")
+    [output] = result.outputs
+    assert (output.name, output.datatype, output.shape, output.shm) == ("logits", "FP32", [3, 10], None)
+    np.testing.assert_allclose(output.data, digits.run(x), atol=1e-5)
 
 
 def test_bytes_input_is_decoded_like_a_file(config: ServerConfig, digits: Predictor,
@@ -81,7 +91,26 @@ def test_bytes_input_is_decoded_like_a_file(config: ServerConfig, digits: Predic
     tensor = InputTensor("input", "BYTES", [2], raw=encode_bytes_elements([data, data]))
     result = run(config, lambda plane: plane.infer(InferRequest("digits", inputs=[tensor])))
     expected = digits.run(digits.preprocess(data)[None])[0]
-    np.testing.assert_allclose(result.logits, [expected, expected], atol=1e-5)
+    np.testing.assert_allclose(result.outputs[0].data, [expected, expected], atol=1e-5)
+
+
+@pytest.mark.parametrize("class_count", [3, 10, 99])
+def test_class_count_gives_tritons_classification_strings(config: ServerConfig, digits: Predictor,
+                                                          class_count: int) -> None:
+    """Triton's classification extension: (N, k) BYTES "probability:index:label", most probable first; a count
+    above the number of classes gives every class."""
+    x = batch(2, seed=3)
+    request = InferRequest("digits", inputs=[fp32(x)], outputs=[RequestedOutput("logits", class_count=class_count)])
+    [output] = run(config, lambda plane: plane.infer(request)).outputs
+    k = min(class_count, 10)
+    assert (output.name, output.datatype, output.shape) == ("logits", "BYTES", [2, k])
+    probabilities = softmax(digits.run(x))
+    for row, items in enumerate([output.data[:k], output.data[k:]]):
+        fields = [item.decode().split(":") for item in items]
+        indices = [int(index) for _, index, _ in fields]
+        assert indices == list(np.argsort(-probabilities[row], kind="stable")[:k])
+        assert [label for _, _, label in fields] == [digits.labels[i] for i in indices]
+        np.testing.assert_allclose([float(p) for p, _, _ in fields], probabilities[row][indices], atol=1e-6)
 
 
 @pytest.mark.parametrize(("request_", "error", "message"), [
@@ -90,8 +119,15 @@ def test_bytes_input_is_decoded_like_a_file(config: ServerConfig, digits: Predic
     (InferRequest("digits"), InvalidInput, "takes exactly one input 'input'.*got 0"),
     (InferRequest("digits", inputs=[fp32(batch(1)), fp32(batch(1))]), InvalidInput, "got 2"),
     (InferRequest("digits", inputs=[fp32(batch(1), "x")]), InvalidInput, "unknown input 'x'"),
-    (InferRequest("digits", inputs=[fp32(batch(1))], outputs=["probs"]), InvalidInput,
+    (InferRequest("digits", inputs=[fp32(batch(1))], outputs=[RequestedOutput("probs")]), InvalidInput,
      "unknown output 'probs'; model 'digits' has 'logits'"),
+    (InferRequest("digits", inputs=[fp32(batch(1))], outputs=[RequestedOutput("logits")] * 2), InvalidInput,
+     "output 'logits' is requested twice"),
+    (InferRequest("digits", inputs=[fp32(batch(1))], outputs=[RequestedOutput("logits", class_count=-1)]),
+     InvalidInput, "classification -1 must be >= 0"),
+    (InferRequest("digits", inputs=[fp32(batch(1))],
+                  outputs=[RequestedOutput("logits", 2, SharedMemoryRef("out", 80))]), InvalidInput,
+     "a classification output cannot go to shared memory"),
     (InferRequest("digits", inputs=[InputTensor("input", "FP32", [1, 1, 28, 28], values=[0.0] * 3)]), InvalidInput,
      "3 values, shape \\[1, 1, 28, 28\\] needs 784"),
     (InferRequest("digits", inputs=[fp32(np.zeros((1, 1, 27, 28), np.float32))]), InvalidInput,
@@ -216,7 +252,7 @@ def test_more_images_than_max_batch_go_in_chunks(config: ServerConfig, digits: P
             return await submit(chunk, deadline)
 
         batcher.submit = recording  # type: ignore[method-assign]
-        return (await plane.infer(InferRequest("digits", inputs=[fp32(x)]))).logits
+        return (await plane.infer(InferRequest("digits", inputs=[fp32(x)]))).outputs[0].data
 
     logits = run(config, test)
     assert sizes == [4, 4, 2]  # max_batch 4

@@ -84,6 +84,31 @@ def test_infer_equals_grpc_bit_for_bit(http, grpc_triton, digits: Predictor,  # 
     np.testing.assert_array_equal(logits, grpc_triton.infer("digits", [over_grpc]).as_numpy("logits"))
 
 
+@pytest.mark.parametrize("binary", [True, False])
+def test_class_count_gives_the_same_classification_over_both_transports(  # type: ignore[no-untyped-def]
+        http, grpc_triton, digits: Predictor, image_files: dict[str, Path], binary: bool) -> None:
+    """Triton's classification extension as tritonclient asks for it: "probability:index:label" strings, the top
+    three of each image, most probable first, equal over HTTP (binary or JSON) and gRPC."""
+    x = np.stack([digits.preprocess(p) for p in image_files.values()])
+    over_http = http.infer("digits", [_fp32(thttp, x, True)],
+                           outputs=[thttp.InferRequestedOutput("logits", binary_data=binary, class_count=3)])
+    over_grpc = grpc_triton.infer("digits", [_fp32(tgrpc, x, True)],
+                                  outputs=[tgrpc.InferRequestedOutput("logits", class_count=3)])
+    # tritonclient.http gives JSON BYTES elements as str, binary ones as bytes (as it does with Triton).
+    top = np.vectorize(lambda item: item if isinstance(item, bytes) else item.encode(), otypes=[object])(
+        over_http.as_numpy("logits"))
+    assert top.shape == (len(x), 3)
+    np.testing.assert_array_equal(top, over_grpc.as_numpy("logits"))
+    logits = digits.run(x)
+    for row, items in zip(logits, top, strict=True):
+        fields = [item.decode().split(":") for item in items]
+        indices = [int(index) for _, index, _ in fields]
+        assert indices == list(np.argsort(-row, kind="stable")[:3])
+        assert [label for _, _, label in fields] == [digits.labels[i] for i in indices]
+    assert "classification" in http.get_server_metadata()["extensions"]
+    assert "classification" in grpc_triton.get_server_metadata().extensions
+
+
 def test_json_bytes_in_base64_and_binary_output_by_default(server: ServerThread, digits: Predictor,
                                                            image_files: dict[str, Path]) -> None:
     png = image_files["img0.png"].read_bytes()
