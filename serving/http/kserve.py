@@ -134,6 +134,9 @@ def inputs(request: Body) -> list[api.InputTensor]:
         size = _parameters(tensor).get("binary_data_size")
         shm = _shared_memory(tensor, what)
         if shm is not None:
+            if size is not None or "data" in tensor:
+                raise InvalidInput(f"{what}: an input in shared memory carries no data of its own ('data' or "
+                                   "binary_data_size); send one of the two")
             found.append(api.InputTensor(name, datatype, shape, shm=shm))
         elif size is not None:
             left = len(binary) - offset

@@ -27,7 +27,8 @@ import asyncio
 import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 
 import numpy as np
 
@@ -41,22 +42,24 @@ from serving.contract.api import (
     ImageSource,
     InferRequest,
     InferResult,
+    InputTensor,
     ModelMetadata,
     ModelStatus,
     OutputTensor,
     RequestedOutput,
     ServerMetadata,
+    SharedMemoryRef,
     TensorSpec,
 )
 from serving.contract.manifest import ModelManifest
 from serving.contract.prediction import classification, softmax, top_predictions
-from serving.errors import DeadlineExceeded, InvalidInput, NotReady, Overloaded, TooLarge, Unsupported
+from serving.errors import DeadlineExceeded, InvalidInput, NotReady, Overloaded, TooLarge
 from serving.runtime import explain
 from serving.runtime.auth import client_var
 from serving.runtime.predictor import Predictor, available_cores
 from serving.runtime.registry import ModelRegistry, ModelState, ServedModel
 from serving.runtime.requests import SERVER_NAME, SERVER_VERSION
-from serving.runtime.shared_memory import RegionNotFound, RegionStatus, SharedMemory
+from serving.runtime.shared_memory import RegionNotFound, RegionStatus, SharedMemory, Window
 
 # The Open Inference extensions every front end carries. Not "cuda_shared_memory": its calls answer, but as a CPU
 # build of Triton does (no region can be registered), so a client must not be told it works.
@@ -142,18 +145,21 @@ class DataPlane:
     # ---- inference -------------------------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResult:
         """Open Inference: the request's one input (an FP32 tensor, or encoded images) → the model's outputs (its
-        logits, or Triton's classification strings where a requested output has a ``class_count``)."""
-        with self.admit(request.model, request.version, request.batch_size) as model:
+        logits, or Triton's classification strings where a requested output has a ``class_count``). An input or an
+        output may lie in one of the caller's shared-memory regions: the input is copied out of it once admitted,
+        the output's window is checked against the tensor and held before any computing, and written at the end."""
+        with self.admit(request.model, request.version, request.batch_size) as model, ExitStack() as held:
             manifest = _manifest(model)
             tensors.check_outputs(manifest, request.outputs)
-            if any(t.shm for t in request.inputs) or any(o.shm for o in request.outputs):
-                raise Unsupported("system shared memory is not available on this server yet")
-            data = tensors.request_input(manifest, request.inputs)
+            data = tensors.request_input(manifest, [self._from_shared_memory(t) for t in request.inputs])
+            places = {o.name: self._output_window(held, o, 4 * len(data) * manifest.num_classes)
+                      for o in request.outputs if o.shm is not None}
             x = data if isinstance(data, np.ndarray) else await self.preprocess(model, data, request.deadline)
             logits = await self.run(model, x, request.deadline)
-        requested = request.outputs or [RequestedOutput(manifest.output_name)]
-        return InferResult(model.name, model.version, request.id,
-                           [_output(o, logits, _predictor(model).labels) for o in requested])
+            requested = request.outputs or [RequestedOutput(manifest.output_name)]
+            outputs = [_output(o, logits, _predictor(model).labels) for o in requested]
+            outputs = [_write(places[t.name], t) if t.name in places else t for t in outputs]
+        return InferResult(model.name, model.version, request.id, outputs)
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResult:
         """The top-k classes of each image."""
@@ -169,6 +175,36 @@ class DataPlane:
         return ClassifyResult(model.name, model.version, request.id, top_predictions(logits, k, predictor.labels))
 
     # ---- the steps ------------------------------------------------------------------------------------------
+    def _from_shared_memory(self, tensor: InputTensor) -> InputTensor:
+        """``tensor`` with its bytes copied out of the caller's region when it lies in shared memory (a copy: the
+        client may rewrite, shrink or unlink the region while the request runs); other inputs as they are."""
+        ref = tensor.shm
+        if ref is None:
+            return tensor
+        what = f"input {tensor.name!r}"
+        if tensor.raw is not None or tensor.values is not None:
+            raise InvalidInput(f"{what}: an input in shared memory carries no data of its own; send one of the two")
+        shape = tensors.check_shape(tensor.shape, what)
+        if tensor.datatype == "FP32" and shape and min(shape) >= 0 and ref.byte_size != 4 * math.prod(shape):
+            raise InvalidInput(f"{what}: shared_memory_byte_size is {ref.byte_size}, FP32 {shape} needs "
+                               f"{4 * math.prod(shape)}")
+        if ref.byte_size > self.config.max_message_bytes:
+            raise TooLarge(f"{what}: {ref.byte_size} bytes in shared memory, more than the "
+                           f"{self.config.max_message_mb} MiB limit (--max-message-mb)")
+        with self.shared_memory.window(client_var.get(), ref.region, ref.offset, ref.byte_size) as window:
+            return replace(tensor, raw=window.read(), shm=None)
+
+    def _output_window(self, held: ExitStack, output: RequestedOutput, size: int) -> Window:
+        """The caller's window that ``output`` names, checked against the ``size`` bytes it will hold, and held by
+        ``held`` (not unregistered under the request) until the answer is written."""
+        assert output.shm is not None
+        ref = output.shm
+        if ref.byte_size < size:
+            raise InvalidInput(f"output {output.name!r}: the shared memory size specified with the request "
+                               f"({ref.byte_size} bytes) should be at least {size} bytes to hold the results")
+        return held.enter_context(self.shared_memory.window(client_var.get(), ref.region, ref.offset, ref.byte_size,
+                                                            write=True))
+
     def _check_size(self, model: ServedModel, count: int) -> None:
         """Refuse a request whose images would expand to a tensor above the message limit: a few MB of tiny PNGs
         must not become gigabytes of float32."""
@@ -308,6 +344,12 @@ def _output(requested: RequestedOutput, logits: np.ndarray, labels: Sequence[str
         return OutputTensor(requested.name, "FP32", list(logits.shape), logits)
     k = min(requested.class_count, logits.shape[1])
     return OutputTensor(requested.name, "BYTES", [len(logits), k], classification(logits, k, labels))
+
+
+def _write(window: Window, tensor: OutputTensor) -> OutputTensor:
+    """``tensor`` written into its shared-memory window: the answer says where, and how many bytes."""
+    written = window.write(np.ascontiguousarray(tensor.data, dtype="<f4"))
+    return replace(tensor, shm=SharedMemoryRef(window.name, written, window.offset))
 
 
 def _check_deadline(loop: asyncio.AbstractEventLoop, deadline: float | None, where: str) -> None:

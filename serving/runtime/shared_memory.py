@@ -191,7 +191,7 @@ class SharedMemory:
                                    f"'{region.status.key}' is not writable by the server's user): inputs only")
             region.users += 1
         try:
-            yield Window(self, region, region.status.offset + offset, byte_size)
+            yield Window(self, region, offset, byte_size)
         finally:
             with self._lock:
                 region.users -= 1
@@ -203,9 +203,10 @@ class Window:
     """A held part of a region: ``read()`` copies it out, ``write(data)`` copies into it from its start. Each looks
     at the object first: gone (unlinked) unregisters the region, too short is refused."""
 
-    def __init__(self, owner: SharedMemory, region: _Region, start: int, byte_size: int) -> None:
+    def __init__(self, owner: SharedMemory, region: _Region, offset: int, byte_size: int) -> None:
         self._owner, self._region = owner, region
-        self.start, self.byte_size = start, byte_size  # start: from the beginning of the object
+        self.offset, self.byte_size = offset, byte_size  # offset: from the region's start
+        self.start = region.status.offset + offset       # from the object's start
 
     @property
     def name(self) -> str:
@@ -234,7 +235,8 @@ class Window:
             while done < self.byte_size:
                 n = os.preadv(self._region.fd, [view[done:]], self.start + done)
                 if n == 0:  # the object was truncated between the check and the read
-                    raise InvalidInput(f"shared memory region '{self.name}' was truncated while it was read")
+                    raise InvalidInput(f"shared memory region '{self.name}': its object '{self._region.status.key}' "
+                                       "was truncated while it was read")
                 done += n
         except OSError as e:
             raise InvalidInput(f"shared memory region '{self.name}' cannot be read: {e.strerror or e}") from None

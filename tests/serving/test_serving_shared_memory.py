@@ -8,11 +8,16 @@ The objects are real POSIX shared memory (``/dev/shm``), created here with ``os.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import numpy as np
@@ -21,9 +26,18 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
-from serving.errors import InvalidInput, Overloaded, ServingError
+from serving.config import ServerConfig
+from serving.contract.api import InferRequest, InputTensor, RequestedOutput, SharedMemoryRef
+from serving.contract.tensors import encode_bytes_elements
+from serving.errors import InvalidInput, Overloaded, ServingError, TooLarge
+from serving.runtime.auth import ANONYMOUS, client_var
+from serving.runtime.dataplane import DataPlane
+from serving.runtime.registry import ModelRegistry
 from serving.runtime.shared_memory import SHM_DIR, RegionNotFound, RegionStatus, SharedMemory
-from tests.support.servers import ServerThread, base_config, sample
+from tests.support.repositories import Repo
+from tests.support.servers import ServerProcess, ServerThread, base_config, sample
+
+T = TypeVar("T")
 
 
 class Shm:
@@ -278,6 +292,187 @@ def test_an_object_the_server_may_only_read_carries_inputs_only(shm: Callable[..
                       "the server's user): inputs only")
 
 
+# ---- inference through regions: the data plane in process --------------------------------------------------------
+
+def plane_config(repository: Repo, **kwargs: object) -> ServerConfig:
+    return replace(ServerConfig(repository=repository.path, models=("digits",), threads=1, decode_workers=1,
+                                max_batch=4, max_queue=8), **kwargs)
+
+
+def on_plane(config: ServerConfig, test: Callable[[DataPlane], Awaitable[T]], client: str = ANONYMOUS) -> T:
+    """``test(plane)`` on a fresh event loop as ``client``, with the plane's models loaded; closes everything after."""
+    async def main() -> T:
+        registry = ModelRegistry(config)
+        await registry.load_all()
+        plane = DataPlane(registry)
+        client_var.set(client)
+        try:
+            return await test(plane)
+        finally:
+            await registry.close()
+            plane.close()
+
+    return asyncio.run(main())
+
+
+def digits_batch(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 1, 28, 28)).astype("<f4")
+
+
+def shm_infer(x_ref: SharedMemoryRef, out_ref: SharedMemoryRef | None = None, shape: Sequence[int] = (2, 1, 28, 28),
+              datatype: str = "FP32") -> InferRequest:
+    outputs = [RequestedOutput("logits", shm=out_ref)] if out_ref else []
+    return InferRequest("digits", inputs=[InputTensor("input", datatype, list(shape), shm=x_ref)], outputs=outputs)
+
+
+def test_inference_through_regions_is_bit_equal_to_inline(repository: Repo, shm: Callable[..., Shm],
+                                                          image_files: dict[str, Path]) -> None:
+    x = digits_batch(2)
+    images = encode_bytes_elements([image_files["img0.png"].read_bytes(), image_files["img3.jpg"].read_bytes()])
+    data, out = shm(8192), shm(256)
+    data.write(b"\xab" * 8192)
+    data.write(x, 512)
+    data.write(images, 512 + x.nbytes)
+    out.write(b"\xcd" * 256)
+
+    async def test(plane: DataPlane) -> None:
+        plane.shm_register("data", data.key, 512, 8192 - 512)
+        plane.shm_register("out", out.key, 64, 192)
+        for datatype, raw, shape, offset in [("FP32", x.tobytes(), x.shape, 0),
+                                             ("BYTES", images, [2], x.nbytes)]:
+            inline = await plane.infer(InferRequest("digits", inputs=[InputTensor("input", datatype, list(shape),
+                                                                                  raw=raw)]))
+            result = await plane.infer(shm_infer(SharedMemoryRef("data", len(raw), offset),
+                                                 SharedMemoryRef("out", 120, 16), shape, datatype))
+            [output] = result.outputs
+            assert (output.name, output.datatype, output.shape) == ("logits", "FP32", [2, 10])
+            assert output.shm == SharedMemoryRef("out", 80, 16)  # where, and the bytes written
+            expected = np.ascontiguousarray(inline.outputs[0].data, "<f4").tobytes()
+            assert out.read(80, 64 + 16) == expected  # bit for bit
+            assert out.read(64 + 16) == b"\xcd" * (64 + 16)  # nothing before the window…
+            assert out.read(256 - 160, 160) == b"\xcd" * 96  # …nor after the 80 bytes
+            # An input in a region with the output inline, and the other way round.
+            mixed = await plane.infer(shm_infer(SharedMemoryRef("data", len(raw), offset), shape=shape,
+                                                datatype=datatype))
+            assert mixed.outputs[0].shm is None
+            assert np.ascontiguousarray(mixed.outputs[0].data, "<f4").tobytes() == expected
+        assert data.read(512) == b"\xab" * 512  # inputs are only read
+
+    on_plane(plane_config(repository), test)
+
+
+def _refusals(plane: DataPlane, a: Shm) -> list[tuple[InferRequest, type, str]]:
+    x = digits_batch(2)
+    n = x.nbytes
+    return [
+        (shm_infer(SharedMemoryRef("nope", n)), RegionNotFound, "Unable to find shared memory region: 'nope'"),
+        (shm_infer(SharedMemoryRef("in", n - 4)), InvalidInput,
+         f"input 'input': shared_memory_byte_size is {n - 4}, FP32 [2, 1, 28, 28] needs {n}"),
+        (shm_infer(SharedMemoryRef("in", n, 8)), InvalidInput,
+         f"Invalid offset + byte size for shared memory region: 'in': offset 8 + byte size {n} is beyond the "
+         f"region's {n} bytes"),
+        (shm_infer(SharedMemoryRef("in", n, -8)), InvalidInput,
+         f"Invalid offset + byte size for shared memory region: 'in': offset -8 + byte size {n} is beyond the "
+         f"region's {n} bytes"),
+        (shm_infer(SharedMemoryRef("in", 2**62), shape=[2**60, 1, 1, 1]), InvalidInput,
+         f"{2**60} images in one request, more than the limit of 256 (--max-images-per-request); split the "
+         "request"),
+        (shm_infer(SharedMemoryRef("in", 2**40), shape=[2], datatype="BYTES"), TooLarge,
+         "input 'input': 1099511627776 bytes in shared memory, more than the 64 MiB limit (--max-message-mb)"),
+        (shm_infer(SharedMemoryRef("in", n), SharedMemoryRef("out", 79)), InvalidInput,
+         "output 'logits': the shared memory size specified with the request (79 bytes) should be at least 80 bytes "
+         "to hold the results"),
+        (shm_infer(SharedMemoryRef("in", n), SharedMemoryRef("out", 80, 1)), InvalidInput,
+         "Invalid offset + byte size for shared memory region: 'out': offset 1 + byte size 80 is beyond the "
+         "region's 80 bytes"),
+        (shm_infer(SharedMemoryRef("in", n), SharedMemoryRef("elsewhere", 80)), RegionNotFound,
+         "Unable to find shared memory region: 'elsewhere'"),
+        (InferRequest("digits", inputs=[InputTensor("input", "FP32", [2, 1, 28, 28], raw=x.tobytes(),
+                                                    shm=SharedMemoryRef("in", n))]), InvalidInput,
+         "input 'input': an input in shared memory carries no data of its own; send one of the two"),
+    ]
+
+
+def test_hostile_references_are_clean_errors_and_the_server_goes_on(repository: Repo,
+                                                                     shm: Callable[..., Shm]) -> None:
+    """Wrong offsets and sizes, regions that do not exist (or are another client's), truncated and unlinked
+    objects, during inference: each refused with its reason, nothing written, and the next request answered."""
+    x = digits_batch(2)
+    a, out, theirs = shm(x.nbytes), shm(80), shm(80)
+    a.write(x)
+    out.write(b"\xcd" * 80)
+
+    async def test(plane: DataPlane) -> None:
+        plane.shm_register("in", a.key, 0, x.nbytes)
+        plane.shm_register("out", out.key, 0, 80)
+        token = client_var.set("bob")
+        plane.shm_register("elsewhere", theirs.key, 0, 80)  # bob's: alice cannot name it
+        client_var.reset(token)
+        for request, error, message in _refusals(plane, a):
+            with pytest.raises(error) as refused:
+                await plane.infer(request)
+            assert str(refused.value) == message
+        assert out.read(80) == b"\xcd" * 80
+        a.truncate(100)
+        with pytest.raises(InvalidInput) as refused:
+            await plane.infer(shm_infer(SharedMemoryRef("in", x.nbytes)))
+        assert str(refused.value) == (f"shared memory region 'in': its object '{a.key}' holds 100 bytes, fewer than "
+                                      f"the {x.nbytes} this request needs (truncated after it was registered)")
+        a.truncate(x.nbytes)
+        a.write(x)
+        out.truncate(40)
+        with pytest.raises(InvalidInput) as refused:  # checked before the model runs
+            await plane.infer(shm_infer(SharedMemoryRef("in", x.nbytes), SharedMemoryRef("out", 80)))
+        assert "holds 40 bytes, fewer than the 80 this request needs" in str(refused.value)
+        out.truncate(80)
+        out.unlink()
+        with pytest.raises(RegionNotFound) as refused:
+            await plane.infer(shm_infer(SharedMemoryRef("in", x.nbytes), SharedMemoryRef("out", 80)))
+        assert str(refused.value) == (f"shared memory region 'out': its object '{out.key}' was unlinked; the region "
+                                      "is unregistered")
+        assert [r.name for r in plane.shm_status()] == ["in"]
+        answer = await plane.infer(shm_infer(SharedMemoryRef("in", x.nbytes)))  # unharmed
+        assert answer.outputs[0].shape == [2, 10]
+
+    on_plane(plane_config(repository), test, client="alice")
+
+
+def test_a_region_unregistered_during_inference_is_written_then_closed(repository: Repo,
+                                                                        shm: Callable[..., Shm]) -> None:
+    x = digits_batch(1)
+    a, out = shm(x.nbytes), shm(40)
+    a.write(x)
+
+    async def test(plane: DataPlane) -> None:
+        expected = (await plane.infer(InferRequest("digits", inputs=[InputTensor(
+            "input", "FP32", [1, 1, 28, 28], raw=x.tobytes())]))).outputs[0].data
+        before = open_fds()
+        plane.shm_register("in", a.key, 0, x.nbytes)
+        plane.shm_register("out", out.key, 0, 40)
+        batcher = plane.registry.models["digits"].batcher
+        assert batcher is not None
+        gate = threading.Event()
+        for instance in batcher.instances:
+            instance.executor.submit(gate.wait, 30)  # the model's compute threads wait: the request stays in flight
+        task = asyncio.ensure_future(plane.infer(shm_infer(SharedMemoryRef("in", x.nbytes), SharedMemoryRef("out", 40),
+                                                           shape=x.shape)))
+        for _ in range(30_000):  # the event loop's turns (no event marks a batch taken), 30 s at most
+            if any(instance.running for instance in batcher.instances):
+                break
+            await asyncio.sleep(0.001)
+        assert any(instance.running for instance in batcher.instances), "the request never reached the model"
+        plane.shm_unregister()
+        assert plane.shm_status() == []
+        assert open_fds() == before + 1  # the output's region stays open for the request that holds it
+        gate.set()
+        result = await task
+        assert result.outputs[0].shm == SharedMemoryRef("out", 40, 0)
+        assert out.read(40) == np.ascontiguousarray(expected, "<f4").tobytes()
+        assert open_fds() == before
+
+    on_plane(plane_config(repository), test)
+
+
 # ---- both transports, through tritonclient -------------------------------------------------------------------------
 
 TOKENS = "tok-alice alice\ntok-bob bob\ntok-bare\n"
@@ -297,14 +492,18 @@ class Triton:
         self.client, self.headers, self.http = client, headers, isinstance(client, thttp.InferenceServerClient)
 
     def __getattr__(self, method: str) -> Callable[..., object]:
-        return lambda *args, **kwargs: getattr(self.client, method)(*args, headers=self.headers, **kwargs)
+        # A copy each call: tritonclient.http adds its own headers (Inference-Header-Content-Length) to the dict.
+        return lambda *args, **kwargs: getattr(self.client, method)(*args, headers=self._headers(), **kwargs)
+
+    def _headers(self) -> dict[str, str] | None:
+        return dict(self.headers) if self.headers else None
 
     def regions(self, name: str = "") -> dict[str, dict[str, int | str]]:
         """The status answer as {name: {key, offset, byte_size}}, whichever transport carried it."""
         if self.http:
             return {r["name"]: {k: r[k] for k in ("key", "offset", "byte_size")}
-                    for r in self.client.get_system_shared_memory_status(name, headers=self.headers)}
-        answer = self.client.get_system_shared_memory_status(name, headers=self.headers)
+                    for r in self.client.get_system_shared_memory_status(name, headers=self._headers())}
+        answer = self.client.get_system_shared_memory_status(name, headers=self._headers())
         return {n: {"key": r.key, "offset": r.offset, "byte_size": r.byte_size} for n, r in answer.regions.items()}
 
     def refusal(self, method: str, *args: object) -> tuple[str, str]:
@@ -422,3 +621,150 @@ def test_malformed_register_bodies_over_http(server: ServerThread, body: bytes, 
     answer = httpx.post(f"{server.http_url}/v2/systemsharedmemory/region/r/register", content=body)
     assert answer.status_code == 400
     assert message in answer.json()["error"]
+
+
+# ---- inference through regions over both transports ----------------------------------------------------------------
+
+@pytest.fixture
+def triton_regions() -> Iterator[Callable[[int], tuple[str, object]]]:
+    """``region(size)``: (key, handle) of a region made with tritonclient's own shared-memory utilities."""
+    import tritonclient.utils.shared_memory as tshm
+
+    made = []
+
+    def make(size: int) -> tuple[str, object]:
+        key = f"/serving-test-triton-{os.getpid()}-{secrets.token_hex(4)}"
+        made.append(tshm.create_shared_memory_region(key[1:], key, size))
+        return key, made[-1]
+
+    yield make
+    for handle in made:
+        tshm.destroy_shared_memory_region(handle)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_tritonclient_inference_through_regions_is_bit_equal_to_inline(  # type: ignore[no-untyped-def]
+        make_server, repository, tmp_path: Path, triton_regions, transport: str) -> None:
+    """Triton's own client utilities, as its shared-memory examples use them, with a token: the output read from
+    the region is the inline answer, bit for bit."""
+    import tritonclient.utils.shared_memory as tshm
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKENS)
+    server = make_server(base_config(repository.path, models=("digits",), auth_token_file=tokens))
+    client = _clients(server, "tok-alice")[transport == "http"]
+    module = thttp if client.http else tgrpc
+    x = digits_batch(3, seed=5)
+    in_key, in_handle = triton_regions(x.nbytes + 64)
+    out_key, out_handle = triton_regions(3 * 10 * 4)
+    tshm.set_shared_memory_region(in_handle, [x], offset=64)
+    client.register_system_shared_memory("input_data", in_key, x.nbytes + 64)
+    client.register_system_shared_memory("output_data", out_key, 3 * 10 * 4)
+
+    inline = module.InferInput("input", list(x.shape), "FP32")
+    inline.set_data_from_numpy(x)
+    expected = client.infer("digits", [inline]).as_numpy("logits")
+    tensor = module.InferInput("input", list(x.shape), "FP32")
+    tensor.set_shared_memory("input_data", x.nbytes, offset=64)
+    output = module.InferRequestedOutput("logits")
+    output.set_shared_memory("output_data", 3 * 10 * 4)
+    answer = client.infer("digits", [tensor], outputs=[output]).get_output("logits")
+    if client.http:  # the answer says where the output went, and carries no data
+        assert answer == {"name": "logits", "datatype": "FP32", "shape": [3, 10], "parameters": {
+            "shared_memory_region": "output_data", "shared_memory_byte_size": 120}}
+    else:
+        assert (answer.name, answer.datatype, list(answer.shape)) == ("logits", "FP32", [3, 10])
+        assert answer.parameters["shared_memory_region"].string_param == "output_data"
+        assert answer.parameters["shared_memory_byte_size"].int64_param == 120
+    logits = tshm.get_contents_as_numpy(out_handle, np.float32, [3, 10])
+    assert logits.tobytes() == expected.astype("<f4").tobytes()
+    # Bob names alice's regions: they do not exist for him.
+    bob = _clients(server, "tok-bob")[transport == "http"]
+    status, message = bob.refusal("infer", "digits", [tensor])
+    assert (status, message) == ("404" if bob.http else "StatusCode.NOT_FOUND",
+                                 "Unable to find shared memory region: 'input_data'")
+    client.unregister_system_shared_memory()
+
+
+# The refusals a client that shrinks or unlinks its objects may get: nothing else.
+CLEAN_REFUSAL = re.compile(r"^shared memory region '(in|out)': its object '[^']+' (holds \d+ bytes, fewer than the "
+                           r"\d+ this request needs \(truncated after it was registered\)|was unlinked; the region is "
+                           r"unregistered|was truncated while it was read)$")
+
+
+def test_a_hostile_client_truncating_and_unlinking_its_regions_never_harms_the_server(
+        repository: Repo, shm: Callable[..., Shm]) -> None:
+    """A server process, and a client that shrinks and regrows its objects as fast as it can (and now and then
+    unlinks one) while it sends inferences that read from and write into them: through a mapping, a read or a write
+    beyond a truncated object would raise SIGBUS and kill the server. Every answer must be the logits or one of the
+    clean refusals, and the server must go on."""
+    server = ServerProcess(repository.path, "--models", "digits")
+    try:
+        triton = tgrpc.InferenceServerClient(server.address)
+        x = digits_batch(8, seed=9)
+        out = shm(320)
+        current = {"in": shm(x.nbytes)}
+        current["in"].write(x)
+        triton.register_system_shared_memory("in", current["in"].key, x.nbytes)
+        triton.register_system_shared_memory("out", out.key, 320)
+        tensor = tgrpc.InferInput("input", list(x.shape), "FP32")
+        tensor.set_shared_memory("in", x.nbytes)
+        output = tgrpc.InferRequestedOutput("logits")
+        output.set_shared_memory("out", 320)
+        lock, stop = threading.Lock(), threading.Event()
+
+        def vandal() -> None:
+            while not stop.is_set():
+                with lock:
+                    for obj, size in ((current["in"], x.nbytes), (out, 320)):
+                        obj.truncate(0)
+                        obj.truncate(size // 3)
+                        obj.truncate(size)
+                    current["in"].write(x)
+
+        answers: dict[str, int] = {}
+        thread = threading.Thread(target=vandal)
+        thread.start()
+        try:
+            for i in range(300):
+                if i % 100 == 50:
+                    with lock:
+                        current["in"].unlink()  # the object disappears: the next request finds out
+                try:
+                    triton.infer("digits", [tensor], outputs=[output])
+                    status, message = "OK", ""
+                except InferenceServerException as e:
+                    status, message = e.status(), e.message()
+                answers[status] = answers.get(status, 0) + 1
+                if status != "OK":
+                    assert CLEAN_REFUSAL.match(message), message
+                    if "was unlinked" in message:  # unregistered by the server: a new object, registered again
+                        with lock:  # whole while registered: the vandal waits
+                            current["in"] = shm(x.nbytes)
+                            current["in"].write(x)
+                            triton.register_system_shared_memory("in", current["in"].key, x.nbytes)
+        finally:
+            stop.set()
+            thread.join()
+        assert server.alive(), server.entries()[-5:]
+        assert answers.get("StatusCode.NOT_FOUND") == 3, answers  # each unlinked object found out once
+        inline = tgrpc.InferInput("input", list(x.shape), "FP32")
+        inline.set_data_from_numpy(x)
+        expected = triton.infer("digits", [inline]).as_numpy("logits")
+        triton.infer("digits", [tensor], outputs=[output])  # unharmed, and right
+        assert out.read(320) == expected.astype("<f4").tobytes()
+        assert not server.entries(lambda e: e.get("level") == "error")
+        triton.close()
+    finally:
+        assert server.stop() == 0
+
+
+def test_an_http_input_in_shared_memory_carries_no_data(server: ServerThread) -> None:
+    parameters = {"shared_memory_region": "in", "shared_memory_byte_size": 3136}
+    for extra in ({"data": [0.0] * 784}, {"parameters": {**parameters, "binary_data_size": 3136}}):
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28], "parameters": parameters,
+                            **extra}]}
+        answer = httpx.post(f"{server.http_url}/v2/models/digits/infer", json=body)
+        assert answer.status_code == 400
+        assert answer.json()["error"] == ("input 'input': an input in shared memory carries no data of its own "
+                                          "('data' or binary_data_size); send one of the two")
