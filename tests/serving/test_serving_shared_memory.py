@@ -768,3 +768,15 @@ def test_an_http_input_in_shared_memory_carries_no_data(server: ServerThread) ->
         assert answer.status_code == 400
         assert answer.json()["error"] == ("input 'input': an input in shared memory carries no data of its own "
                                           "('data' or binary_data_size); send one of the two")
+
+
+def test_the_limit_is_a_flag_and_a_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from serving.cli import build_parser
+
+    serve = ["serve", "--repository", str(tmp_path)]
+    assert build_parser().parse_args(serve).max_shm_regions == 64
+    monkeypatch.setenv("SERVING_MAX_SHM_REGIONS", "0")
+    assert build_parser().parse_args(serve).max_shm_regions == 0
+    assert build_parser().parse_args([*serve, "--max-shm-regions", "5"]).max_shm_regions == 5  # the flag wins
+    with pytest.raises(ValueError, match=r"^--max-shm-regions must be >= 0$"):
+        ServerConfig(repository=tmp_path, max_shm_regions=-1)
