@@ -686,6 +686,46 @@ def test_tritonclient_inference_through_regions_is_bit_equal_to_inline(  # type:
     client.unregister_system_shared_memory()
 
 
+def test_a_stream_carries_its_tokens_identity_to_every_message(make_server, repository,  # type: ignore[no-untyped-def]
+                                                                 tmp_path: Path, shm: Callable[..., Shm]) -> None:
+    """ModelStreamInfer: each message is answered in a task of its own, and still as the stream's client."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKENS)
+    server = make_server(base_config(repository.path, models=("digits",), auth_token_file=tokens))
+    x = digits_batch(1, seed=2)
+    a = shm(x.nbytes)
+    a.write(x)
+    alice = _clients(server, "tok-alice")[0]
+    alice.register_system_shared_memory("in", a.key, x.nbytes)
+    inline = tgrpc.InferInput("input", list(x.shape), "FP32")
+    inline.set_data_from_numpy(x)
+    expected = alice.infer("digits", [inline]).as_numpy("logits")
+    tensor = tgrpc.InferInput("input", list(x.shape), "FP32")
+    tensor.set_shared_memory("in", x.nbytes)
+    for token, answer in (("tok-alice", expected.tobytes()), ("tok-bob", "Unable to find shared memory region: 'in'")):
+        assert _streamed(server, token, tensor, 3) == [answer] * 3
+
+
+def _streamed(server: ServerThread, token: str, tensor: object, count: int) -> list[bytes | str]:
+    """``count`` messages of one ModelStreamInfer stream: each answer's logits bytes, or its error's message."""
+    answers: list[bytes | str] = []
+    done = threading.Event()
+    client = tgrpc.InferenceServerClient(server.address)
+
+    def collect(result, error) -> None:  # type: ignore[no-untyped-def]
+        answers.append(result.as_numpy("logits").tobytes() if error is None else error.message().split(": ", 1)[-1])
+        if len(answers) == count:
+            done.set()
+
+    client.start_stream(collect, headers={"authorization": f"Bearer {token}"})
+    for i in range(count):
+        client.async_stream_infer("digits", [tensor], request_id=str(i))
+    assert done.wait(30), answers
+    client.stop_stream()
+    client.close()
+    return answers
+
+
 # The refusals a client that shrinks or unlinks its objects may get: nothing else.
 CLEAN_REFUSAL = re.compile(r"^shared memory region '(in|out)': its object '[^']+' (holds \d+ bytes, fewer than the "
                            r"\d+ this request needs \(truncated after it was registered\)|was unlinked; the region is "
