@@ -732,6 +732,7 @@ CLEAN_REFUSAL = re.compile(r"^shared memory region '(in|out)': its object '[^']+
                            r"unregistered|was truncated while it was read)$")
 
 
+@pytest.mark.not_quick  # a server process
 def test_a_hostile_client_truncating_and_unlinking_its_regions_never_harms_the_server(
         repository: Repo, shm: Callable[..., Shm]) -> None:
     """A server process, and a client that shrinks and regrows its objects as fast as it can (and now and then
