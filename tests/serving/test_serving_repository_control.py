@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
 from serving.config import ServerConfig
 from serving.runtime.predictor import Predictor
 from tests.support.repositories import Repo, add_version, tamper_golden
-from tests.support.servers import ServerThread, base_config, call, classify_request, wait_until
+from tests.support.servers import NOT_SERVING, SERVING, ServerThread, base_config, call, classify_request, wait_until
 
 NOT_ALLOWED = "explicit model load / unload is not allowed with --model-control"
 
@@ -105,6 +106,8 @@ def test_explicit_starts_with_nothing_loaded_then_loads_and_unloads_on_request(
     np.testing.assert_allclose(result.as_numpy("logits"), digits.run(digits.preprocess(image_files["img0.png"])[None]),
                                atol=1e-5)
     assert triton.is_model_ready("digits")
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(explicit.address))
+    assert health.Check(health_pb2.HealthCheckRequest(service="digits"), timeout=10).status == SERVING
 
     # A model that fails its checks: refused with the reason, listed UNAVAILABLE with it; the server stays ready.
     status, message = outcome(lambda: triton.load_model("tampered"))
@@ -118,6 +121,13 @@ def test_explicit_starts_with_nothing_loaded_then_loads_and_unloads_on_request(
     triton.unload_model("digits")
     assert index(triton)["digits"] == ("2", "UNAVAILABLE", "unloaded")  # Triton's reason
     assert not triton.is_model_ready("digits")  # false, not an error: the model is known
+    assert health.Check(health_pb2.HealthCheckRequest(service="digits"), timeout=10).status == NOT_SERVING
+    # Nothing serves and 'tampered' failed: not ready (as Triton's strict readiness). Unloading it clears that.
+    assert not triton.is_server_ready()
+    assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == NOT_SERVING
+    triton.unload_model("tampered")
+    assert triton.is_server_ready()
+    assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == SERVING
     assert outcome(lambda: triton.infer("digits", [tensor])) == (
         "UNAVAILABLE", "model 'digits' is unloaded (load it again: RepositoryModelLoad, python -m serving models "
                        "load digits)")
