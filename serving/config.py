@@ -7,6 +7,10 @@ from pathlib import Path
 
 from serving.contract.preprocess import DEFAULT_MAX_PIXELS
 
+# Triton's --model-control-mode names: poll (load everything, rescan on SIGHUP and every --poll-s), explicit (load
+# --models at start, then load and unload on request), none (load everything at start, never change).
+MODEL_CONTROL_MODES = ("poll", "explicit", "none")
+
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
@@ -46,6 +50,7 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None        # set: clients must present a certificate signed by it (mTLS)
     poll_s: float = 0.0                      # look for new models/versions every poll_s seconds; 0: only on SIGHUP
+    model_control: str = "poll"              # one of MODEL_CONTROL_MODES
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 1:
@@ -66,6 +71,12 @@ class ServerConfig:
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if self.model_control not in MODEL_CONTROL_MODES:
+            raise ValueError(f"--model-control must be one of {', '.join(MODEL_CONTROL_MODES)}, got "
+                             f"{self.model_control!r}")
+        if self.poll_s and self.model_control != "poll":
+            raise ValueError(f"--poll-s rescans the repository, which --model-control {self.model_control} never "
+                             "does: use --model-control poll, or leave --poll-s at 0")
 
     @property
     def max_message_bytes(self) -> int:

@@ -5,7 +5,9 @@ front ends over that one data plane — gRPC (``serving.grpc``) and HTTP (``serv
 each other — and binds the gRPC port (0: any free one) without starting. ``start()`` opens the ports with every
 model NOT_SERVING, then loads the models in the background: each turns SERVING (health, ready) only after its golden
 self-check. After loading, the repository is looked at again every ``poll_s`` seconds (``--poll-s``; 0: never) and
-whenever ``reload()`` is called (SIGHUP in ``serve``): new models and newer versions load without a restart.
+whenever ``reload()`` is called (SIGHUP in ``serve``): new models and newer versions load without a restart. That is
+``--model-control poll``; under ``explicit`` models load and unload only on request (the repository extension,
+``python -m serving models``), under ``none`` never after start; SIGHUP still rereads the token file.
 ``stop(grace)`` turns health NOT_SERVING, refuses new requests on both ports, lets those in flight finish for up to
 ``grace`` seconds, then stops the batchers. ``serve(config)`` runs until SIGTERM/SIGINT; it is what
 ``python -m serving serve`` calls.
@@ -83,12 +85,12 @@ class InferenceServer:
         states = {m.name: m.state.value for m in self.registry.models.values()}
         log.info("models loaded: %s; server %s", states, "SERVING" if self.registry.ready else "NOT_SERVING",
                  extra={"models": states})
-        if not self.registry.shutting_down:
+        if not self.registry.shutting_down and self.config.model_control == "poll":
             self._poll_task = asyncio.get_running_loop().create_task(self._poll(), name="repository-poll")
 
     def reload(self) -> None:
-        """Look at the repository again now (new models, newer versions) and reread the token file; safe to call
-        from a signal handler."""
+        """Look at the repository again now (new models, newer versions; ``--model-control poll`` only) and reread
+        the token file; safe to call from a signal handler."""
         self._rescan.set()
         if self.tokens is not None:
             self.tokens.reload()

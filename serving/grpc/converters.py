@@ -9,6 +9,7 @@ built by ``serving.contract.classifier``, which the HTTP front end shares.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -153,3 +154,27 @@ def model_metadata(m: api.ModelMetadata) -> kserve_pb2.ModelMetadataResponse:
 
 def server_metadata(m: api.ServerMetadata) -> kserve_pb2.ServerMetadataResponse:
     return kserve_pb2.ServerMetadataResponse(name=m.name, version=m.version, extensions=m.extensions)
+
+
+# ---- the repository extension -----------------------------------------------------------------------------------
+
+
+def repository_parameters(parameters: Mapping[str, kserve_pb2.ModelRepositoryParameter]) -> dict[str, Any]:
+    """Each ``ModelRepositoryParameter`` → its value (bool, int, str or bytes; None when none is set)."""
+    values: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        kind = parameter.WhichOneof("parameter_choice")
+        values[key] = getattr(parameter, kind) if kind else None
+    return values
+
+
+def repository_request(request: kserve_pb2.RepositoryModelLoadRequest
+                       | kserve_pb2.RepositoryModelUnloadRequest) -> api.RepositoryRequest:
+    return api.RepositoryRequest(model=request.model_name, parameters=repository_parameters(request.parameters),
+                                 repository=request.repository_name)
+
+
+def repository_index(models: list[api.RepositoryModel]) -> kserve_pb2.RepositoryIndexResponse:
+    entry = kserve_pb2.RepositoryIndexResponse.ModelIndex
+    return kserve_pb2.RepositoryIndexResponse(
+        models=[entry(name=m.name, version=m.version, state=m.state, reason=m.reason) for m in models])

@@ -189,6 +189,26 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
     ) -> kserve_pb2.ModelConfigResponse:
         return kserve_pb2.ModelConfigResponse(config=self.plane.model_config(request.name, request.version))
 
+    @rpc("RepositoryIndex")
+    async def RepositoryIndex(  # noqa: N802
+        self, request: kserve_pb2.RepositoryIndexRequest, context: Context, rid: str,
+    ) -> kserve_pb2.RepositoryIndexResponse:
+        return converters.repository_index(await self.plane.repository_index(request.ready, request.repository_name))
+
+    @rpc("RepositoryModelLoad", lambda r: r.model_name)
+    async def RepositoryModelLoad(  # noqa: N802
+        self, request: kserve_pb2.RepositoryModelLoadRequest, context: Context, rid: str,
+    ) -> kserve_pb2.RepositoryModelLoadResponse:
+        await self.plane.load_model(converters.repository_request(request))
+        return kserve_pb2.RepositoryModelLoadResponse()
+
+    @rpc("RepositoryModelUnload", lambda r: r.model_name)
+    async def RepositoryModelUnload(  # noqa: N802
+        self, request: kserve_pb2.RepositoryModelUnloadRequest, context: Context, rid: str,
+    ) -> kserve_pb2.RepositoryModelUnloadResponse:
+        await self.plane.unload_model(converters.repository_request(request))
+        return kserve_pb2.RepositoryModelUnloadResponse()
+
     async def _infer(self, request: kserve_pb2.ModelInferRequest, deadline: float | None,
                      rid: str) -> kserve_pb2.ModelInferResponse:
         message_id = sane_request_id(request.id) or rid

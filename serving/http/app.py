@@ -5,6 +5,7 @@ the two transports share admission, batching, limits and errors; this module onl
 
 - ``/v2``, ``/v2/health/live|ready``, ``/v2/models/{name}[/versions/{v}]``, ``…/ready``, ``…/config``,
   ``…/infer`` — KServe v2 with Triton's binary-tensor extension (``tritonclient.http`` works unchanged);
+- ``POST /v2/repository/index``, ``/v2/repository/models/{name}/load|unload`` — Triton's repository extension;
 - ``GET /v1/models``, ``GET /v1/models/{name}``, ``POST /v1/models/{name}/classify`` (the image as the body, or
   one or many multipart files: ``curl -F image=@cat.jpg …``) — the JSON is the proto3 JSON mapping of the
   ``imageclassifier.v1`` messages (``serving.contract.classifier``: field names as in the .proto, int64 values as
@@ -17,6 +18,7 @@ Health answers 200 for true and 503 for false. Errors are ``{"error": "<message>
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 import time
@@ -50,6 +52,7 @@ OPEN_OPERATIONS = frozenset({"ServerLive", "ServerReady", "ModelReady", "Page"})
 STATIC = Path(__file__).with_name("static")
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 CHUNK = 1 << 16
+CONTROL_BODY_LIMIT = 1 << 16  # a repository request is a few parameters: no model files, no configuration
 RID = web.RequestKey("rid", str)
 # aiohttp warns (on stderr, outside the log) about a malformed Content-Disposition in a client's form: client data,
 # answered like any other bad input, not something for whoever runs the server to act on.
@@ -103,6 +106,9 @@ class HttpFrontEnd:
                        ("GET", base + "/ready", self.model_ready, "ModelReady"),
                        ("GET", base + "/config", self.model_config, "ModelConfig"),
                        ("POST", base + "/infer", self.infer, "ModelInfer")]
+        routes += [("POST", "/v2/repository/index", self.repository_index, "RepositoryIndex"),
+                   ("POST", "/v2/repository/models/{name}/load", self.load_model, "RepositoryModelLoad"),
+                   ("POST", "/v2/repository/models/{name}/unload", self.unload_model, "RepositoryModelUnload")]
         return [*routes,
                 ("GET", "/v1/models", self.list_models, "ListModels"),
                 ("GET", "/v1/models/{name}", self.get_model, "GetModel"),
@@ -225,6 +231,48 @@ class HttpFrontEnd:
     async def model_config(self, request: web.Request) -> web.Response:
         config = self.plane.model_config(request.match_info["name"], request.match_info.get("version", ""))
         return web.json_response(to_json(config, every_field=False))
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        ready = (await self._control_body(request)).get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidInput(f"'ready' must be true or false, got {str(ready)[:40]!r}")
+        models = await self.plane.repository_index(ready)
+        return web.json_response([{"name": m.name, **({"version": m.version} if m.version else {}), "state": m.state,
+                                   "reason": m.reason} for m in models])
+
+    async def load_model(self, request: web.Request) -> web.Response:
+        await self.plane.load_model(await self._repository_request(request))
+        return web.json_response({})
+
+    async def unload_model(self, request: web.Request) -> web.Response:
+        await self.plane.unload_model(await self._repository_request(request))
+        return web.json_response({})
+
+    async def _repository_request(self, request: web.Request) -> api.RepositoryRequest:
+        parameters = (await self._control_body(request)).get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise InvalidInput("'parameters' must be a JSON object")
+        return api.RepositoryRequest(model=request.match_info["name"], parameters=parameters)
+
+    async def _control_body(self, request: web.Request) -> dict[str, Any]:
+        """A repository request's JSON object (an empty body: {}). Small by nature (model files are never
+        uploaded), so a large one is refused before it is parsed on the event loop."""
+        if (request.content_length or 0) > CONTROL_BODY_LIMIT:
+            raise TooLarge(f"a repository request body is at most {CONTROL_BODY_LIMIT >> 10} KiB (models load only "
+                           "from the server's repository)")
+        body = await self._within_timeout(request.read())
+        if len(body) > CONTROL_BODY_LIMIT:
+            raise TooLarge(f"a repository request body is at most {CONTROL_BODY_LIMIT >> 10} KiB (models load only "
+                           "from the server's repository)")
+        if not body.strip():
+            return {}
+        try:
+            parsed = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidInput(f"the body is not valid JSON: {str(e)[:100]}") from None
+        if not isinstance(parsed, dict):
+            raise InvalidInput("the body must be a JSON object")
+        return parsed
 
     async def infer(self, request: web.Request) -> web.Response:
         body = await self._within_timeout(request.read())

@@ -9,7 +9,9 @@ thread pool, and tensors go through the model's :class:`~serving.runtime.batcher
   :meth:`~DataPlane.model_ready`, :meth:`~DataPlane.model_metadata`, :meth:`~DataPlane.model_config`,
   :meth:`~DataPlane.infer`;
 - the classifier API: :meth:`~DataPlane.models`, :meth:`~DataPlane.model_status`, :meth:`~DataPlane.classify`,
-  :meth:`~DataPlane.explain`.
+  :meth:`~DataPlane.explain`;
+- Triton's repository extension: :meth:`~DataPlane.repository_index`, :meth:`~DataPlane.load_model`,
+  :meth:`~DataPlane.unload_model` (the registry does the work; ``--model-control`` decides what is allowed).
 
 Admission is counted in images: a model holds at most ``config.max_admitted`` images at once (decoding, queued,
 computing), and a request holds at most ``max_images_per_request``; anything more is refused before any decoding, so
@@ -41,6 +43,8 @@ from serving.contract.api import (
     ModelMetadata,
     ModelStatus,
     OutputTensor,
+    RepositoryModel,
+    RepositoryRequest,
     RequestedOutput,
     ServerMetadata,
     TensorSpec,
@@ -50,10 +54,13 @@ from serving.contract.prediction import classification, softmax, top_predictions
 from serving.errors import DeadlineExceeded, InvalidInput, NotReady, Overloaded, TooLarge, Unsupported
 from serving.runtime import explain
 from serving.runtime.predictor import Predictor, available_cores
-from serving.runtime.registry import ModelRegistry, ModelState, ServedModel
+from serving.runtime.registry import ModelRegistry, ModelState, ServedModel, shown
 from serving.runtime.requests import SERVER_NAME, SERVER_VERSION
 
-EXTENSIONS = ["classification", "model_configuration"]  # the Open Inference extensions every front end carries
+# The Open Inference extensions every front end carries. "model_repository(unload_dependents)" is Triton's name for
+# accepting that unload parameter: no model here has dependents, so it is always met.
+EXTENSIONS = ["classification", "model_configuration", "model_repository",
+              "model_repository(unload_dependents)"]
 
 
 class DataPlane:
@@ -78,7 +85,10 @@ class DataPlane:
 
     def model_ready(self, name: str, version: str | int = "") -> bool:
         """The model (version) serves and the server is not shutting down; ``ModelNotFound`` when unknown."""
-        model = self.registry.find(name, version)
+        try:
+            model = self.registry.find(name, version)
+        except NotReady:  # unloaded on request: known and not ready, as Triton answers
+            return False
         return model.state is ModelState.SERVING and not self.registry.shutting_down
 
     def model_metadata(self, name: str, version: str | int = "") -> ModelMetadata:
@@ -107,6 +117,53 @@ class DataPlane:
 
     def models(self) -> list[ModelStatus]:
         return [_status(m) for m in self.registry.models.values()]
+
+    # ---- repository control (Triton's model_repository extension) ------------------------------------------------
+    async def repository_index(self, ready: bool = False, repository: str = "") -> list[RepositoryModel]:
+        """Every model of the repository on disk and every model the server holds (one row each, by name);
+        ``ready``: only those READY."""
+        _one_repository(repository)
+        registry = self.registry
+        names = sorted({*await registry.on_disk(), *registry.models, *registry.unloaded})
+        rows = [self._index_row(name) for name in names]
+        return [r for r in rows if r.state == "READY"] if ready else rows
+
+    def _index_row(self, name: str) -> RepositoryModel:
+        model = self.registry.models.get(name)
+        if model is None:
+            unloaded = self.registry.unloaded.get(name)
+            if unloaded is not None:
+                return RepositoryModel(name, str(unloaded), "UNAVAILABLE", "unloaded")  # Triton's reason
+            return RepositoryModel(name, "", "UNAVAILABLE", "not loaded")
+        if self.registry.shutting_down:
+            return RepositoryModel(name, str(model.version), "UNAVAILABLE", "shutting down")
+        state = "UNLOADING" if model.unloading else _TRITON_STATES[model.state]
+        return RepositoryModel(name, str(model.version), state, model.reason)
+
+    async def load_model(self, request: RepositoryRequest) -> ModelStatus:
+        """Load or reload a model from the repository on disk, never from the request: model files in it
+        (``file:…`` parameters) and configuration overrides (``config``) are refused."""
+        _one_repository(request.repository)
+        files = sorted(key for key in request.parameters if key.startswith("file:"))
+        if files:
+            raise InvalidInput(f"model files in a load request are refused ({shown(files[0])}…): models load only "
+                               "from the server's repository on disk; publish a version folder there instead")
+        if "config" in request.parameters:
+            raise InvalidInput("a 'config' override is refused: a model's configuration is its version folder's "
+                               "model.json, checked with the model (sha256, golden outputs), plus the server's "
+                               "flags; publish a new version to change it")
+        _no_other_parameters(request, ())
+        model = await self.registry.load(request.model)
+        self._explainers.pop(model.name, None)  # a reload may serve other files: rebuilt on the next use
+        return _status(model)
+
+    async def unload_model(self, request: RepositoryRequest) -> None:
+        """Unload a model once the requests holding it finished; ``unload_dependents`` is accepted (no model here
+        has dependents)."""
+        _one_repository(request.repository)
+        _no_other_parameters(request, ("unload_dependents",))
+        await self.registry.unload(request.model)
+        self._explainers.pop(request.model, None)
 
     # ---- admission -------------------------------------------------------------------------------------------
     @contextmanager
@@ -278,6 +335,22 @@ def _output(requested: RequestedOutput, logits: np.ndarray, labels: Sequence[str
 def _check_deadline(loop: asyncio.AbstractEventLoop, deadline: float | None, where: str) -> None:
     if deadline is not None and loop.time() >= deadline:
         raise DeadlineExceeded(f"deadline passed {where}")
+
+
+# The registry's states as Triton's repository index names them (an unloading model is NOT_SERVING + unloading).
+_TRITON_STATES = {ModelState.SERVING: "READY", ModelState.LOADING: "LOADING", ModelState.NOT_SERVING: "UNAVAILABLE"}
+
+
+def _one_repository(name: str) -> None:
+    if name:  # as Triton answers a repository name when it has no such feature
+        raise Unsupported(f"repository_name {shown(name)}: this server has one repository; leave the name empty")
+
+
+def _no_other_parameters(request: RepositoryRequest, accepted: tuple[str, ...]) -> None:
+    unknown = sorted(set(request.parameters) - set(accepted))
+    if unknown:
+        raise InvalidInput(f"unknown parameter {shown(unknown[0])} for model {shown(request.model)}; this request "
+                           f"takes {', '.join(map(repr, accepted)) or 'none'}")
 
 
 def _predictor(model: ServedModel) -> Predictor:
