@@ -51,7 +51,7 @@ from serving.contract.api import (
 )
 from serving.contract.manifest import ModelManifest
 from serving.contract.prediction import classification, softmax, top_predictions
-from serving.errors import DeadlineExceeded, InvalidInput, NotReady, Overloaded, TooLarge, Unsupported
+from serving.errors import DeadlineExceeded, InvalidInput, ModelNotFound, NotReady, Overloaded, TooLarge, Unsupported
 from serving.runtime import explain
 from serving.runtime.predictor import Predictor, available_cores
 from serving.runtime.registry import ModelRegistry, ModelState, ServedModel, shown
@@ -84,10 +84,11 @@ class DataPlane:
         return self.registry.ready
 
     def model_ready(self, name: str, version: str | int = "") -> bool:
-        """The model (version) serves and the server is not shutting down; ``ModelNotFound`` when unknown."""
+        """The model (version) serves and the server is not shutting down. An unknown, unloaded or never loaded
+        model (or version) is not ready, not an error, as Triton answers: readiness probes ask before loading."""
         try:
             model = self.registry.find(name, version)
-        except NotReady:  # unloaded on request: known and not ready, as Triton answers
+        except (NotReady, ModelNotFound):
             return False
         return model.state is ModelState.SERVING and not self.registry.shutting_down
 
