@@ -212,3 +212,39 @@ class RepositoryRequest:
     model: str
     parameters: Mapping[str, Any] = field(default_factory=dict)
     repository: str = ""
+
+
+# ---- statistics (Triton's statistics extension) --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StatisticDuration:
+    count: int = 0
+    ns: int = 0                      # cumulative nanoseconds of what was counted
+
+
+@dataclass(frozen=True)
+class BatchStatistics:
+    """The model executions of one batch size: each phase's count (executions) and cumulative nanoseconds."""
+
+    batch_size: int
+    compute_input: StatisticDuration
+    compute_infer: StatisticDuration
+    compute_output: StatisticDuration
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    """One model version's statistics since the server started (``serving.runtime.statistics`` says what counts)."""
+
+    name: str
+    version: int
+    last_inference: int              # milliseconds since the epoch of the last execution; 0 before the first
+    inference_count: int             # images (batch rows) the model computed
+    execution_count: int             # model executions (batches)
+    success: StatisticDuration       # requests answered, and their time from admission to answer
+    fail: StatisticDuration          # requests that failed (or were cancelled) after admission
+    queue: StatisticDuration         # per successful request: its time in the batcher's queue
+    compute_input: StatisticDuration
+    compute_infer: StatisticDuration
+    compute_output: StatisticDuration
+    batch_stats: list[BatchStatistics]  # by batch size, ascending

@@ -12,6 +12,8 @@ thread pool, and tensors go through the model's :class:`~serving.runtime.batcher
   :meth:`~DataPlane.explain`;
 - Triton's repository extension: :meth:`~DataPlane.repository_index`, :meth:`~DataPlane.load_model`,
   :meth:`~DataPlane.unload_model` (the registry does the work; ``--model-control`` decides what is allowed).
+- Triton's statistics extension: :meth:`~DataPlane.statistics`, counted per model version by every inference
+  operation (``serving.runtime.statistics`` says what counts where).
 
 Admission is counted in images: a model holds at most ``config.max_admitted`` images at once (decoding, queued,
 computing), and a request holds at most ``max_images_per_request``; anything more is refused before any decoding, so
@@ -24,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TypeVar
 
 import numpy as np
 
@@ -41,6 +45,7 @@ from serving.contract.api import (
     InferRequest,
     InferResult,
     ModelMetadata,
+    ModelStatistics,
     ModelStatus,
     OutputTensor,
     RepositoryModel,
@@ -54,13 +59,14 @@ from serving.contract.prediction import classification, softmax, top_predictions
 from serving.errors import DeadlineExceeded, InvalidInput, ModelNotFound, NotReady, Overloaded, TooLarge, Unsupported
 from serving.runtime import explain
 from serving.runtime.predictor import Predictor, available_cores
-from serving.runtime.registry import ModelRegistry, ModelState, ServedModel, shown
+from serving.runtime.registry import ModelRegistry, ModelState, ServedModel, parse_version, shown
 from serving.runtime.requests import SERVER_NAME, SERVER_VERSION
+from serving.runtime.statistics import RequestTiming, Statistics, VersionStatistics
 
 # The Open Inference extensions every front end carries. "model_repository(unload_dependents)" is Triton's name for
 # accepting that unload parameter: no model here has dependents, so it is always met.
 EXTENSIONS = ["classification", "model_configuration", "model_repository",
-              "model_repository(unload_dependents)"]
+              "model_repository(unload_dependents)", "statistics"]
 
 
 class DataPlane:
@@ -71,6 +77,7 @@ class DataPlane:
         self._decoder = ThreadPoolExecutor(workers, thread_name_prefix="decode")
         self._decode_round = workers  # images of one request in the decode pool at once
         self._explainers: dict[str, explain.ExplainSession] = {}  # model name → its served version's graph
+        self._statistics = Statistics()
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False, cancel_futures=True)
@@ -180,6 +187,7 @@ class DataPlane:
                                f"({self.config.max_admitted}: --max-queue + --max-batch); split the request")
         model = self.registry.get(name, version)
         if model.active + images > self.config.max_admitted:
+            self._counters(model).failed(0)  # it reached the version: a failure in its statistics
             raise Overloaded(f"model {name!r}: queue full ({model.active} images in progress); retry later")
         model.active += images
         try:
@@ -191,30 +199,33 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResult:
         """Open Inference: the request's one input (an FP32 tensor, or encoded images) → the model's outputs (its
         logits, or Triton's classification strings where a requested output has a ``class_count``)."""
-        with self.admit(request.model, request.version, request.batch_size) as model:
+        with self.admit(request.model, request.version, request.batch_size) as model, \
+                self._counters(model).request() as timing:
             manifest = _manifest(model)
             tensors.check_outputs(manifest, request.outputs)
             if any(t.shm for t in request.inputs) or any(o.shm for o in request.outputs):
                 raise Unsupported("system shared memory is not available on this server yet")
             data = tensors.request_input(manifest, request.inputs)
             x = data if isinstance(data, np.ndarray) else await self.preprocess(model, data, request.deadline)
-            logits = await self.run(model, x, request.deadline)
-        requested = request.outputs or [RequestedOutput(manifest.output_name)]
-        return InferResult(model.name, model.version, request.id,
-                           [_output(o, logits, _predictor(model).labels) for o in requested])
+            logits = await self.run(model, x, request.deadline, timing)
+            requested = request.outputs or [RequestedOutput(manifest.output_name)]
+            outputs = [_output(o, logits, _predictor(model).labels) for o in requested]
+        return InferResult(model.name, model.version, request.id, outputs)
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResult:
         """The top-k classes of each image."""
-        with self.admit(request.model, request.version, max(1, len(request.images))) as model:
+        with self.admit(request.model, request.version, max(1, len(request.images))) as model, \
+                self._counters(model).request() as timing:
             predictor = _predictor(model)
             k = predictor.resolve_top_k(request.top_k)
             logits = await self.run(model, await self.preprocess(model, request.images, request.deadline),
-                                    request.deadline)
-        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
-        if len(bad):  # finite but extreme tensor values can overflow inside the network
-            raise InvalidInput(f"image {', '.join(map(str, bad))}: the model's output is not finite (NaN or "
-                               "infinite logits); the input values are out of range")
-        return ClassifyResult(model.name, model.version, request.id, top_predictions(logits, k, predictor.labels))
+                                    request.deadline, timing)
+            bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+            if len(bad):  # finite but extreme tensor values can overflow inside the network
+                raise InvalidInput(f"image {', '.join(map(str, bad))}: the model's output is not finite (NaN or "
+                                   "infinite logits); the input values are out of range")
+            results = top_predictions(logits, k, predictor.labels)
+        return ClassifyResult(model.name, model.version, request.id, results)
 
     # ---- the steps ------------------------------------------------------------------------------------------
     def _check_size(self, model: ServedModel, count: int) -> None:
@@ -257,16 +268,25 @@ class DataPlane:
                                               for i in range(start, min(start + self._decode_round, len(images)))))
         return np.stack(decoded)
 
-    async def run(self, model: ServedModel, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
+    async def run(self, model: ServedModel, x: np.ndarray, deadline: float | None = None,
+                  timing: RequestTiming | None = None) -> np.ndarray:
         """A checked (N, C, H, W) batch through the model's batcher; (N, K) logits. More than ``max_batch`` images
-        go in ``max_batch`` chunks, one after the other, each queued behind the requests that came before it."""
+        go in ``max_batch`` chunks, one after the other, each queued behind the requests that came before it.
+        ``timing``: the request's statistics (the time until now was spent preparing its input)."""
         predictor = _predictor(model)
         predictor.check_finite(predictor.check_batch(x))
         assert model.batcher is not None  # set together with the predictor
+        if timing is not None:
+            timing.prepared()
         step = self.config.max_batch
         if len(x) <= step:
-            return await model.batcher.submit(x, deadline)
-        return np.concatenate([await model.batcher.submit(x[i:i + step], deadline) for i in range(0, len(x), step)])
+            logits = await model.batcher.submit(x, deadline, timing)
+        else:
+            logits = np.concatenate([await model.batcher.submit(x[i:i + step], deadline, timing)
+                                     for i in range(0, len(x), step)])
+        if timing is not None:
+            timing.resumed()
+        return logits
 
     # ---- explanations ----------------------------------------------------------------------------------------
     @staticmethod
@@ -288,10 +308,11 @@ class DataPlane:
 
     async def explain(self, request: ExplainRequest) -> ExplainResult:
         """The top-k of one image and a heatmap of the evidence for ``class_index`` (default: the top class)."""
-        with self.admit(request.model, request.version, self.explain_images(request.method)) as model:
-            return await self._explain(model, request)
+        with self.admit(request.model, request.version, self.explain_images(request.method)) as model, \
+                self._counters(model).request() as timing:
+            return await self._explain(model, request, timing)
 
-    async def _explain(self, model: ServedModel, request: ExplainRequest) -> ExplainResult:
+    async def _explain(self, model: ServedModel, request: ExplainRequest, timing: RequestTiming) -> ExplainResult:
         predictor = _predictor(model)
         graph = model.manifest.explain if model.manifest else None
         method = request.method or ("cam" if graph is not None and graph.cam else "occlusion")
@@ -308,20 +329,55 @@ class DataPlane:
         session = self._explainer(model, f"method {method!r}" if method == "cam" else "stages") \
             if method == "cam" or request.stages else None
         x = await self.preprocess(model, [request.image], deadline)
-        loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._decoder, session.run, x) if session is not None else {}
-        logits = outputs["logits"] if method == "cam" else await self.run(model, x, deadline)
+        outputs: dict[str, np.ndarray] = {}
+        if session is not None:  # the explain graph: the model with more outputs, one execution of its own
+            timing.prepared()
+            outputs, ns = await asyncio.get_running_loop().run_in_executor(self._decoder, _timed, session.run, x)
+            timing.computed(len(x), ns)
+            timing.resumed()
+        logits = outputs["logits"] if method == "cam" else await self.run(model, x, deadline, timing)
         predictions = top_predictions(logits, k_top, predictor.labels)[0]
         probabilities = softmax(logits)[0]
         k = int(np.argmax(probabilities)) if class_index is None else class_index
         if method == "cam":
             heatmap = explain.cam(outputs, k)
         else:
-            occluded = await self.run(model, explain.occlusion_batch(x[0]), deadline)
+            occluded = await self.run(model, explain.occlusion_batch(x[0]), deadline, timing)
             heatmap = explain.occlusion(float(probabilities[k]), softmax(occluded)[:, k])
         maps = explain.stage_maps(outputs, session.graph.stages) if request.stages and session is not None else []
         return ExplainResult(model.name, model.version, request.id, predictions, k, predictor.labels[k], method,
                              heatmap, maps)
+
+    # ---- statistics ------------------------------------------------------------------------------------------
+    def _counters(self, model: ServedModel) -> VersionStatistics:
+        """The statistics of the model's served version (its batcher's), listed for reading on first use."""
+        if model.batcher is None:
+            raise NotReady(f"model {model.name!r} is not serving")
+        counters = model.batcher.statistics
+        if not counters.tracked:
+            self._statistics.track(model.name, model.version, counters)
+        return counters
+
+    def statistics(self, name: str = "", version: str | int = "") -> list[ModelStatistics]:
+        """Triton's statistics: of every model version that served (``name`` ""; ``version`` is then ignored, as
+        Triton does), of every version of ``name`` (``version`` ""), or of that version, even after a newer one
+        replaced it. ``ModelNotFound`` for an unknown model or a version without statistics; ``NotReady`` for a
+        model none of whose versions served yet."""
+        for served in self.registry.models.values():  # a version nobody asked anything yet: zeros
+            if served.batcher is not None:
+                self._counters(served)
+        if not name:
+            return self._statistics.read()
+        versions = self._statistics.versions(name)
+        if not versions:
+            model = self.registry.find(name)  # ModelNotFound for a name the server never had
+            raise NotReady(f"model {name!r} has no statistics: none of its versions has served "
+                           f"({model.reason or 'still loading'})")
+        wanted = parse_version(version)
+        if wanted is not None and wanted not in versions:
+            raise ModelNotFound(f"Request for unknown model: {shown(name)} version {wanted} is not found "
+                                f"(versions with statistics: {', '.join(map(str, versions))})")
+        return self._statistics.read(name, wanted)
 
 
 def _output(requested: RequestedOutput, logits: np.ndarray, labels: Sequence[str]) -> OutputTensor:
@@ -331,6 +387,15 @@ def _output(requested: RequestedOutput, logits: np.ndarray, labels: Sequence[str
         return OutputTensor(requested.name, "FP32", list(logits.shape), logits)
     k = min(requested.class_count, logits.shape[1])
     return OutputTensor(requested.name, "BYTES", [len(logits), k], classification(logits, k, labels))
+
+
+T = TypeVar("T")
+
+
+def _timed(fn: Callable[[np.ndarray], T], x: np.ndarray) -> tuple[T, int]:
+    """``fn(x)`` and its nanoseconds, timed in the thread that runs it."""
+    started = time.perf_counter_ns()
+    return fn(x), time.perf_counter_ns() - started
 
 
 def _check_deadline(loop: asyncio.AbstractEventLoop, deadline: float | None, where: str) -> None:

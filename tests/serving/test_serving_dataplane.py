@@ -249,9 +249,9 @@ def test_more_images_than_max_batch_go_in_chunks(config: ServerConfig, digits: P
         batcher = plane.registry.models["digits"].batcher
         submit = batcher.submit
 
-        async def recording(chunk: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        async def recording(chunk: np.ndarray, *rest: Any) -> np.ndarray:
             sizes.append(len(chunk))
-            return await submit(chunk, deadline)
+            return await submit(chunk, *rest)
 
         batcher.submit = recording  # type: ignore[method-assign]
         return (await plane.infer(InferRequest("digits", inputs=[fp32(x)]))).outputs[0].data
