@@ -178,3 +178,27 @@ def repository_index(models: list[api.RepositoryModel]) -> kserve_pb2.Repository
     entry = kserve_pb2.RepositoryIndexResponse.ModelIndex
     return kserve_pb2.RepositoryIndexResponse(
         models=[entry(name=m.name, version=m.version, state=m.state, reason=m.reason) for m in models])
+
+
+# ---- statistics extension -------------------------------------------------------------------------------------
+
+
+def statistic_duration(d: api.StatisticDuration) -> kserve_pb2.StatisticDuration:
+    return kserve_pb2.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def model_statistics(stats: list[api.ModelStatistics]) -> kserve_pb2.ModelStatisticsResponse:
+    """Triton's answer, field for field; the response cache's durations are there and zero (no cache here)."""
+    d = statistic_duration
+    return kserve_pb2.ModelStatisticsResponse(model_stats=[kserve_pb2.ModelStatistics(
+        name=s.name, version=str(s.version), last_inference=s.last_inference, inference_count=s.inference_count,
+        execution_count=s.execution_count,
+        inference_stats=kserve_pb2.InferStatistics(
+            success=d(s.success), fail=d(s.fail), queue=d(s.queue), compute_input=d(s.compute_input),
+            compute_infer=d(s.compute_infer), compute_output=d(s.compute_output),
+            cache_hit=kserve_pb2.StatisticDuration(), cache_miss=kserve_pb2.StatisticDuration()),
+        batch_stats=[kserve_pb2.InferBatchStatistics(batch_size=b.batch_size, compute_input=d(b.compute_input),
+                                                     compute_infer=d(b.compute_infer),
+                                                     compute_output=d(b.compute_output))
+                     for b in s.batch_stats],
+    ) for s in stats])

@@ -189,6 +189,12 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
     ) -> kserve_pb2.ModelConfigResponse:
         return kserve_pb2.ModelConfigResponse(config=self.plane.model_config(request.name, request.version))
 
+    @rpc("ModelStatistics", lambda r: r.name)
+    async def ModelStatistics(  # noqa: N802
+        self, request: kserve_pb2.ModelStatisticsRequest, context: Context, rid: str,
+    ) -> kserve_pb2.ModelStatisticsResponse:
+        return converters.model_statistics(self.plane.statistics(request.name, request.version))
+
     @rpc("RepositoryIndex")
     async def RepositoryIndex(  # noqa: N802
         self, request: kserve_pb2.RepositoryIndexRequest, context: Context, rid: str,

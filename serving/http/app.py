@@ -5,6 +5,7 @@ the two transports share admission, batching, limits and errors; this module onl
 
 - ``/v2``, ``/v2/health/live|ready``, ``/v2/models/{name}[/versions/{v}]``, ``…/ready``, ``…/config``,
   ``…/infer`` — KServe v2 with Triton's binary-tensor extension (``tritonclient.http`` works unchanged);
+  ``/v2/models[/{name}[/versions/{v}]]/stats`` — Triton's statistics extension;
 - ``POST /v2/repository/index``, ``/v2/repository/models/{name}/load|unload`` — Triton's repository extension;
 - ``GET /v1/models``, ``GET /v1/models/{name}``, ``POST /v1/models/{name}/classify`` (the image as the body, or
   one or many multipart files: ``curl -F image=@cat.jpg …``) — the JSON is the proto3 JSON mapping of the
@@ -100,11 +101,13 @@ class HttpFrontEnd:
         model, version = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
         routes = [("GET", "/v2", self.server_metadata, "ServerMetadata"),
                   ("GET", "/v2/health/live", self.server_live, "ServerLive"),
-                  ("GET", "/v2/health/ready", self.server_ready, "ServerReady")]
+                  ("GET", "/v2/health/ready", self.server_ready, "ServerReady"),
+                  ("GET", "/v2/models/stats", self.model_statistics, "ModelStatistics")]
         for base in (model, version):
             routes += [("GET", base, self.model_metadata, "ModelMetadata"),
                        ("GET", base + "/ready", self.model_ready, "ModelReady"),
                        ("GET", base + "/config", self.model_config, "ModelConfig"),
+                       ("GET", base + "/stats", self.model_statistics, "ModelStatistics"),
                        ("POST", base + "/infer", self.infer, "ModelInfer")]
         routes += [("POST", "/v2/repository/index", self.repository_index, "RepositoryIndex"),
                    ("POST", "/v2/repository/models/{name}/load", self.load_model, "RepositoryModelLoad"),
@@ -231,6 +234,10 @@ class HttpFrontEnd:
     async def model_config(self, request: web.Request) -> web.Response:
         config = self.plane.model_config(request.match_info["name"], request.match_info.get("version", ""))
         return web.json_response(to_json(config, every_field=False))
+
+    async def model_statistics(self, request: web.Request) -> web.Response:
+        stats = self.plane.statistics(request.match_info.get("name", ""), request.match_info.get("version", ""))
+        return web.json_response({"model_stats": [_statistics_json(s) for s in stats]})
 
     async def repository_index(self, request: web.Request) -> web.Response:
         ready = (await self._control_body(request)).get("ready", False)
@@ -383,3 +390,25 @@ def _int_query(request: web.Request, key: str) -> int:
         return int(value)
     except ValueError:
         raise InvalidInput(f"query parameter {key} must be an integer, got {value[:40]!r}") from None
+
+
+def _duration(d: api.StatisticDuration) -> dict[str, int]:
+    return {"count": d.count, "ns": d.ns}
+
+
+def _statistics_json(s: api.ModelStatistics) -> dict[str, Any]:
+    """One model version's statistics as Triton's HTTP answer writes them: the gRPC message's field names, every
+    field present, uint64 values as JSON numbers (not the proto3 mapping's strings)."""
+    zero = _duration(api.StatisticDuration())
+    return {
+        "name": s.name, "version": str(s.version), "last_inference": s.last_inference,
+        "inference_count": s.inference_count, "execution_count": s.execution_count,
+        "inference_stats": {"success": _duration(s.success), "fail": _duration(s.fail), "queue": _duration(s.queue),
+                            "compute_input": _duration(s.compute_input), "compute_infer": _duration(s.compute_infer),
+                            "compute_output": _duration(s.compute_output), "cache_hit": zero, "cache_miss": zero},
+        "response_stats": {},
+        "batch_stats": [{"batch_size": b.batch_size, "compute_input": _duration(b.compute_input),
+                         "compute_infer": _duration(b.compute_infer), "compute_output": _duration(b.compute_output)}
+                        for b in s.batch_stats],
+        "memory_usage": [],
+    }
