@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 from serving.contract.api import BatchStatistics, ModelStatistics, StatisticDuration
@@ -65,9 +65,7 @@ class _Counts:
     batches: dict[int, list[int]] = field(default_factory=dict)  # size → [count, input ns, infer ns, output ns]
 
     def copy(self) -> _Counts:
-        return _Counts(self.success, self.success_ns, self.fail, self.fail_ns, self.queue_ns, self.input_ns,
-                       self.infer_ns, self.output_ns, self.inference_count, self.execution_count,
-                       self.last_inference_ms, {size: list(b) for size, b in self.batches.items()})
+        return replace(self, batches={size: list(b) for size, b in self.batches.items()})
 
     def add(self, other: _Counts) -> None:
         for name in ("success", "success_ns", "fail", "fail_ns", "queue_ns", "input_ns", "infer_ns", "output_ns",
@@ -80,9 +78,7 @@ class _Counts:
                 mine[i] += value
 
     def result(self, name: str, version: int) -> ModelStatistics:
-        def d(count: int, ns: int) -> StatisticDuration:
-            return StatisticDuration(count, ns)
-
+        d = StatisticDuration
         return ModelStatistics(
             name=name, version=version, last_inference=self.last_inference_ms,
             inference_count=self.inference_count, execution_count=self.execution_count,
@@ -94,18 +90,18 @@ class _Counts:
 
 
 class VersionStatistics:
-    """The counters of one model version (its batcher holds them). Safe to record from any thread; the server
-    records from its event loop (the batcher times the model call in its compute thread and records on the loop)."""
+    """The counters of one model version (its batcher holds them). Each record takes a lock, so any thread may
+    record and a reader sees whole records; the server records only on its event loop (the compute thread times the
+    model call and hands the nanoseconds back with the logits), so the lock is never contended."""
 
     def __init__(self, name: str, metrics: Metrics | None = None) -> None:
         self.name = name
         self.tracked = False  # listed in a Statistics store (by the data plane, on first use)
         self._lock = threading.Lock()
         self._counts = _Counts()
-        # Prometheus children looked up once: a label lookup costs a lock and a dict per call
-        self._queue_hist = metrics.queue_seconds.labels(name) if metrics is not None else None
-        self._compute_hist = metrics.compute_seconds.labels(name) if metrics is not None else None
-        self._batch_hist = metrics.batch_size.labels(name) if metrics is not None else None
+        # Prometheus children looked up once (a label lookup costs a lock and a dict per call); None: no metrics
+        self._histograms = None if metrics is None else (
+            metrics.queue_seconds.labels(name), metrics.compute_seconds.labels(name), metrics.batch_size.labels(name))
 
     def request(self) -> RequestTiming:
         """A request admitted now: ``with counters.request() as timing: …`` records it when the block ends."""
@@ -120,8 +116,8 @@ class VersionStatistics:
             c.input_ns += timing.input_ns
             c.infer_ns += timing.infer_ns
             c.output_ns += timing.output_ns
-        if self._queue_hist is not None:
-            self._queue_hist.observe(timing.queue_ns / 1e9)
+        if self._histograms is not None:
+            self._histograms[0].observe(timing.queue_ns / 1e9)
 
     def failed(self, ns: int) -> None:
         with self._lock:
@@ -144,9 +140,10 @@ class VersionStatistics:
             b[1] += input_ns
             b[2] += infer_ns
             b[3] += output_ns
-        if self._batch_hist is not None:
-            self._batch_hist.observe(rows)
-            self._compute_hist.observe(infer_ns / 1e9)  # type: ignore[union-attr]
+        if self._histograms is not None:
+            _, compute, batch_size = self._histograms
+            compute.observe(infer_ns / 1e9)
+            batch_size.observe(rows)
 
     def counts(self) -> _Counts:
         with self._lock:
