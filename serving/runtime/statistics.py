@@ -191,7 +191,8 @@ class RequestTiming:
 
 class Statistics:
     """Every model version's counters by (name, version), kept while the server runs: a version replaced by a newer
-    one stays readable. A version served twice (loaded again) adds both incarnations' counters."""
+    one, or unloaded, stays readable. A version served twice (loaded again) adds both incarnations' counters (Triton
+    starts a model loaded again from zero; here a version's statistics last as long as the server)."""
 
     def __init__(self) -> None:
         self._versions: dict[tuple[str, int], list[VersionStatistics]] = {}

@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving._generated import imageclassifier_pb2_grpc as ic_grpc
 from serving.config import ServerConfig
-from serving.contract.api import ClassifyRequest, ExplainRequest, InferRequest, ModelStatistics
+from serving.contract.api import ClassifyRequest, ExplainRequest, InferRequest, ModelStatistics, RepositoryRequest
 from serving.errors import InvalidInput, ModelNotFound, NotReady, Overloaded
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.statistics import RequestTiming, VersionStatistics
@@ -199,6 +199,23 @@ def test_a_replaced_version_keeps_its_statistics(repository: Repo, tmp_path: Pat
     assert first == every[:1]
     assert everything == every  # one model in this repository
     assert version_ignored == every  # no name: every model, whatever the version says (as Triton)
+
+
+def test_unloading_and_loading_again_keep_counting_the_version(repository: Repo) -> None:
+    """Triton forgets an unloaded model's statistics; here a version's last while the server runs, whatever comes."""
+    config = config_for(repository, model_control="explicit")
+
+    async def test(plane: DataPlane) -> tuple[ModelStatistics, ModelStatistics]:
+        await plane.infer(InferRequest("digits", inputs=[fp32(batch(2))]))
+        await plane.unload_model(RepositoryRequest("digits"))
+        unloaded = one(plane.statistics("digits"))
+        await plane.load_model(RepositoryRequest("digits"))  # the same version, a new batcher
+        await plane.infer(InferRequest("digits", inputs=[fp32(batch(3))]))
+        return unloaded, one(plane.statistics("digits", "1"))
+
+    unloaded, loaded_again = run(config, test)
+    assert (unloaded.success.count, unloaded.inference_count) == (1, 2)
+    assert (loaded_again.success.count, loaded_again.inference_count, loaded_again.execution_count) == (2, 5, 2)
 
 
 def test_a_model_that_never_served_has_no_statistics(repository: Repo, tmp_path: Path) -> None:
