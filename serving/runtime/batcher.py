@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serving.errors import DeadlineExceeded, NotReady, Overloaded
+from serving.runtime import tracing
 from serving.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class _Request:
     deadline: float | None          # event-loop time
     enqueued: float = field(default_factory=time.perf_counter)
     queued_at: float = 0.0          # event-loop time
+    trace: tracing.RequestTrace | None = None  # the request's, if traced: it gets its queue and compute times
 
 
 class Instance:
@@ -106,7 +108,7 @@ class DynamicBatcher:
             raise Overloaded(f"model {self.name!r}: queue full ({self.max_queue} requests waiting); retry later")
         if deadline is not None and deadline <= loop.time():
             raise DeadlineExceeded("deadline passed before the request was queued")
-        request = _Request(x, loop.create_future(), deadline, queued_at=loop.time())
+        request = _Request(x, loop.create_future(), deadline, queued_at=loop.time(), trace=tracing.current())
         self._queue.append(request)
         self._queued_images += len(x)
         self._wake.set()
@@ -199,10 +201,13 @@ class DynamicBatcher:
             finally:
                 self._busy = bool(self._queue)
             instance.running = []
+            finished = time.perf_counter()
             self._observe(batch, len(x), started)
             offset = 0
             for request in batch:
                 n = len(request.x)
+                if request.trace is not None:
+                    request.trace.batched(request.enqueued, started, finished, len(x), len(batch))
                 if not request.future.done():
                     request.future.set_result(logits[offset:offset + n])
                 offset += n

@@ -9,7 +9,8 @@ thread pool, and tensors go through the model's :class:`~serving.runtime.batcher
   :meth:`~DataPlane.model_ready`, :meth:`~DataPlane.model_metadata`, :meth:`~DataPlane.model_config`,
   :meth:`~DataPlane.infer`;
 - the classifier API: :meth:`~DataPlane.models`, :meth:`~DataPlane.model_status`, :meth:`~DataPlane.classify`,
-  :meth:`~DataPlane.explain`.
+  :meth:`~DataPlane.explain`;
+- Triton's logging and trace extensions: :meth:`~DataPlane.log_settings`, :meth:`~DataPlane.trace_settings`.
 
 Admission is counted in images: a model holds at most ``config.max_admitted`` images at once (decoding, queued,
 computing), and a request holds at most ``max_images_per_request``; anything more is refused before any decoding, so
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -46,18 +47,24 @@ from serving.contract.api import (
 from serving.contract.manifest import ModelManifest
 from serving.contract.prediction import softmax, top_predictions
 from serving.errors import DeadlineExceeded, InvalidInput, NotReady, Overloaded, TooLarge
-from serving.runtime import explain
+from serving.runtime import explain, tracing
+from serving.runtime.logs import LogSettings, log_settings
 from serving.runtime.predictor import Predictor, available_cores
 from serving.runtime.registry import ModelRegistry, ModelState, ServedModel
 from serving.runtime.requests import SERVER_NAME, SERVER_VERSION
+from serving.runtime.tracing import Tracing
 
-EXTENSIONS = ["model_configuration"]  # the Open Inference extensions every front end carries
+# the Open Inference extensions every front end carries (Triton's names)
+EXTENSIONS = ["model_configuration", "logging", "trace"]
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, *, tracing: Tracing | None = None,
+                 logs: LogSettings | None = None) -> None:
         self.registry = registry
         self.config = registry.config
+        self.tracing = tracing or Tracing(self.config)
+        self.logs = logs or log_settings()
         workers = self.config.decode_workers or available_cores()
         self._decoder = ThreadPoolExecutor(workers, thread_name_prefix="decode")
         self._decode_round = workers  # images of one request in the decode pool at once
@@ -112,16 +119,19 @@ class DataPlane:
         """The model, ready to answer, held for one request of ``images`` images; refused before any work when the
         request is larger than ``max_images_per_request`` (``InvalidInput``) or the model already holds
         ``max_admitted`` images (``Overloaded``)."""
-        if images > self.config.max_images_per_request:
-            raise InvalidInput(f"{images} images in one request, more than the limit of "
-                               f"{self.config.max_images_per_request} (--max-images-per-request); split the request")
-        if images > self.config.max_admitted:  # could never be admitted, however long the client waits
-            raise InvalidInput(f"{images} images in one request, more than a model holds at once "
-                               f"({self.config.max_admitted}: --max-queue + --max-batch); split the request")
-        model = self.registry.get(name, version)
-        if model.active + images > self.config.max_admitted:
-            raise Overloaded(f"model {name!r}: queue full ({model.active} images in progress); retry later")
-        model.active += images
+        with tracing.step("admission") as admission:
+            if images > self.config.max_images_per_request:
+                raise InvalidInput(f"{images} images in one request, more than the limit of "
+                                   f"{self.config.max_images_per_request} (--max-images-per-request); split the "
+                                   "request")
+            if images > self.config.max_admitted:  # could never be admitted, however long the client waits
+                raise InvalidInput(f"{images} images in one request, more than a model holds at once "
+                                   f"({self.config.max_admitted}: --max-queue + --max-batch); split the request")
+            model = self.registry.get(name, version)
+            if model.active + images > self.config.max_admitted:
+                raise Overloaded(f"model {name!r}: queue full ({model.active} images in progress); retry later")
+            model.active += images
+            admission.note("serving.model_version", model.version)
         try:
             yield model
         finally:
@@ -133,8 +143,9 @@ class DataPlane:
         with self.admit(request.model, request.version, request.batch_size) as model:
             manifest = _manifest(model)
             tensors.check_outputs(manifest, request.outputs)
-            data = tensors.request_input(manifest, request.inputs)
-            x = data if isinstance(data, np.ndarray) else await self.preprocess(model, data, request.deadline)
+            with tracing.step("decode"):
+                data = tensors.request_input(manifest, request.inputs)
+                x = data if isinstance(data, np.ndarray) else await self.preprocess(model, data, request.deadline)
             logits = await self.run(model, x, request.deadline)
         return InferResult(model.name, model.version, request.id, manifest.output_name, logits)
 
@@ -143,8 +154,9 @@ class DataPlane:
         with self.admit(request.model, request.version, max(1, len(request.images))) as model:
             predictor = _predictor(model)
             k = predictor.resolve_top_k(request.top_k)
-            logits = await self.run(model, await self.preprocess(model, request.images, request.deadline),
-                                    request.deadline)
+            with tracing.step("decode"):
+                x = await self.preprocess(model, request.images, request.deadline)
+            logits = await self.run(model, x, request.deadline)
         bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
         if len(bad):  # finite but extreme tensor values can overflow inside the network
             raise InvalidInput(f"image {', '.join(map(str, bad))}: the model's output is not finite (NaN or "
@@ -242,7 +254,8 @@ class DataPlane:
                                f"{predictor.num_classes} classes (0-{predictor.num_classes - 1})")
         session = self._explainer(model, f"method {method!r}" if method == "cam" else "stages") \
             if method == "cam" or request.stages else None
-        x = await self.preprocess(model, [request.image], deadline)
+        with tracing.step("decode"):
+            x = await self.preprocess(model, [request.image], deadline)
         loop = asyncio.get_running_loop()
         outputs = await loop.run_in_executor(self._decoder, session.run, x) if session is not None else {}
         logits = outputs["logits"] if method == "cam" else await self.run(model, x, deadline)
@@ -257,6 +270,18 @@ class DataPlane:
         maps = explain.stage_maps(outputs, session.graph.stages) if request.stages and session is not None else []
         return ExplainResult(model.name, model.version, request.id, predictions, k, predictor.labels[k], method,
                              heatmap, maps)
+
+    # ---- log and trace settings (Triton's logging and trace extensions) ----------------------------------------
+    def log_settings(self, changes: Mapping[str, object] | None = None) -> dict[str, bool | int | str]:
+        """The process's log settings, after ``changes`` if any (a value of None: back to the start value)."""
+        return self.logs.update(changes) if changes else self.logs.get()
+
+    def trace_settings(self, model: str = "",
+                       changes: Mapping[str, list[str] | None] | None = None) -> dict[str, list[str]]:
+        """The trace settings of ``model`` (a model's own, or the global ones for ""), after ``changes`` if any."""
+        if model:
+            self.registry.find(model)  # ModelNotFound: clients cannot grow the table with names of no model
+        return self.tracing.update(model, changes) if changes else self.tracing.settings(model)
 
 
 def _check_deadline(loop: asyncio.AbstractEventLoop, deadline: float | None, where: str) -> None:
