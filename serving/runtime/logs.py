@@ -174,11 +174,11 @@ class LogSettings:
                 values[name] = self.defaults[name]
             else:
                 values[name] = _checked(name, value, self.defaults)
-        if values != self._values:
-            logging.getLogger(__name__).info("log settings changed: %s", {k: v for k, v in values.items()
-                                                                          if v != self._values[k]})
+        changed = {k: v for k, v in values.items() if v != self._values[k]}
         self._values = values
         self._apply()
+        if changed:  # under the new settings: a change that turns INFO lines off is not logged
+            logging.getLogger(__name__).info("log settings changed: %s", changed)
         return self.get()
 
     def _apply(self) -> None:

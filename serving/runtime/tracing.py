@@ -36,7 +36,7 @@ from typing import Any
 from opentelemetry import trace as otel
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -52,6 +52,9 @@ TRACERESPONSE = "traceresponse"
 LEVELS = ("OFF", "TIMESTAMPS")
 MODE = "opentelemetry"
 SETTINGS = ("trace_file", "trace_level", "trace_rate", "trace_count", "log_frequency", "trace_mode")
+# At shutdown the spans left are exported for this long at most; then the exporter stops retrying (a collector that
+# cannot be reached held SIGTERM for the exporter's whole 10 s timeout).
+EXPORT_AT_EXIT_S = 3.0
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 # Span times are epoch nanoseconds; steps are timed with the monotonic clock (the batcher's ``perf_counter``) and
@@ -220,12 +223,16 @@ class Tracing:
         self._provider: TracerProvider | None = None
         self._tracer: otel.Tracer | None = None
         self._traces = 0
+        self._exporter: SpanExporter | None = None
         self.enabled = False  # the fast check of every request: some scope traces and spans have somewhere to go
         if config.trace_endpoint:
             # Imported here: the exporter (and its protobuf modules) costs ~0.1 s and ~10 MB, only when used.
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            self.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=config.trace_endpoint)))
+            self._exporter = OTLPSpanExporter(endpoint=config.trace_endpoint)
+            self.add_span_processor(BatchSpanProcessor(self._exporter))
+            log.info("tracing: spans go to %s over OTLP/gRPC (trace_level %s, trace_rate %d)", config.trace_endpoint,
+                     config.trace_level, config.trace_rate)
 
     def add_span_processor(self, processor: SpanProcessor) -> None:
         if self._provider is None:
@@ -237,11 +244,20 @@ class Tracing:
         self._refresh()
 
     async def shutdown(self) -> None:
-        """Export what is left and stop the processors (off the event loop: an export may wait on the network)."""
-        if self._provider is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._provider.shutdown)
-            self._provider = None
-            self._refresh()
+        """Export what is left (for up to ``EXPORT_AT_EXIT_S``) and stop the processors, off the event loop."""
+        if self._provider is None:
+            return
+        provider, self._provider = self._provider, None
+        self._refresh()
+        done = asyncio.get_running_loop().run_in_executor(None, provider.shutdown)
+        try:
+            await asyncio.wait_for(asyncio.shield(done), EXPORT_AT_EXIT_S)
+        except TimeoutError:
+            log.warning("tracing: the collector took more than %g s; the spans not exported yet are dropped",
+                        EXPORT_AT_EXIT_S)
+            if self._exporter is not None:
+                self._exporter.shutdown()  # stops its retries and closes its channel: the flush returns
+            await done
 
     def _refresh(self) -> None:
         self.enabled = self._provider is not None and (
