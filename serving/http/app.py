@@ -55,6 +55,7 @@ STATIC = Path(__file__).with_name("static")
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 CHUNK = 1 << 16
 RID = web.RequestKey("rid", str)
+SETTINGS_BODY_LIMIT = 64 * 1024  # log and trace settings
 # aiohttp warns (on stderr, outside the log) about a malformed Content-Disposition in a client's form: client data,
 # answered like any other bad input, not something for whoever runs the server to act on.
 for _warning in (BadContentDispositionHeader, BadContentDispositionParam):
@@ -360,7 +361,13 @@ class HttpFrontEnd:
                                   for name, values in settings.items()})
 
     async def _settings_body(self, request: web.Request) -> dict[str, Any]:
+        """The settings object of a POST; a few hundred bytes in practice, refused above SETTINGS_BODY_LIMIT before
+        it is parsed (on the event loop)."""
+        if (request.content_length or 0) > SETTINGS_BODY_LIMIT:
+            raise TooLarge(f"a settings body larger than {SETTINGS_BODY_LIMIT >> 10} KiB")
         body = await self._within_timeout(request.read())
+        if len(body) > SETTINGS_BODY_LIMIT:
+            raise TooLarge(f"a settings body larger than {SETTINGS_BODY_LIMIT >> 10} KiB")
         try:
             settings = json.loads(body or b"{}")
         except ValueError as e:

@@ -237,6 +237,14 @@ def test_log_settings_refuse_a_file_and_bad_values_and_change_nothing(log_client
             "400", "log_verbose_level takes an unsigned integer (0: no verbose lines, 1 or more: DEBUG lines), got -1")
     finally:
         http.close()
+    for body, status, message in [
+        (b"[1, 2]", 400, 'the body must be a JSON object of settings: {"name": value, ...}'),
+        (b"{", 400, "the body is not valid JSON: Expecting property name enclosed in double quotes"),
+        (json.dumps({"log_info": True, "padding": "x" * 70_000}).encode(), 413, "a settings body larger than 64 KiB"),
+    ]:
+        answer = httpx.post(f"{server.http_url}/v2/logging", content=body, timeout=10)
+        assert answer.status_code == status
+        assert answer.json()["error"].startswith(message)
     assert settings_of(client.get_log_settings()) == before  # all or nothing: log_info did not change
 
 
