@@ -105,8 +105,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
             "rescan on SIGHUP and every --poll-s), explicit (load the --models at start, none without it, then load "
             "and unload on request: python -m serving models), none (load at start, never change)",
             choices=MODEL_CONTROL_MODES)
-    _option(p, "--log-level", str, "INFO")
+    _option(p, "--log-level", str.upper, "INFO", "where the log settings start (Triton's logging extension changes "
+            "them at run time)", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
     _option(p, "--log-format", str, "json", choices=("json", "text"))
+    _option(p, "--trace-endpoint", str, None, "export OpenTelemetry spans of inference requests over OTLP/gRPC to "
+            "this collector (http://HOST:4317; https:// for TLS)")
+    _option(p, "--trace-level", str.upper, "OFF", "where the trace settings start: OFF or TIMESTAMPS (Triton's trace "
+            "extension changes them at run time)", choices=("OFF", "TIMESTAMPS"))
+    _option(p, "--trace-rate", int, 1000, "trace one inference request in N (default 1000; 0: only those whose "
+            "client sampled them in its traceparent)")
+    _option(p, "--trace-count", int, -1, "stop tracing after this many traces (default -1: never)")
     p.set_defaults(func=_serve)
 
 

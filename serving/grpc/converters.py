@@ -202,3 +202,29 @@ def model_statistics(stats: list[api.ModelStatistics]) -> kserve_pb2.ModelStatis
                                                      compute_output=d(b.compute_output))
                      for b in s.batch_stats],
     ) for s in stats])
+
+
+# ---- Triton's logging and trace extensions -----------------------------------------------------------------------
+
+def log_settings_changes(request: kserve_pb2.LogSettingsRequest) -> dict[str, bool | int | str | None]:
+    """Each setting's new value in the type its field carries (bool, uint32, string); None for a value with no
+    field set (back to the start value)."""
+    return {name: None if (field := value.WhichOneof("parameter_choice")) is None else getattr(value, field)
+            for name, value in request.settings.items()}
+
+
+def log_settings_response(settings: Mapping[str, bool | int | str]) -> kserve_pb2.LogSettingsResponse:
+    value = kserve_pb2.LogSettingsResponse.SettingValue
+    return kserve_pb2.LogSettingsResponse(settings={
+        name: value(bool_param=v) if isinstance(v, bool) else value(uint32_param=v) if isinstance(v, int)
+        else value(string_param=v) for name, v in settings.items()})
+
+
+def trace_settings_changes(request: kserve_pb2.TraceSettingRequest) -> dict[str, list[str] | None]:
+    """Each setting's new values; None for one with none (cleared: back to the global or start value)."""
+    return {name: list(value.value) or None for name, value in request.settings.items()}
+
+
+def trace_settings_response(settings: Mapping[str, list[str]]) -> kserve_pb2.TraceSettingResponse:
+    value = kserve_pb2.TraceSettingResponse.SettingValue
+    return kserve_pb2.TraceSettingResponse(settings={name: value(value=v) for name, v in settings.items()})

@@ -12,8 +12,10 @@ the two transports share admission, batching, limits and errors; this module onl
   ``imageclassifier.v1`` messages (``serving.contract.classifier``: field names as in the .proto, int64 values as
   strings, every field present whatever its value).
 
+- ``GET|POST /v2/logging``, ``GET|POST /v2[/models/{name}]/trace/setting`` — Triton's logging and trace extensions.
+
 Health answers 200 for true and 503 for false. Errors are ``{"error": "<message>"}`` with the status of
-``serving.http.status``; every answer carries ``x-request-id``.
+``serving.http.status``; every answer carries ``x-request-id``, and a traced one ``traceresponse``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from serving.errors import InvalidInput, Kind, TooLarge
 from serving.http import kserve
 from serving.http.connections import ConnectionGuard
 from serving.http.status import http_status_for
+from serving.runtime import tracing
 from serving.runtime.auth import Tokens
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import new_request_id, request_id_var
@@ -55,6 +58,7 @@ STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/cs
 CHUNK = 1 << 16
 CONTROL_BODY_LIMIT = 1 << 16  # a repository request is a few parameters: no model files, no configuration
 RID = web.RequestKey("rid", str)
+SETTINGS_BODY_LIMIT = 64 * 1024  # log and trace settings
 # aiohttp warns (on stderr, outside the log) about a malformed Content-Disposition in a client's form: client data,
 # answered like any other bad input, not something for whoever runs the server to act on.
 for _warning in (BadContentDispositionHeader, BadContentDispositionParam):
@@ -121,7 +125,10 @@ class HttpFrontEnd:
                 ("POST", "/v1/models/{name}/explain", self.explain, "Explain"),
                 ("POST", "/v1/models/{name}/versions/{version}/explain", self.explain, "Explain"),
                 ("GET", "/", self.page, "Page"),
-                ("GET", "/static/{file}", self.static, "Page")]
+                ("GET", "/static/{file}", self.static, "Page"),
+                *((verb, "/v2/logging", self.log_settings, "LogSettings") for verb in ("GET", "POST")),
+                *((verb, path, self.trace_settings, "TraceSetting") for verb in ("GET", "POST")
+                  for path in ("/v2/trace/setting", model + "/trace/setting"))]
 
     # ---- lifecycle ---------------------------------------------------------------------------------------------
     async def start(self) -> int:
@@ -161,6 +168,7 @@ class HttpFrontEnd:
         request[RID] = rid
         operation = self._operations.get(request.match_info.route)
         started, outcome = time.perf_counter(), OK
+        trace = None
         if self.guard is not None:
             self.guard.request_started(request.transport)
         try:
@@ -170,6 +178,8 @@ class HttpFrontEnd:
             if encoding != "identity" and not self.config.allow_compression:
                 raise InvalidInput(f"Content-Encoding {encoding[:20]!r} refused: compressed requests are off "
                                    "(--allow-compression)")
+            if operation in tracing.TRACED and self.plane.tracing.enabled:
+                trace = self._trace(request, operation, rid)
             response = await handler(request)
         except web.HTTPException as e:  # aiohttp's own answers: no such route, wrong method, body too large
             outcome = (Kind.NOT_FOUND if e.status == 404 else Kind.INVALID_INPUT).outcome
@@ -198,9 +208,21 @@ class HttpFrontEnd:
             if operation is not None:
                 model = self.recorder.model_label(request.match_info.get("name", ""))
                 self.recorder.done("http." + operation, model, outcome, time.perf_counter() - started)
+            if trace is not None:
+                self.plane.tracing.finish(trace, outcome)
             request_id_var.reset(token)
         response.headers[REQUEST_ID_KEY] = rid
+        if trace is not None:
+            response.headers[tracing.TRACERESPONSE] = trace.traceresponse
         return response
+
+    def _trace(self, request: web.Request, operation: str, rid: str) -> tracing.RequestTrace | None:
+        """Trace this request if the trace settings say so (its ``traceparent`` header continued)."""
+        route = request.match_info.route.resource
+        path = route.canonical if route is not None else request.path
+        return self.plane.tracing.begin(f"{request.method} {path}", request.match_info.get("name", ""), rid,
+                                        request.headers, {"http.request.method": request.method, "http.route": path,
+                                                          "serving.operation": operation})
 
     async def _within_timeout(self, reading: Awaitable[Any]) -> Any:
         """Reading a body, bounded in time (408) as in size (aiohttp answers 413): a slow sender holds nothing long."""
@@ -378,6 +400,36 @@ class HttpFrontEnd:
             images.append((part.filename or part.name or "", bytes(data)))
         return images
 
+    # ---- Triton's logging and trace extensions -------------------------------------------------------------------
+    async def log_settings(self, request: web.Request) -> web.Response:
+        changes = await self._settings_body(request) if request.method == "POST" else None
+        return web.json_response(self.plane.log_settings(changes))
+
+    async def trace_settings(self, request: web.Request) -> web.Response:
+        """Triton's answer: ``trace_level`` a list of strings, every other setting one string."""
+        changes = None
+        if request.method == "POST":
+            changes = {name: _trace_values(name, value) for name, value in (await self._settings_body(request)).items()}
+        settings = self.plane.trace_settings(request.match_info.get("name", ""), changes)
+        return web.json_response({name: values if name == "trace_level" else values[0]
+                                  for name, values in settings.items()})
+
+    async def _settings_body(self, request: web.Request) -> dict[str, Any]:
+        """The settings object of a POST; a few hundred bytes in practice, refused above SETTINGS_BODY_LIMIT before
+        it is parsed (on the event loop)."""
+        if (request.content_length or 0) > SETTINGS_BODY_LIMIT:
+            raise TooLarge(f"a settings body larger than {SETTINGS_BODY_LIMIT >> 10} KiB")
+        body = await self._within_timeout(request.read())
+        if len(body) > SETTINGS_BODY_LIMIT:
+            raise TooLarge(f"a settings body larger than {SETTINGS_BODY_LIMIT >> 10} KiB")
+        try:
+            settings = json.loads(body or b"{}")
+        except ValueError as e:
+            raise InvalidInput(f"the body is not valid JSON: {str(e)[:200]}") from None
+        if not isinstance(settings, dict):
+            raise InvalidInput('the body must be a JSON object of settings: {"name": value, ...}')
+        return settings
+
 
 def _version(request: web.Request) -> str:
     """The version from the path (``…/versions/V/…``) or the ``version`` query parameter; "" for the served one."""
@@ -412,3 +464,17 @@ def _statistics_json(s: api.ModelStatistics) -> dict[str, Any]:
                         for b in s.batch_stats],
         "memory_usage": [],
     }
+
+
+def _trace_values(name: str, value: Any) -> list[str] | None:
+    """A trace setting's JSON value as the data plane takes it: a string or a list of strings (a number is taken as
+    its digits); null or [] clears the setting."""
+    if value is None or value == []:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [str(value)]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise InvalidInput(f"trace setting {name[:60]!r} takes a string or a list of strings, got {json.dumps(value)[:60]}")

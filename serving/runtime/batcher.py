@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serving.errors import DeadlineExceeded, NotReady, Overloaded
+from serving.runtime import tracing
 from serving.runtime.metrics import Metrics
 from serving.runtime.statistics import RequestTiming, VersionStatistics
 
@@ -55,6 +56,7 @@ class _Request:
     timing: RequestTiming | None = None
     enqueued: int = field(default_factory=time.perf_counter_ns)
     queued_at: float = 0.0          # event-loop time
+    trace: tracing.RequestTrace | None = None  # the request's, if traced: it gets its queue and compute times
 
 
 class Instance:
@@ -110,7 +112,7 @@ class DynamicBatcher:
             raise Overloaded(f"model {self.name!r}: queue full ({self.max_queue} requests waiting); retry later")
         if deadline is not None and deadline <= loop.time():
             raise DeadlineExceeded("deadline passed before the request was queued")
-        request = _Request(x, loop.create_future(), deadline, timing, queued_at=loop.time())
+        request = _Request(x, loop.create_future(), deadline, timing, queued_at=loop.time(), trace=tracing.current())
         self._queue.append(request)
         self._queued_images += len(x)
         self._wake.set()
@@ -208,6 +210,8 @@ class DynamicBatcher:
             offset = 0
             for request in batch:  # the callers resume later, on another pass of the loop: after _record
                 n = len(request.x)
+                if request.trace is not None:
+                    request.trace.batched(request.enqueued, started, received, len(x), len(batch))
                 if not request.future.done():
                     request.future.set_result(logits[offset:offset + n])
                 offset += n

@@ -14,6 +14,7 @@ thread pool, and tensors go through the model's :class:`~serving.runtime.batcher
   :meth:`~DataPlane.unload_model` (the registry does the work; ``--model-control`` decides what is allowed).
 - Triton's statistics extension: :meth:`~DataPlane.statistics`, counted per model version by every inference
   operation (``serving.runtime.statistics`` says what counts where).
+- Triton's logging and trace extensions: :meth:`~DataPlane.log_settings`, :meth:`~DataPlane.trace_settings`.
 
 Admission is counted in images: a model holds at most ``config.max_admitted`` images at once (decoding, queued,
 computing), and a request holds at most ``max_images_per_request``; anything more is refused before any decoding, so
@@ -27,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
@@ -57,22 +58,27 @@ from serving.contract.api import (
 from serving.contract.manifest import ModelManifest
 from serving.contract.prediction import classification, softmax, top_predictions
 from serving.errors import DeadlineExceeded, InvalidInput, ModelNotFound, NotReady, Overloaded, TooLarge, Unsupported
-from serving.runtime import explain
+from serving.runtime import explain, tracing
+from serving.runtime.logs import LogSettings, log_settings
 from serving.runtime.predictor import Predictor, available_cores
 from serving.runtime.registry import ModelRegistry, ModelState, ServedModel, parse_version, shown
 from serving.runtime.requests import SERVER_NAME, SERVER_VERSION
 from serving.runtime.statistics import RequestTiming, Statistics, VersionStatistics
+from serving.runtime.tracing import Tracing
 
-# The Open Inference extensions every front end carries. "model_repository(unload_dependents)" is Triton's name for
-# accepting that unload parameter: no model here has dependents, so it is always met.
-EXTENSIONS = ["classification", "model_configuration", "model_repository",
-              "model_repository(unload_dependents)", "statistics"]
+# The Open Inference extensions every front end carries (Triton's names). "model_repository(unload_dependents)" is
+# Triton's name for accepting that unload parameter: no model here has dependents, so it is always met.
+EXTENSIONS = ["classification", "logging", "model_configuration", "model_repository",
+              "model_repository(unload_dependents)", "statistics", "trace"]
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, *, tracing: Tracing | None = None,
+                 logs: LogSettings | None = None) -> None:
         self.registry = registry
         self.config = registry.config
+        self.tracing = tracing or Tracing(self.config)
+        self.logs = logs or log_settings()
         workers = self.config.decode_workers or available_cores()
         self._decoder = ThreadPoolExecutor(workers, thread_name_prefix="decode")
         self._decode_round = workers  # images of one request in the decode pool at once
@@ -179,17 +185,20 @@ class DataPlane:
         """The model, ready to answer, held for one request of ``images`` images; refused before any work when the
         request is larger than ``max_images_per_request`` (``InvalidInput``) or the model already holds
         ``max_admitted`` images (``Overloaded``)."""
-        if images > self.config.max_images_per_request:
-            raise InvalidInput(f"{images} images in one request, more than the limit of "
-                               f"{self.config.max_images_per_request} (--max-images-per-request); split the request")
-        if images > self.config.max_admitted:  # could never be admitted, however long the client waits
-            raise InvalidInput(f"{images} images in one request, more than a model holds at once "
-                               f"({self.config.max_admitted}: --max-queue + --max-batch); split the request")
-        model = self.registry.get(name, version)
-        if model.active + images > self.config.max_admitted:
-            self._counters(model).failed(0)  # it reached the version: a failure in its statistics
-            raise Overloaded(f"model {name!r}: queue full ({model.active} images in progress); retry later")
-        model.active += images
+        with tracing.step("admission") as admission:
+            if images > self.config.max_images_per_request:
+                raise InvalidInput(f"{images} images in one request, more than the limit of "
+                                   f"{self.config.max_images_per_request} (--max-images-per-request); split the "
+                                   "request")
+            if images > self.config.max_admitted:  # could never be admitted, however long the client waits
+                raise InvalidInput(f"{images} images in one request, more than a model holds at once "
+                                   f"({self.config.max_admitted}: --max-queue + --max-batch); split the request")
+            model = self.registry.get(name, version)
+            if model.active + images > self.config.max_admitted:
+                self._counters(model).failed(0)  # it reached the version: a failure in its statistics
+                raise Overloaded(f"model {name!r}: queue full ({model.active} images in progress); retry later")
+            model.active += images
+            admission.note("serving.model_version", model.version)
         try:
             yield model
         finally:
@@ -205,8 +214,9 @@ class DataPlane:
             tensors.check_outputs(manifest, request.outputs)
             if any(t.shm for t in request.inputs) or any(o.shm for o in request.outputs):
                 raise Unsupported("system shared memory is not available on this server yet")
-            data = tensors.request_input(manifest, request.inputs)
-            x = data if isinstance(data, np.ndarray) else await self.preprocess(model, data, request.deadline)
+            with tracing.step("decode"):
+                data = tensors.request_input(manifest, request.inputs)
+                x = data if isinstance(data, np.ndarray) else await self.preprocess(model, data, request.deadline)
             logits = await self.run(model, x, request.deadline, timing)
             requested = request.outputs or [RequestedOutput(manifest.output_name)]
             outputs = [_output(o, logits, _predictor(model).labels) for o in requested]
@@ -218,8 +228,9 @@ class DataPlane:
                 self._counters(model).request() as timing:
             predictor = _predictor(model)
             k = predictor.resolve_top_k(request.top_k)
-            logits = await self.run(model, await self.preprocess(model, request.images, request.deadline),
-                                    request.deadline, timing)
+            with tracing.step("decode"):
+                x = await self.preprocess(model, request.images, request.deadline)
+            logits = await self.run(model, x, request.deadline, timing)
             bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
             if len(bad):  # finite but extreme tensor values can overflow inside the network
                 raise InvalidInput(f"image {', '.join(map(str, bad))}: the model's output is not finite (NaN or "
@@ -328,7 +339,8 @@ class DataPlane:
                                f"{predictor.num_classes} classes (0-{predictor.num_classes - 1})")
         session = self._explainer(model, f"method {method!r}" if method == "cam" else "stages") \
             if method == "cam" or request.stages else None
-        x = await self.preprocess(model, [request.image], deadline)
+        with tracing.step("decode"):
+            x = await self.preprocess(model, [request.image], deadline)
         outputs: dict[str, np.ndarray] = {}
         if session is not None:  # the explain graph: the model with more outputs, one execution of its own
             timing.prepared()
@@ -347,6 +359,18 @@ class DataPlane:
         maps = explain.stage_maps(outputs, session.graph.stages) if request.stages and session is not None else []
         return ExplainResult(model.name, model.version, request.id, predictions, k, predictor.labels[k], method,
                              heatmap, maps)
+
+    # ---- log and trace settings (Triton's logging and trace extensions) ----------------------------------------
+    def log_settings(self, changes: Mapping[str, object] | None = None) -> dict[str, bool | int | str]:
+        """The process's log settings, after ``changes`` if any (a value of None: back to the start value)."""
+        return self.logs.update(changes) if changes else self.logs.get()
+
+    def trace_settings(self, model: str = "",
+                       changes: Mapping[str, list[str] | None] | None = None) -> dict[str, list[str]]:
+        """The trace settings of ``model`` (a model's own, or the global ones for ""), after ``changes`` if any."""
+        if model:
+            self.registry.find(model)  # ModelNotFound: clients cannot grow the table with names of no model
+        return self.tracing.update(model, changes) if changes else self.tracing.settings(model)
 
     # ---- statistics ------------------------------------------------------------------------------------------
     def _counters(self, model: ServedModel) -> VersionStatistics:
