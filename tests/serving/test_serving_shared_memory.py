@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import stat
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
@@ -280,16 +281,43 @@ def test_the_count_of_regions_is_bounded(shm: Callable[..., Shm]) -> None:
         InvalidInput, "system shared memory is off on this server (--max-shm-regions 0)")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write whatever the mode says")
+def _as_nobody(check: Callable[[], None]) -> None:
+    """Run ``check`` as the unprivileged user nobody (in a forked child when this test runs as root, for whom no
+    file mode forbids writing); its assertion, if any, fails the test."""
+    if os.geteuid() != 0:
+        check()
+        return
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, check, and report by exit status only
+        status = 1
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            check()
+            status = 0
+        except BaseException as e:  # any failure is the child's answer
+            print(f"as nobody: {type(e).__name__}: {e}", file=sys.stderr)
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the check failed as user nobody (its error is on stderr)"
+
+
+@pytest.mark.not_quick  # forks when run as root
 def test_an_object_the_server_may_only_read_carries_inputs_only(shm: Callable[..., Shm]) -> None:
-    table = SharedMemory(8)
     a = shm(64)
-    os.fchmod(a.fd, stat.S_IRUSR)
-    table.register("alice", "r", a.key, 0, 64)
-    assert use(table, "alice", "r", 0, 64) == b"\0" * 64
-    assert refusal(lambda: use(table, "alice", "r", 0, 8, b"x" * 8)) == (
-        InvalidInput, f"shared memory region 'r' is read-only to the server (its object '{a.key}' is not writable by "
-                      "the server's user): inputs only")
+    os.fchmod(a.fd, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # readable by all, writable by nobody but its owner
+
+    def check() -> None:
+        table = SharedMemory(8)
+        table.register("alice", "r", a.key, 0, 64)
+        assert use(table, "alice", "r", 0, 64) == b"\0" * 64
+        assert refusal(lambda: use(table, "alice", "r", 0, 8, b"x" * 8)) == (
+            InvalidInput, f"shared memory region 'r' is read-only to the server (its object '{a.key}' is not writable "
+                          "by the server's user): inputs only")
+
+    _as_nobody(check)
 
 
 # ---- inference through regions: the data plane in process --------------------------------------------------------
