@@ -19,7 +19,7 @@ from benchmarks.report import CPU_FEATURES
 from benchmarks.targets import TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
-QUICK_FAMILIES = {"runtime", "server", "instances", "http", "explain", "photos", "batch", "numpy", "startup"}
+QUICK_FAMILIES = {"runtime", "server", "instances", "http", "explain", "photos", "batch", "numpy", "startup", "shm"}
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,8 @@ def test_the_quick_targets_are_judged(doc: dict[str, Any]) -> None:
     assert set(judged) == set(TARGETS)
     for key in ("server_p50", "digits_server", "cold_start", "memory"):
         assert judged[key] in (True, False), key  # measured in quick mode, whatever the verdict
-    for key in ("digits_accuracy", "int8_speed", "server_vs_inproc"):  # training and ResNet-18: not in --quick
+    # training and ResNet-18: not in --quick
+    for key in ("digits_accuracy", "int8_speed", "server_vs_inproc", "server_shm_vs_inproc"):
         assert judged[key] is None, key
 
 
