@@ -20,6 +20,7 @@ Triton's statistics extension, read before and after the measured window.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -49,40 +50,37 @@ QUICK = Plan(2, 0.2, 0.4, (8,), (), 0.1)
 
 # ---- requests -------------------------------------------------------------------------------------------------------
 
-def regions(asset: assets.ModelAsset, transport: str, concurrency: int) -> list[dict[str, list[str]]]:
+def regions_for(model: str, transport: str, concurrency: int) -> list[dict[str, list[str]]]:
     """Each worker's (name, key) of its input and output region; keys carry this process's id (one run's objects
     never meet another's)."""
-    stem = f"bench-{os.getpid()}-{asset.name}-{transport}"
+    stem = f"bench-{os.getpid()}-{model}-{transport}"
     return [{"input": [f"{stem}-{i}-in", f"/{stem}-{i}-in"], "output": [f"{stem}-{i}-out", f"/{stem}-{i}-out"]}
             for i in range(concurrency)]
 
 
-def grpc_shm_request(asset: assets.ModelAsset, worker: dict[str, list[str]]) -> bytes:
-    """ModelInfer with its input and output in the worker's regions: the parameters tritonclient's
-    ``set_shared_memory`` sets, and no tensor bytes."""
+def grpc_shm_request(model: str, shape: tuple[int, ...], classes: int, worker: dict[str, list[str]]) -> bytes:
+    """ModelInfer of one FP32 ``shape`` tensor with its input and output in the worker's regions: the parameters
+    tritonclient's ``set_shared_memory`` sets, and no tensor bytes."""
     from serving._generated import grpc_service_pb2 as kserve
 
-    c, h, w = asset.input_shape
-    request = kserve.ModelInferRequest(model_name=asset.name)
-    tensor = request.inputs.add(name="input", datatype="FP32", shape=[1, c, h, w])
+    request = kserve.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=shape)
     output = request.outputs.add(name="logits")
-    for params, (name, _), size in ((tensor.parameters, worker["input"], 4 * c * h * w),
-                                    (output.parameters, worker["output"], 4 * asset.classes)):
+    for params, (name, _), size in ((tensor.parameters, worker["input"], 4 * math.prod(shape)),
+                                    (output.parameters, worker["output"], 4 * classes)):
         params["shared_memory_region"].string_param = name
         params["shared_memory_byte_size"].int64_param = size
     return request.SerializeToString()
 
 
-def http_shm_request(asset: assets.ModelAsset, worker: dict[str, list[str]]) -> bytes:
+def http_shm_request(shape: tuple[int, ...], classes: int, worker: dict[str, list[str]]) -> bytes:
     """The HTTP /v2 infer body naming the worker's regions (JSON only: no tensor travels)."""
-    c, h, w = asset.input_shape
-
     def place(region: list[str], size: int) -> dict[str, Any]:
         return {"shared_memory_region": region[0], "shared_memory_byte_size": size}
 
-    return json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, c, h, w],
-                                   "parameters": place(worker["input"], 4 * c * h * w)}],
-                       "outputs": [{"name": "logits", "parameters": place(worker["output"], 4 * asset.classes)}]
+    return json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(shape),
+                                   "parameters": place(worker["input"], 4 * math.prod(shape))}],
+                       "outputs": [{"name": "logits", "parameters": place(worker["output"], 4 * classes)}]
                        }).encode()
 
 
@@ -107,12 +105,12 @@ def scenarios(ctx: Context, asset: assets.ModelAsset, plan: Plan, p: server.Payl
             found.append({"name": f"{transport} inline c{conc}", "concurrency": conc, **where, **inline, **common})
             if not shm:
                 continue
-            workers = regions(asset, transport, conc)
+            workers = regions_for(asset.name, transport, conc)
             files = []
             for i, worker in enumerate(workers):
                 files.append(folder / f"{transport}-shm-c{conc}-{i}.bin")
-                files[-1].write_bytes(grpc_shm_request(asset, worker) if transport == "grpc" else
-                                      http_shm_request(asset, worker))
+                files[-1].write_bytes(grpc_shm_request(asset.name, x.shape, asset.classes, worker)
+                                      if transport == "grpc" else http_shm_request(x.shape, asset.classes, worker))
             found.append({"name": f"{transport} shm c{conc}", "concurrency": conc, **where,
                           "payloads": [str(f) for f in files],
                           **({"headers": {"Content-Type": "application/json"}} if transport == "http" else {}),
