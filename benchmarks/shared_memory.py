@@ -97,8 +97,8 @@ def scenarios(ctx: Context, asset: assets.ModelAsset, plan: Plan, p: server.Payl
     http = _http_payloads(folder, p) if http_port is not None else {}
     url = f"http://127.0.0.1:{http_port}/v2/models/{asset.name}/infer"
     found: list[dict[str, Any]] = []
-    for transport in ("grpc", "http"):
-        for conc in plan.concurrencies if transport == "grpc" else plan.http if http else ():
+    for transport, concurrencies in (("grpc", plan.concurrencies), ("http", plan.http if http else ())):
+        for conc in concurrencies:
             where = {"method": INFER} if transport == "grpc" else {"url": url}
             inline = {"payload": str(p.files["tensor"])} if transport == "grpc" else \
                 {"payload": str(http["tensor"][0]), "headers": http["tensor"][1]}
@@ -213,7 +213,7 @@ def measure(ctx: Context, asset: assets.ModelAsset, plan: Plan) -> dict[str, Any
     p = server.payloads(ctx, asset)
     inproc = {k: fn for k, fn in server.in_process(ctx, asset, p, set(plan.concurrencies)).items()
               if k.startswith("tensor")}
-    http_port = procs.free_port() if plan.http and not ctx.quick else None
+    http_port = procs.free_port() if plan.http else None
     extra = ("--http-port", str(http_port)) if http_port else ()
     found: dict[str, Any] = {"inproc": {k: [] for k in inproc}, "server": {}}
     with procs.start_server(ctx, asset.repository, [asset.name], extra=extra, tag=f"{asset.name}-shm") as proc:
