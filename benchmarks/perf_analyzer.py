@@ -42,7 +42,7 @@ class Plan:
     concurrency: int
 
 
-FULL = {"digits": Plan(3, 1000, 0.3, 8), "resnet18": Plan(3, 2000, 0.5, 8)}
+FULL = {"digits": Plan(3, 600, 0.3, 8), "resnet18": Plan(3, 1500, 0.5, 8)}
 QUICK = Plan(1, 400, 0.2, 8)
 MODES = ("none", "system")
 

@@ -44,7 +44,7 @@ class Plan:
     inproc_s: float                # seconds per in-process repeat
 
 
-FULL = {"digits": Plan(5, 0.3, 1.5, (1, 8), (8,), 0.25), "resnet18": Plan(5, 0.5, 2.0, (1, 8), (8,), 0.4)}
+FULL = {"digits": Plan(5, 0.3, 1.0, (1, 8), (8,), 0.25), "resnet18": Plan(5, 0.5, 1.5, (1, 8), (8,), 0.4)}
 QUICK = Plan(2, 0.2, 0.4, (8,), (), 0.1)
 
 
