@@ -1,4 +1,4 @@
-"""``python -m serving serve | classify | health | batch``: argument parsing only, the work is in the library.
+"""``python -m serving serve | classify | health | models | batch``: argument parsing only, the work is in the library.
 
 Every ``serve`` option can also come from an environment variable named ``SERVING_`` + the option in capitals
 (``--max-batch`` → ``SERVING_MAX_BATCH``; ``SERVING_MODELS`` is space- or comma-separated); a flag on the command
@@ -51,6 +51,8 @@ def _option(p: argparse.ArgumentParser, flag: str, convert: Callable[[str], Any]
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from serving.config import MODEL_CONTROL_MODES
+
     p = sub.add_parser("serve", help="run the server", description="Run the inference server (gRPC and HTTP).")
     _option(p, "--repository", Path, required=_env("repository", None) is None,
             help="model repository: NAME/VERSION/ folders")
@@ -99,8 +101,20 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     _option(p, "--tls-client-ca", Path, None, "CA that client certificates must be signed by (mutual TLS)")
     _option(p, "--poll-s", float, 0.0, "look for new models and versions every SECONDS (default 0: only on SIGHUP); "
             "a version that fails its checks never replaces the one serving")
-    _option(p, "--log-level", str, "INFO")
+    _option(p, "--model-control", str, "poll", "Triton's model control mode: poll (default: load every model, "
+            "rescan on SIGHUP and every --poll-s), explicit (load the --models at start, none without it, then load "
+            "and unload on request: python -m serving models), none (load at start, never change)",
+            choices=MODEL_CONTROL_MODES)
+    _option(p, "--log-level", str.upper, "INFO", "where the log settings start (Triton's logging extension changes "
+            "them at run time)", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
     _option(p, "--log-format", str, "json", choices=("json", "text"))
+    _option(p, "--trace-endpoint", str, None, "export OpenTelemetry spans of inference requests over OTLP/gRPC to "
+            "this collector (http://HOST:4317; https:// for TLS)")
+    _option(p, "--trace-level", str.upper, "OFF", "where the trace settings start: OFF or TIMESTAMPS (Triton's trace "
+            "extension changes them at run time)", choices=("OFF", "TIMESTAMPS"))
+    _option(p, "--trace-rate", int, 1000, "trace one inference request in N (default 1000; 0: only those whose "
+            "client sampled them in its traceparent)")
+    _option(p, "--trace-count", int, -1, "stop tracing after this many traces (default -1: never)")
     p.set_defaults(func=_serve)
 
 
@@ -199,6 +213,44 @@ def _health(args: argparse.Namespace) -> int:
     return EXIT_OK if status == "SERVING" else EXIT_FAILED
 
 
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    from serving.client.models import LOAD_TIMEOUT_S
+
+    p = sub.add_parser("models", help="list, load and unload the server's models (Triton's repository extension)",
+                       description="Repository control over gRPC; load and unload need a server started with "
+                                   "--model-control explicit.")
+    actions = p.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="every model of the server's repository: version, state, reason")
+    listing.add_argument("--ready", action="store_true", help="only the models ready to serve")
+    listing.add_argument("--json", action="store_true", help="one JSON object per model")
+    load = actions.add_parser("load", help="load a model from the repository, or reload it (a newer version)")
+    unload = actions.add_parser("unload", help="unload a model once its requests have finished")
+    for action in (listing, load, unload):
+        _add_client_options(action)
+        action.set_defaults(func=_models, timeout=LOAD_TIMEOUT_S)
+    for action in (load, unload):
+        action.add_argument("name", metavar="NAME", help="the model's folder name in the repository")
+
+
+def _models(args: argparse.Namespace) -> int:
+    from serving.client.models import ModelControl, table
+
+    with ModelControl(args.server, timeout=args.timeout, token=client_token(args), tls_ca=args.tls_ca,
+                      tls_cert=args.tls_cert, tls_key=args.tls_key, server_name=args.tls_server_name) as control:
+        if args.action == "list":
+            models = control.index(ready=args.ready)
+            for line in ([json.dumps(dataclasses.asdict(m)) for m in models] if args.json else [table(models)]):
+                print(line)
+        elif args.action == "load":
+            control.load(args.name)
+            served = {m.name: m.version for m in control.index(ready=True)}
+            print(f"{args.name}: loaded, version {served.get(args.name, '?')} serves")
+        else:
+            control.unload(args.name)
+            print(f"{args.name}: unloaded")
+    return EXIT_OK
+
+
 def _add_batch(sub: argparse._SubParsersAction) -> None:
     from serving.batch import job as batch
 
@@ -213,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_classify(sub)
     _add_health(sub)
+    _add_models(sub)
     _add_batch(sub)
     return parser
 

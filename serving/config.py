@@ -7,6 +7,10 @@ from pathlib import Path
 
 from serving.contract.preprocess import DEFAULT_MAX_PIXELS
 
+# Triton's --model-control-mode names: poll (load everything, rescan on SIGHUP and every --poll-s), explicit (load
+# --models at start, then load and unload on request), none (load everything at start, never change).
+MODEL_CONTROL_MODES = ("poll", "explicit", "none")
+
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
@@ -46,6 +50,11 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None        # set: clients must present a certificate signed by it (mTLS)
     poll_s: float = 0.0                      # look for new models/versions every poll_s seconds; 0: only on SIGHUP
+    model_control: str = "poll"              # one of MODEL_CONTROL_MODES
+    trace_endpoint: str | None = None        # OTLP/gRPC collector (http://host:4317) that spans are exported to
+    trace_level: str = "OFF"                 # OFF or TIMESTAMPS: where the trace settings start (Triton's names)
+    trace_rate: int = 1000                   # one request in trace_rate is traced (0: only those a client sampled)
+    trace_count: int = -1                    # traces to take, then stop (-1: no limit)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 1:
@@ -66,6 +75,19 @@ class ServerConfig:
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if self.model_control not in MODEL_CONTROL_MODES:
+            raise ValueError(f"--model-control must be one of {', '.join(MODEL_CONTROL_MODES)}, got "
+                             f"{self.model_control!r}")
+        if self.poll_s and self.model_control != "poll":
+            raise ValueError(f"--poll-s rescans the repository, which --model-control {self.model_control} never "
+                             "does: use --model-control poll, or leave --poll-s at 0")
+        if self.trace_level not in ("OFF", "TIMESTAMPS"):
+            raise ValueError(f"--trace-level {self.trace_level!r}: choose OFF or TIMESTAMPS")
+        if self.trace_rate < 0 or self.trace_count < -1:
+            raise ValueError("--trace-rate must be >= 0 and --trace-count >= -1 (-1: no limit)")
+        if self.trace_endpoint is not None and not self.trace_endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"--trace-endpoint {self.trace_endpoint!r}: give the OTLP/gRPC collector's URL, "
+                             "http://HOST:4317 (https:// for TLS)")
 
     @property
     def max_message_bytes(self) -> int:

@@ -5,10 +5,13 @@ front ends over that one data plane — gRPC (``serving.grpc``) and HTTP (``serv
 each other — and binds the gRPC port (0: any free one) without starting. ``start()`` opens the ports with every
 model NOT_SERVING, then loads the models in the background: each turns SERVING (health, ready) only after its golden
 self-check. After loading, the repository is looked at again every ``poll_s`` seconds (``--poll-s``; 0: never) and
-whenever ``reload()`` is called (SIGHUP in ``serve``): new models and newer versions load without a restart.
+whenever ``reload()`` is called (SIGHUP in ``serve``): new models and newer versions load without a restart. That is
+``--model-control poll``; under ``explicit`` models load and unload only on request (the repository extension,
+``python -m serving models``), under ``none`` never after start; SIGHUP still rereads the token file.
 ``stop(grace)`` turns health NOT_SERVING, refuses new requests on both ports, lets those in flight finish for up to
 ``grace`` seconds, then stops the batchers. ``serve(config)`` runs until SIGTERM/SIGINT; it is what
-``python -m serving serve`` calls.
+``python -m serving serve`` calls. The tracer (``tracing``: OpenTelemetry, exported to ``--trace-endpoint``) and the
+process's log settings are the data plane's, so that both front ends read and change the same ones.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from serving.grpc.frontend import GrpcFrontEnd
 from serving.http.app import HttpFrontEnd
 from serving.runtime.auth import Tokens
 from serving.runtime.dataplane import DataPlane
+from serving.runtime.logs import log_settings
 from serving.runtime.metrics import Metrics
 from serving.runtime.registry import ModelRegistry
 from serving.runtime.requests import Recorder
+from serving.runtime.tracing import Tracing
 
 log = logging.getLogger("serving.server")
 
@@ -37,7 +42,8 @@ class InferenceServer:
         self.config = config
         self.metrics = Metrics()
         self.registry = ModelRegistry(config, self.metrics)
-        self.plane = DataPlane(self.registry)
+        self.tracing = Tracing(config)  # add_span_processor() sends spans elsewhere too (tests: in memory)
+        self.plane = DataPlane(self.registry, tracing=self.tracing, logs=log_settings())
         self.tokens = Tokens(config.auth_token_file) if config.auth_token_file else None
         # One recorder for both front ends: the same metric children, and one log rate limit for the process.
         recorder = Recorder(self.metrics, lambda: self.registry.models)
@@ -83,12 +89,12 @@ class InferenceServer:
         states = {m.name: m.state.value for m in self.registry.models.values()}
         log.info("models loaded: %s; server %s", states, "SERVING" if self.registry.ready else "NOT_SERVING",
                  extra={"models": states})
-        if not self.registry.shutting_down:
+        if not self.registry.shutting_down and self.config.model_control == "poll":
             self._poll_task = asyncio.get_running_loop().create_task(self._poll(), name="repository-poll")
 
     def reload(self) -> None:
-        """Look at the repository again now (new models, newer versions) and reread the token file; safe to call
-        from a signal handler."""
+        """Look at the repository again now (new models, newer versions; ``--model-control poll`` only) and reread
+        the token file; safe to call from a signal handler."""
         self._rescan.set()
         if self.tokens is not None:
             self.tokens.reload()
@@ -127,6 +133,7 @@ class InferenceServer:
         await asyncio.gather(self.grpc.stop(grace), *([self.http.stop(grace)] if self.http else []))
         await self.registry.close()
         self.plane.close()
+        await self.tracing.shutdown()
         self.metrics.close()
         self._stopped.set()
         log.info("stopped")

@@ -8,7 +8,7 @@ input, which shapes, which limits) and their messages live below it, once. Deadl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,3 +190,61 @@ class ModelStatus:
     verification: dict[str, Any] = field(default_factory=dict)
     golden_max_abs_diff: float = 0.0
     golden_samples: int = 0
+
+
+# ---- the repository extension (model control) ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RepositoryModel:
+    """One row of the repository index: a model on disk or on the server, in Triton's terms."""
+
+    name: str
+    version: str                     # the version it serves (or served, or failed with); "" when never loaded
+    state: str                       # READY, LOADING, UNLOADING or UNAVAILABLE
+    reason: str                      # why it is not READY ("unloaded", "not loaded", a refusal), or ""
+
+
+@dataclass(frozen=True)
+class RepositoryRequest:
+    """A load or unload request: the model, Triton's parameters (each a bool, int, str or bytes; None: unset) and
+    the repository it names ("": the server's one)."""
+
+    model: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    repository: str = ""
+
+
+# ---- statistics (Triton's statistics extension) --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StatisticDuration:
+    count: int = 0
+    ns: int = 0                      # cumulative nanoseconds of what was counted
+
+
+@dataclass(frozen=True)
+class BatchStatistics:
+    """The model executions of one batch size: each phase's count (executions) and cumulative nanoseconds."""
+
+    batch_size: int
+    compute_input: StatisticDuration
+    compute_infer: StatisticDuration
+    compute_output: StatisticDuration
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    """One model version's statistics since the server started (``serving.runtime.statistics`` says what counts)."""
+
+    name: str
+    version: int
+    last_inference: int              # milliseconds since the epoch of the last execution; 0 before the first
+    inference_count: int             # images (batch rows) the model computed
+    execution_count: int             # model executions (batches)
+    success: StatisticDuration       # requests answered, and their time from admission to answer
+    fail: StatisticDuration          # requests that failed (or were cancelled) after admission
+    queue: StatisticDuration         # per successful request: its time in the batcher's queue
+    compute_input: StatisticDuration
+    compute_infer: StatisticDuration
+    compute_output: StatisticDuration
+    batch_stats: list[BatchStatistics]  # by batch size, ascending

@@ -9,6 +9,7 @@ built by ``serving.contract.classifier``, which the HTTP front end shares.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -153,3 +154,77 @@ def model_metadata(m: api.ModelMetadata) -> kserve_pb2.ModelMetadataResponse:
 
 def server_metadata(m: api.ServerMetadata) -> kserve_pb2.ServerMetadataResponse:
     return kserve_pb2.ServerMetadataResponse(name=m.name, version=m.version, extensions=m.extensions)
+
+
+# ---- the repository extension -----------------------------------------------------------------------------------
+
+
+def repository_parameters(parameters: Mapping[str, kserve_pb2.ModelRepositoryParameter]) -> dict[str, Any]:
+    """Each ``ModelRepositoryParameter`` → its value (bool, int, str or bytes; None when none is set)."""
+    values: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        kind = parameter.WhichOneof("parameter_choice")
+        values[key] = getattr(parameter, kind) if kind else None
+    return values
+
+
+def repository_request(request: kserve_pb2.RepositoryModelLoadRequest
+                       | kserve_pb2.RepositoryModelUnloadRequest) -> api.RepositoryRequest:
+    return api.RepositoryRequest(model=request.model_name, parameters=repository_parameters(request.parameters),
+                                 repository=request.repository_name)
+
+
+def repository_index(models: list[api.RepositoryModel]) -> kserve_pb2.RepositoryIndexResponse:
+    entry = kserve_pb2.RepositoryIndexResponse.ModelIndex
+    return kserve_pb2.RepositoryIndexResponse(
+        models=[entry(name=m.name, version=m.version, state=m.state, reason=m.reason) for m in models])
+
+
+# ---- statistics extension -------------------------------------------------------------------------------------
+
+
+def statistic_duration(d: api.StatisticDuration) -> kserve_pb2.StatisticDuration:
+    return kserve_pb2.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def model_statistics(stats: list[api.ModelStatistics]) -> kserve_pb2.ModelStatisticsResponse:
+    """Triton's answer, field for field; the response cache's durations are there and zero (no cache here)."""
+    d = statistic_duration
+    return kserve_pb2.ModelStatisticsResponse(model_stats=[kserve_pb2.ModelStatistics(
+        name=s.name, version=str(s.version), last_inference=s.last_inference, inference_count=s.inference_count,
+        execution_count=s.execution_count,
+        inference_stats=kserve_pb2.InferStatistics(
+            success=d(s.success), fail=d(s.fail), queue=d(s.queue), compute_input=d(s.compute_input),
+            compute_infer=d(s.compute_infer), compute_output=d(s.compute_output),
+            cache_hit=kserve_pb2.StatisticDuration(), cache_miss=kserve_pb2.StatisticDuration()),
+        batch_stats=[kserve_pb2.InferBatchStatistics(batch_size=b.batch_size, compute_input=d(b.compute_input),
+                                                     compute_infer=d(b.compute_infer),
+                                                     compute_output=d(b.compute_output))
+                     for b in s.batch_stats],
+    ) for s in stats])
+
+
+# ---- Triton's logging and trace extensions -----------------------------------------------------------------------
+
+def log_settings_changes(request: kserve_pb2.LogSettingsRequest) -> dict[str, bool | int | str | None]:
+    """Each setting's new value in the type its field carries (bool, uint32, string); None for a value with no
+    field set (back to the start value)."""
+    return {name: None if (field := value.WhichOneof("parameter_choice")) is None else getattr(value, field)
+            for name, value in request.settings.items()}
+
+
+def log_settings_response(settings: Mapping[str, bool | int | str]) -> kserve_pb2.LogSettingsResponse:
+    value = kserve_pb2.LogSettingsResponse.SettingValue
+    return kserve_pb2.LogSettingsResponse(settings={
+        name: value(bool_param=v) if isinstance(v, bool) else value(uint32_param=v) if isinstance(v, int)
+        else value(string_param=v) for name, v in settings.items()})
+
+
+def trace_settings_changes(request: kserve_pb2.TraceSettingRequest) -> dict[str, list[str] | None]:
+    """Each setting's new values; None for one with none (cleared: back to the global or start value)."""
+    return {name: list(value.value) or None for name, value in request.settings.items()}
+
+
+def trace_settings_response(settings: Mapping[str, list[str]]) -> kserve_pb2.TraceSettingResponse:
+    value = kserve_pb2.TraceSettingResponse.SettingValue
+    return kserve_pb2.TraceSettingResponse(settings={name: value(value=v) for name, v in settings.items()})

@@ -23,6 +23,7 @@ from serving.errors import SlowReader
 from serving.grpc import converters
 from serving.grpc.handlers import UndecodableRequest
 from serving.grpc.status import STATUS_CODES, deadline_of, rpc
+from serving.runtime import tracing
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import request_id_var
 from serving.runtime.requests import OK, Recorder, error_of, sane_request_id
@@ -99,6 +100,8 @@ async def _answer_stream(method: str, recorder: Recorder, requests: AsyncIterato
         mid = (None if undecodable else sane_request_id(message_id(request))) or f"{rid}-{seq}"
         token = request_id_var.set(mid)
         started, outcome = time.perf_counter(), OK
+        # each message is a request: traced on its own, under the stream's traceparent
+        trace = None if undecodable else tracing.begin_message(method, model(request), mid, context.invocation_metadata)
         try:
             if undecodable:
                 raise request.error()
@@ -110,6 +113,8 @@ async def _answer_stream(method: str, recorder: Recorder, requests: AsyncIterato
         finally:
             label = "" if undecodable else recorder.model_label(model(request))
             recorder.done(method, label, outcome, time.perf_counter() - started)
+            if trace is not None:
+                tracing.finish_message(trace, outcome)
             request_id_var.reset(token)
 
     async for response in _concurrent_answers(requests, answer):
@@ -189,6 +194,32 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
     ) -> kserve_pb2.ModelConfigResponse:
         return kserve_pb2.ModelConfigResponse(config=self.plane.model_config(request.name, request.version))
 
+    @rpc("ModelStatistics", lambda r: r.name)
+    async def ModelStatistics(  # noqa: N802
+        self, request: kserve_pb2.ModelStatisticsRequest, context: Context, rid: str,
+    ) -> kserve_pb2.ModelStatisticsResponse:
+        return converters.model_statistics(self.plane.statistics(request.name, request.version))
+
+    @rpc("RepositoryIndex")
+    async def RepositoryIndex(  # noqa: N802
+        self, request: kserve_pb2.RepositoryIndexRequest, context: Context, rid: str,
+    ) -> kserve_pb2.RepositoryIndexResponse:
+        return converters.repository_index(await self.plane.repository_index(request.ready, request.repository_name))
+
+    @rpc("RepositoryModelLoad", lambda r: r.model_name)
+    async def RepositoryModelLoad(  # noqa: N802
+        self, request: kserve_pb2.RepositoryModelLoadRequest, context: Context, rid: str,
+    ) -> kserve_pb2.RepositoryModelLoadResponse:
+        await self.plane.load_model(converters.repository_request(request))
+        return kserve_pb2.RepositoryModelLoadResponse()
+
+    @rpc("RepositoryModelUnload", lambda r: r.model_name)
+    async def RepositoryModelUnload(  # noqa: N802
+        self, request: kserve_pb2.RepositoryModelUnloadRequest, context: Context, rid: str,
+    ) -> kserve_pb2.RepositoryModelUnloadResponse:
+        await self.plane.unload_model(converters.repository_request(request))
+        return kserve_pb2.RepositoryModelUnloadResponse()
+
     async def _infer(self, request: kserve_pb2.ModelInferRequest, deadline: float | None,
                      rid: str) -> kserve_pb2.ModelInferResponse:
         message_id = sane_request_id(request.id) or rid
@@ -220,3 +251,16 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
         await _answer_stream("ModelStreamInfer", self.recorder, requests, context, rid, respond, fail,
                              message_id=lambda r: r.id, model=lambda r: r.model_name,
                              write_timeout_s=self.write_timeout_s)
+
+    @rpc("LogSettings")
+    async def LogSettings(  # noqa: N802
+        self, request: kserve_pb2.LogSettingsRequest, context: Context, rid: str,
+    ) -> kserve_pb2.LogSettingsResponse:
+        return converters.log_settings_response(self.plane.log_settings(converters.log_settings_changes(request)))
+
+    @rpc("TraceSetting", lambda r: r.model_name)
+    async def TraceSetting(  # noqa: N802
+        self, request: kserve_pb2.TraceSettingRequest, context: Context, rid: str,
+    ) -> kserve_pb2.TraceSettingResponse:
+        changes = converters.trace_settings_changes(request)
+        return converters.trace_settings_response(self.plane.trace_settings(request.model_name, changes))

@@ -5,18 +5,23 @@ the two transports share admission, batching, limits and errors; this module onl
 
 - ``/v2``, ``/v2/health/live|ready``, ``/v2/models/{name}[/versions/{v}]``, ``…/ready``, ``…/config``,
   ``…/infer`` — KServe v2 with Triton's binary-tensor extension (``tritonclient.http`` works unchanged);
+  ``/v2/models[/{name}[/versions/{v}]]/stats`` — Triton's statistics extension;
+- ``POST /v2/repository/index``, ``/v2/repository/models/{name}/load|unload`` — Triton's repository extension;
 - ``GET /v1/models``, ``GET /v1/models/{name}``, ``POST /v1/models/{name}/classify`` (the image as the body, or
   one or many multipart files: ``curl -F image=@cat.jpg …``) — the JSON is the proto3 JSON mapping of the
   ``imageclassifier.v1`` messages (``serving.contract.classifier``: field names as in the .proto, int64 values as
   strings, every field present whatever its value).
 
+- ``GET|POST /v2/logging``, ``GET|POST /v2[/models/{name}]/trace/setting`` — Triton's logging and trace extensions.
+
 Health answers 200 for true and 503 for false. Errors are ``{"error": "<message>"}`` with the status of
-``serving.http.status``; every answer carries ``x-request-id``.
+``serving.http.status``; every answer carries ``x-request-id``, and a traced one ``traceresponse``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 import time
@@ -37,6 +42,7 @@ from serving.errors import InvalidInput, Kind, TooLarge
 from serving.http import kserve
 from serving.http.connections import ConnectionGuard
 from serving.http.status import http_status_for
+from serving.runtime import tracing
 from serving.runtime.auth import Tokens
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import new_request_id, request_id_var
@@ -50,7 +56,9 @@ OPEN_OPERATIONS = frozenset({"ServerLive", "ServerReady", "ModelReady", "Page"})
 STATIC = Path(__file__).with_name("static")
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 CHUNK = 1 << 16
+CONTROL_BODY_LIMIT = 1 << 16  # a repository request is a few parameters: no model files, no configuration
 RID = web.RequestKey("rid", str)
+SETTINGS_BODY_LIMIT = 64 * 1024  # log and trace settings
 # aiohttp warns (on stderr, outside the log) about a malformed Content-Disposition in a client's form: client data,
 # answered like any other bad input, not something for whoever runs the server to act on.
 for _warning in (BadContentDispositionHeader, BadContentDispositionParam):
@@ -97,12 +105,17 @@ class HttpFrontEnd:
         model, version = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
         routes = [("GET", "/v2", self.server_metadata, "ServerMetadata"),
                   ("GET", "/v2/health/live", self.server_live, "ServerLive"),
-                  ("GET", "/v2/health/ready", self.server_ready, "ServerReady")]
+                  ("GET", "/v2/health/ready", self.server_ready, "ServerReady"),
+                  ("GET", "/v2/models/stats", self.model_statistics, "ModelStatistics")]
         for base in (model, version):
             routes += [("GET", base, self.model_metadata, "ModelMetadata"),
                        ("GET", base + "/ready", self.model_ready, "ModelReady"),
                        ("GET", base + "/config", self.model_config, "ModelConfig"),
+                       ("GET", base + "/stats", self.model_statistics, "ModelStatistics"),
                        ("POST", base + "/infer", self.infer, "ModelInfer")]
+        routes += [("POST", "/v2/repository/index", self.repository_index, "RepositoryIndex"),
+                   ("POST", "/v2/repository/models/{name}/load", self.load_model, "RepositoryModelLoad"),
+                   ("POST", "/v2/repository/models/{name}/unload", self.unload_model, "RepositoryModelUnload")]
         return [*routes,
                 ("GET", "/v1/models", self.list_models, "ListModels"),
                 ("GET", "/v1/models/{name}", self.get_model, "GetModel"),
@@ -112,7 +125,10 @@ class HttpFrontEnd:
                 ("POST", "/v1/models/{name}/explain", self.explain, "Explain"),
                 ("POST", "/v1/models/{name}/versions/{version}/explain", self.explain, "Explain"),
                 ("GET", "/", self.page, "Page"),
-                ("GET", "/static/{file}", self.static, "Page")]
+                ("GET", "/static/{file}", self.static, "Page"),
+                *((verb, "/v2/logging", self.log_settings, "LogSettings") for verb in ("GET", "POST")),
+                *((verb, path, self.trace_settings, "TraceSetting") for verb in ("GET", "POST")
+                  for path in ("/v2/trace/setting", model + "/trace/setting"))]
 
     # ---- lifecycle ---------------------------------------------------------------------------------------------
     async def start(self) -> int:
@@ -152,6 +168,7 @@ class HttpFrontEnd:
         request[RID] = rid
         operation = self._operations.get(request.match_info.route)
         started, outcome = time.perf_counter(), OK
+        trace = None
         if self.guard is not None:
             self.guard.request_started(request.transport)
         try:
@@ -161,6 +178,8 @@ class HttpFrontEnd:
             if encoding != "identity" and not self.config.allow_compression:
                 raise InvalidInput(f"Content-Encoding {encoding[:20]!r} refused: compressed requests are off "
                                    "(--allow-compression)")
+            if operation in tracing.TRACED and self.plane.tracing.enabled:
+                trace = self._trace(request, operation, rid)
             response = await handler(request)
         except web.HTTPException as e:  # aiohttp's own answers: no such route, wrong method, body too large
             outcome = (Kind.NOT_FOUND if e.status == 404 else Kind.INVALID_INPUT).outcome
@@ -189,9 +208,21 @@ class HttpFrontEnd:
             if operation is not None:
                 model = self.recorder.model_label(request.match_info.get("name", ""))
                 self.recorder.done("http." + operation, model, outcome, time.perf_counter() - started)
+            if trace is not None:
+                self.plane.tracing.finish(trace, outcome)
             request_id_var.reset(token)
         response.headers[REQUEST_ID_KEY] = rid
+        if trace is not None:
+            response.headers[tracing.TRACERESPONSE] = trace.traceresponse
         return response
+
+    def _trace(self, request: web.Request, operation: str, rid: str) -> tracing.RequestTrace | None:
+        """Trace this request if the trace settings say so (its ``traceparent`` header continued)."""
+        route = request.match_info.route.resource
+        path = route.canonical if route is not None else request.path
+        return self.plane.tracing.begin(f"{request.method} {path}", request.match_info.get("name", ""), rid,
+                                        request.headers, {"http.request.method": request.method, "http.route": path,
+                                                          "serving.operation": operation})
 
     async def _within_timeout(self, reading: Awaitable[Any]) -> Any:
         """Reading a body, bounded in time (408) as in size (aiohttp answers 413): a slow sender holds nothing long."""
@@ -225,6 +256,52 @@ class HttpFrontEnd:
     async def model_config(self, request: web.Request) -> web.Response:
         config = self.plane.model_config(request.match_info["name"], request.match_info.get("version", ""))
         return web.json_response(to_json(config, every_field=False))
+
+    async def model_statistics(self, request: web.Request) -> web.Response:
+        stats = self.plane.statistics(request.match_info.get("name", ""), request.match_info.get("version", ""))
+        return web.json_response({"model_stats": [_statistics_json(s) for s in stats]})
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        ready = (await self._control_body(request)).get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidInput(f"'ready' must be true or false, got {str(ready)[:40]!r}")
+        models = await self.plane.repository_index(ready)
+        return web.json_response([{"name": m.name, **({"version": m.version} if m.version else {}), "state": m.state,
+                                   "reason": m.reason} for m in models])
+
+    async def load_model(self, request: web.Request) -> web.Response:
+        await self.plane.load_model(await self._repository_request(request))
+        return web.json_response({})
+
+    async def unload_model(self, request: web.Request) -> web.Response:
+        await self.plane.unload_model(await self._repository_request(request))
+        return web.json_response({})
+
+    async def _repository_request(self, request: web.Request) -> api.RepositoryRequest:
+        parameters = (await self._control_body(request)).get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise InvalidInput("'parameters' must be a JSON object")
+        return api.RepositoryRequest(model=request.match_info["name"], parameters=parameters)
+
+    async def _control_body(self, request: web.Request) -> dict[str, Any]:
+        """A repository request's JSON object (an empty body: {}). Small by nature (model files are never
+        uploaded), so a large one is refused before it is parsed on the event loop."""
+        if (request.content_length or 0) > CONTROL_BODY_LIMIT:
+            raise TooLarge(f"a repository request body is at most {CONTROL_BODY_LIMIT >> 10} KiB (models load only "
+                           "from the server's repository)")
+        body = await self._within_timeout(request.read())
+        if len(body) > CONTROL_BODY_LIMIT:
+            raise TooLarge(f"a repository request body is at most {CONTROL_BODY_LIMIT >> 10} KiB (models load only "
+                           "from the server's repository)")
+        if not body.strip():
+            return {}
+        try:
+            parsed = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidInput(f"the body is not valid JSON: {str(e)[:100]}") from None
+        if not isinstance(parsed, dict):
+            raise InvalidInput("the body must be a JSON object")
+        return parsed
 
     async def infer(self, request: web.Request) -> web.Response:
         body = await self._within_timeout(request.read())
@@ -323,6 +400,36 @@ class HttpFrontEnd:
             images.append((part.filename or part.name or "", bytes(data)))
         return images
 
+    # ---- Triton's logging and trace extensions -------------------------------------------------------------------
+    async def log_settings(self, request: web.Request) -> web.Response:
+        changes = await self._settings_body(request) if request.method == "POST" else None
+        return web.json_response(self.plane.log_settings(changes))
+
+    async def trace_settings(self, request: web.Request) -> web.Response:
+        """Triton's answer: ``trace_level`` a list of strings, every other setting one string."""
+        changes = None
+        if request.method == "POST":
+            changes = {name: _trace_values(name, value) for name, value in (await self._settings_body(request)).items()}
+        settings = self.plane.trace_settings(request.match_info.get("name", ""), changes)
+        return web.json_response({name: values if name == "trace_level" else values[0]
+                                  for name, values in settings.items()})
+
+    async def _settings_body(self, request: web.Request) -> dict[str, Any]:
+        """The settings object of a POST; a few hundred bytes in practice, refused above SETTINGS_BODY_LIMIT before
+        it is parsed (on the event loop)."""
+        if (request.content_length or 0) > SETTINGS_BODY_LIMIT:
+            raise TooLarge(f"a settings body larger than {SETTINGS_BODY_LIMIT >> 10} KiB")
+        body = await self._within_timeout(request.read())
+        if len(body) > SETTINGS_BODY_LIMIT:
+            raise TooLarge(f"a settings body larger than {SETTINGS_BODY_LIMIT >> 10} KiB")
+        try:
+            settings = json.loads(body or b"{}")
+        except ValueError as e:
+            raise InvalidInput(f"the body is not valid JSON: {str(e)[:200]}") from None
+        if not isinstance(settings, dict):
+            raise InvalidInput('the body must be a JSON object of settings: {"name": value, ...}')
+        return settings
+
 
 def _version(request: web.Request) -> str:
     """The version from the path (``…/versions/V/…``) or the ``version`` query parameter; "" for the served one."""
@@ -335,3 +442,39 @@ def _int_query(request: web.Request, key: str) -> int:
         return int(value)
     except ValueError:
         raise InvalidInput(f"query parameter {key} must be an integer, got {value[:40]!r}") from None
+
+
+def _duration(d: api.StatisticDuration) -> dict[str, int]:
+    return {"count": d.count, "ns": d.ns}
+
+
+def _statistics_json(s: api.ModelStatistics) -> dict[str, Any]:
+    """One model version's statistics as Triton's HTTP answer writes them: the gRPC message's field names, every
+    field present, uint64 values as JSON numbers (not the proto3 mapping's strings)."""
+    zero = _duration(api.StatisticDuration())
+    return {
+        "name": s.name, "version": str(s.version), "last_inference": s.last_inference,
+        "inference_count": s.inference_count, "execution_count": s.execution_count,
+        "inference_stats": {"success": _duration(s.success), "fail": _duration(s.fail), "queue": _duration(s.queue),
+                            "compute_input": _duration(s.compute_input), "compute_infer": _duration(s.compute_infer),
+                            "compute_output": _duration(s.compute_output), "cache_hit": zero, "cache_miss": zero},
+        "response_stats": {},
+        "batch_stats": [{"batch_size": b.batch_size, "compute_input": _duration(b.compute_input),
+                         "compute_infer": _duration(b.compute_infer), "compute_output": _duration(b.compute_output)}
+                        for b in s.batch_stats],
+        "memory_usage": [],
+    }
+
+
+def _trace_values(name: str, value: Any) -> list[str] | None:
+    """A trace setting's JSON value as the data plane takes it: a string or a list of strings (a number is taken as
+    its digits); null or [] clears the setting."""
+    if value is None or value == []:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [str(value)]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise InvalidInput(f"trace setting {name[:60]!r} takes a string or a list of strings, got {json.dumps(value)[:60]}")

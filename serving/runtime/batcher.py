@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serving.errors import DeadlineExceeded, NotReady, Overloaded
+from serving.runtime import tracing
 from serving.runtime.metrics import Metrics
+from serving.runtime.statistics import RequestTiming, VersionStatistics
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,10 @@ class _Request:
     x: np.ndarray
     future: asyncio.Future[np.ndarray]
     deadline: float | None          # event-loop time
-    enqueued: float = field(default_factory=time.perf_counter)
+    timing: RequestTiming | None = None
+    enqueued: int = field(default_factory=time.perf_counter_ns)
     queued_at: float = 0.0          # event-loop time
+    trace: tracing.RequestTrace | None = None  # the request's, if traced: it gets its queue and compute times
 
 
 class Instance:
@@ -78,9 +82,9 @@ class DynamicBatcher:
         self._metrics = metrics
         if metrics is not None:  # label lookups cost a lock and a dict per call: do them once
             self._depth_gauge = metrics.queue_depth.labels(name)
-            self._compute_hist = metrics.compute_seconds.labels(name)
-            self._batch_hist = metrics.batch_size.labels(name)
-            self._queue_hist = metrics.queue_seconds.labels(name)
+        # The served version's statistics (Triton's extension): each batch that computed is recorded there, and the
+        # compute and batch-size histograms with it.
+        self.statistics = VersionStatistics(name, metrics)
         self._queue: deque[_Request] = deque()
         self._queued_images = 0
         self._wake = asyncio.Event()
@@ -97,8 +101,10 @@ class DynamicBatcher:
     def depth(self) -> int:
         return len(self._queue)
 
-    async def submit(self, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """Queue (n, C, H, W) float32 and wait for its (n, K) logits. ``deadline`` is in event-loop time."""
+    async def submit(self, x: np.ndarray, deadline: float | None = None,
+                     timing: RequestTiming | None = None) -> np.ndarray:
+        """Queue (n, C, H, W) float32 and wait for its (n, K) logits. ``deadline`` is in event-loop time; ``timing``
+        gets the request's time in the queue and its share of the batch's phases."""
         loop = asyncio.get_running_loop()
         if self._closed or not self._tasks:
             raise NotReady("server is shutting down")
@@ -106,7 +112,7 @@ class DynamicBatcher:
             raise Overloaded(f"model {self.name!r}: queue full ({self.max_queue} requests waiting); retry later")
         if deadline is not None and deadline <= loop.time():
             raise DeadlineExceeded("deadline passed before the request was queued")
-        request = _Request(x, loop.create_future(), deadline, queued_at=loop.time())
+        request = _Request(x, loop.create_future(), deadline, timing, queued_at=loop.time(), trace=tracing.current())
         self._queue.append(request)
         self._queued_images += len(x)
         self._wake.set()
@@ -184,11 +190,12 @@ class DynamicBatcher:
             batch = self._take()
             if not batch:
                 continue
+            started = time.perf_counter_ns()
             x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
-            started = time.perf_counter()
+            stacked = time.perf_counter_ns()
             instance.running = batch
             try:
-                logits = await self._compute(loop, instance, x)
+                logits, infer_ns = await self._compute(loop, instance, x)
             except Exception as e:
                 instance.running = []
                 log.exception("model %s: batch of %d failed", self.name, len(x))
@@ -199,37 +206,49 @@ class DynamicBatcher:
             finally:
                 self._busy = bool(self._queue)
             instance.running = []
-            self._observe(batch, len(x), started)
+            received = time.perf_counter_ns()
             offset = 0
-            for request in batch:
+            for request in batch:  # the callers resume later, on another pass of the loop: after _record
                 n = len(request.x)
+                if request.trace is not None:
+                    request.trace.batched(request.enqueued, started, received, len(x), len(batch))
                 if not request.future.done():
                     request.future.set_result(logits[offset:offset + n])
                 offset += n
+            self._record(batch, len(x), started, stacked - started, infer_ns, time.perf_counter_ns() - received)
 
-    async def _compute(self, loop: asyncio.AbstractEventLoop, instance: Instance, x: np.ndarray) -> np.ndarray:
-        """One model call in the instance's thread. The thread hands the result back with a single loop callback:
-        ``run_in_executor``'s future chaining costs several callbacks and locks per batch, on the busiest thread."""
-        done: asyncio.Future[np.ndarray] = loop.create_future()
+    async def _compute(self, loop: asyncio.AbstractEventLoop, instance: Instance,
+                       x: np.ndarray) -> tuple[np.ndarray, int]:
+        """One model call in the instance's thread: its logits and its nanoseconds, timed in that thread (the hand-off
+        to and from the thread is not the model's time). The thread hands the result back with a single loop
+        callback: ``run_in_executor``'s future chaining costs several callbacks and locks per batch, on the busiest
+        thread."""
+        done: asyncio.Future[tuple[np.ndarray, int]] = loop.create_future()
 
         def work() -> None:
+            started = time.perf_counter_ns()
             try:
                 result = instance.run(x)
             except BaseException as e:
                 loop.call_soon_threadsafe(_settle, done, None, e)
             else:
-                loop.call_soon_threadsafe(_settle, done, result, None)
+                loop.call_soon_threadsafe(_settle, done, (result, time.perf_counter_ns() - started), None)
 
         instance.executor.submit(work)
         return await done
 
-    def _observe(self, batch: list[_Request], images: int, started: float) -> None:
-        if self._metrics is None:
-            return
-        self._compute_hist.observe(time.perf_counter() - started)
-        self._batch_hist.observe(images)
+    def _record(self, batch: list[_Request], rows: int, started: int, input_ns: int, infer_ns: int,
+                output_ns: int) -> None:
+        """A batch that computed: one execution in the statistics (and the histograms), and each request's share —
+        its wait until ``started`` and the whole of the batch's phases, as Triton counts them."""
+        self.statistics.executed(rows, input_ns, infer_ns, output_ns)
         for request in batch:
-            self._queue_hist.observe(started - request.enqueued)
+            timing = request.timing
+            if timing is not None:
+                timing.queue_ns += started - request.enqueued
+                timing.input_ns += input_ns
+                timing.infer_ns += infer_ns
+                timing.output_ns += output_ns
 
     async def close(self) -> None:
         """Stop the consumers; requests still queued or computing are answered ``NotReady`` (shutdown drains first)."""
@@ -247,7 +266,8 @@ class DynamicBatcher:
             instance.executor.shutdown(wait=False)
 
 
-def _settle(future: asyncio.Future[np.ndarray], result: np.ndarray | None, error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[tuple[np.ndarray, int]], result: tuple[np.ndarray, int] | None,
+            error: BaseException | None) -> None:
     if future.done():  # the consumer was cancelled (close) while the model ran
         return
     if error is not None:

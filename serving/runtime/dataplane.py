@@ -9,7 +9,12 @@ thread pool, and tensors go through the model's :class:`~serving.runtime.batcher
   :meth:`~DataPlane.model_ready`, :meth:`~DataPlane.model_metadata`, :meth:`~DataPlane.model_config`,
   :meth:`~DataPlane.infer`;
 - the classifier API: :meth:`~DataPlane.models`, :meth:`~DataPlane.model_status`, :meth:`~DataPlane.classify`,
-  :meth:`~DataPlane.explain`.
+  :meth:`~DataPlane.explain`;
+- Triton's repository extension: :meth:`~DataPlane.repository_index`, :meth:`~DataPlane.load_model`,
+  :meth:`~DataPlane.unload_model` (the registry does the work; ``--model-control`` decides what is allowed).
+- Triton's statistics extension: :meth:`~DataPlane.statistics`, counted per model version by every inference
+  operation (``serving.runtime.statistics`` says what counts where).
+- Triton's logging and trace extensions: :meth:`~DataPlane.log_settings`, :meth:`~DataPlane.trace_settings`.
 
 Admission is counted in images: a model holds at most ``config.max_admitted`` images at once (decoding, queued,
 computing), and a request holds at most ``max_images_per_request``; anything more is refused before any decoding, so
@@ -22,9 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TypeVar
 
 import numpy as np
 
@@ -39,31 +46,44 @@ from serving.contract.api import (
     InferRequest,
     InferResult,
     ModelMetadata,
+    ModelStatistics,
     ModelStatus,
     OutputTensor,
+    RepositoryModel,
+    RepositoryRequest,
     RequestedOutput,
     ServerMetadata,
     TensorSpec,
 )
 from serving.contract.manifest import ModelManifest
 from serving.contract.prediction import classification, softmax, top_predictions
-from serving.errors import DeadlineExceeded, InvalidInput, NotReady, Overloaded, TooLarge, Unsupported
-from serving.runtime import explain
+from serving.errors import DeadlineExceeded, InvalidInput, ModelNotFound, NotReady, Overloaded, TooLarge, Unsupported
+from serving.runtime import explain, tracing
+from serving.runtime.logs import LogSettings, log_settings
 from serving.runtime.predictor import Predictor, available_cores
-from serving.runtime.registry import ModelRegistry, ModelState, ServedModel
+from serving.runtime.registry import ModelRegistry, ModelState, ServedModel, parse_version, shown
 from serving.runtime.requests import SERVER_NAME, SERVER_VERSION
+from serving.runtime.statistics import RequestTiming, Statistics, VersionStatistics
+from serving.runtime.tracing import Tracing
 
-EXTENSIONS = ["classification", "model_configuration"]  # the Open Inference extensions every front end carries
+# The Open Inference extensions every front end carries (Triton's names). "model_repository(unload_dependents)" is
+# Triton's name for accepting that unload parameter: no model here has dependents, so it is always met.
+EXTENSIONS = ["classification", "logging", "model_configuration", "model_repository",
+              "model_repository(unload_dependents)", "statistics", "trace"]
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, *, tracing: Tracing | None = None,
+                 logs: LogSettings | None = None) -> None:
         self.registry = registry
         self.config = registry.config
+        self.tracing = tracing or Tracing(self.config)
+        self.logs = logs or log_settings()
         workers = self.config.decode_workers or available_cores()
         self._decoder = ThreadPoolExecutor(workers, thread_name_prefix="decode")
         self._decode_round = workers  # images of one request in the decode pool at once
         self._explainers: dict[str, explain.ExplainSession] = {}  # model name → its served version's graph
+        self._statistics = Statistics()
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False, cancel_futures=True)
@@ -77,8 +97,12 @@ class DataPlane:
         return self.registry.ready
 
     def model_ready(self, name: str, version: str | int = "") -> bool:
-        """The model (version) serves and the server is not shutting down; ``ModelNotFound`` when unknown."""
-        model = self.registry.find(name, version)
+        """The model (version) serves and the server is not shutting down. An unknown, unloaded or never loaded
+        model (or version) is not ready, not an error, as Triton answers: readiness probes ask before loading."""
+        try:
+            model = self.registry.find(name, version)
+        except (NotReady, ModelNotFound):
+            return False
         return model.state is ModelState.SERVING and not self.registry.shutting_down
 
     def model_metadata(self, name: str, version: str | int = "") -> ModelMetadata:
@@ -108,22 +132,73 @@ class DataPlane:
     def models(self) -> list[ModelStatus]:
         return [_status(m) for m in self.registry.models.values()]
 
+    # ---- repository control (Triton's model_repository extension) ------------------------------------------------
+    async def repository_index(self, ready: bool = False, repository: str = "") -> list[RepositoryModel]:
+        """Every model of the repository on disk and every model the server holds (one row each, by name);
+        ``ready``: only those READY."""
+        _one_repository(repository)
+        registry = self.registry
+        names = sorted({*await registry.on_disk(), *registry.models, *registry.unloaded})
+        rows = [self._index_row(name) for name in names]
+        return [r for r in rows if r.state == "READY"] if ready else rows
+
+    def _index_row(self, name: str) -> RepositoryModel:
+        model = self.registry.models.get(name)
+        if model is None:
+            unloaded = self.registry.unloaded.get(name)
+            if unloaded is not None:
+                return RepositoryModel(name, str(unloaded), "UNAVAILABLE", "unloaded")  # Triton's reason
+            return RepositoryModel(name, "", "UNAVAILABLE", "not loaded")
+        if self.registry.shutting_down:
+            return RepositoryModel(name, str(model.version), "UNAVAILABLE", "shutting down")
+        state = "UNLOADING" if model.unloading else _TRITON_STATES[model.state]
+        return RepositoryModel(name, str(model.version), state, model.reason)
+
+    async def load_model(self, request: RepositoryRequest) -> ModelStatus:
+        """Load or reload a model from the repository on disk, never from the request: model files in it
+        (``file:…`` parameters) and configuration overrides (``config``) are refused."""
+        _one_repository(request.repository)
+        files = sorted(key for key in request.parameters if key.startswith("file:"))
+        if files:
+            raise InvalidInput(f"model files in a load request are refused ({shown(files[0])}…): models load only "
+                               "from the server's repository on disk; publish a version folder there instead")
+        if "config" in request.parameters:
+            raise InvalidInput("a 'config' override is refused: a model's configuration is its version folder's "
+                               "model.json, checked with the model (sha256, golden outputs), plus the server's "
+                               "flags; publish a new version to change it")
+        _no_other_parameters(request, ())
+        model = await self.registry.load(request.model)
+        self._explainers.pop(model.name, None)  # a reload may serve other files: rebuilt on the next use
+        return _status(model)
+
+    async def unload_model(self, request: RepositoryRequest) -> None:
+        """Unload a model once the requests holding it finished; ``unload_dependents`` is accepted (no model here
+        has dependents)."""
+        _one_repository(request.repository)
+        _no_other_parameters(request, ("unload_dependents",))
+        await self.registry.unload(request.model)
+        self._explainers.pop(request.model, None)
+
     # ---- admission -------------------------------------------------------------------------------------------
     @contextmanager
     def admit(self, name: str, version: str | int | None = None, images: int = 1) -> Iterator[ServedModel]:
         """The model, ready to answer, held for one request of ``images`` images; refused before any work when the
         request is larger than ``max_images_per_request`` (``InvalidInput``) or the model already holds
         ``max_admitted`` images (``Overloaded``)."""
-        if images > self.config.max_images_per_request:
-            raise InvalidInput(f"{images} images in one request, more than the limit of "
-                               f"{self.config.max_images_per_request} (--max-images-per-request); split the request")
-        if images > self.config.max_admitted:  # could never be admitted, however long the client waits
-            raise InvalidInput(f"{images} images in one request, more than a model holds at once "
-                               f"({self.config.max_admitted}: --max-queue + --max-batch); split the request")
-        model = self.registry.get(name, version)
-        if model.active + images > self.config.max_admitted:
-            raise Overloaded(f"model {name!r}: queue full ({model.active} images in progress); retry later")
-        model.active += images
+        with tracing.step("admission") as admission:
+            if images > self.config.max_images_per_request:
+                raise InvalidInput(f"{images} images in one request, more than the limit of "
+                                   f"{self.config.max_images_per_request} (--max-images-per-request); split the "
+                                   "request")
+            if images > self.config.max_admitted:  # could never be admitted, however long the client waits
+                raise InvalidInput(f"{images} images in one request, more than a model holds at once "
+                                   f"({self.config.max_admitted}: --max-queue + --max-batch); split the request")
+            model = self.registry.get(name, version)
+            if model.active + images > self.config.max_admitted:
+                self._counters(model).failed(0)  # it reached the version: a failure in its statistics
+                raise Overloaded(f"model {name!r}: queue full ({model.active} images in progress); retry later")
+            model.active += images
+            admission.note("serving.model_version", model.version)
         try:
             yield model
         finally:
@@ -133,30 +208,35 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResult:
         """Open Inference: the request's one input (an FP32 tensor, or encoded images) → the model's outputs (its
         logits, or Triton's classification strings where a requested output has a ``class_count``)."""
-        with self.admit(request.model, request.version, request.batch_size) as model:
+        with self.admit(request.model, request.version, request.batch_size) as model, \
+                self._counters(model).request() as timing:
             manifest = _manifest(model)
             tensors.check_outputs(manifest, request.outputs)
             if any(t.shm for t in request.inputs) or any(o.shm for o in request.outputs):
                 raise Unsupported("system shared memory is not available on this server yet")
-            data = tensors.request_input(manifest, request.inputs)
-            x = data if isinstance(data, np.ndarray) else await self.preprocess(model, data, request.deadline)
-            logits = await self.run(model, x, request.deadline)
-        requested = request.outputs or [RequestedOutput(manifest.output_name)]
-        return InferResult(model.name, model.version, request.id,
-                           [_output(o, logits, _predictor(model).labels) for o in requested])
+            with tracing.step("decode"):
+                data = tensors.request_input(manifest, request.inputs)
+                x = data if isinstance(data, np.ndarray) else await self.preprocess(model, data, request.deadline)
+            logits = await self.run(model, x, request.deadline, timing)
+            requested = request.outputs or [RequestedOutput(manifest.output_name)]
+            outputs = [_output(o, logits, _predictor(model).labels) for o in requested]
+        return InferResult(model.name, model.version, request.id, outputs)
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResult:
         """The top-k classes of each image."""
-        with self.admit(request.model, request.version, max(1, len(request.images))) as model:
+        with self.admit(request.model, request.version, max(1, len(request.images))) as model, \
+                self._counters(model).request() as timing:
             predictor = _predictor(model)
             k = predictor.resolve_top_k(request.top_k)
-            logits = await self.run(model, await self.preprocess(model, request.images, request.deadline),
-                                    request.deadline)
-        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
-        if len(bad):  # finite but extreme tensor values can overflow inside the network
-            raise InvalidInput(f"image {', '.join(map(str, bad))}: the model's output is not finite (NaN or "
-                               "infinite logits); the input values are out of range")
-        return ClassifyResult(model.name, model.version, request.id, top_predictions(logits, k, predictor.labels))
+            with tracing.step("decode"):
+                x = await self.preprocess(model, request.images, request.deadline)
+            logits = await self.run(model, x, request.deadline, timing)
+            bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+            if len(bad):  # finite but extreme tensor values can overflow inside the network
+                raise InvalidInput(f"image {', '.join(map(str, bad))}: the model's output is not finite (NaN or "
+                                   "infinite logits); the input values are out of range")
+            results = top_predictions(logits, k, predictor.labels)
+        return ClassifyResult(model.name, model.version, request.id, results)
 
     # ---- the steps ------------------------------------------------------------------------------------------
     def _check_size(self, model: ServedModel, count: int) -> None:
@@ -199,16 +279,25 @@ class DataPlane:
                                               for i in range(start, min(start + self._decode_round, len(images)))))
         return np.stack(decoded)
 
-    async def run(self, model: ServedModel, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
+    async def run(self, model: ServedModel, x: np.ndarray, deadline: float | None = None,
+                  timing: RequestTiming | None = None) -> np.ndarray:
         """A checked (N, C, H, W) batch through the model's batcher; (N, K) logits. More than ``max_batch`` images
-        go in ``max_batch`` chunks, one after the other, each queued behind the requests that came before it."""
+        go in ``max_batch`` chunks, one after the other, each queued behind the requests that came before it.
+        ``timing``: the request's statistics (the time until now was spent preparing its input)."""
         predictor = _predictor(model)
         predictor.check_finite(predictor.check_batch(x))
         assert model.batcher is not None  # set together with the predictor
+        if timing is not None:
+            timing.prepared()
         step = self.config.max_batch
         if len(x) <= step:
-            return await model.batcher.submit(x, deadline)
-        return np.concatenate([await model.batcher.submit(x[i:i + step], deadline) for i in range(0, len(x), step)])
+            logits = await model.batcher.submit(x, deadline, timing)
+        else:
+            logits = np.concatenate([await model.batcher.submit(x[i:i + step], deadline, timing)
+                                     for i in range(0, len(x), step)])
+        if timing is not None:
+            timing.resumed()
+        return logits
 
     # ---- explanations ----------------------------------------------------------------------------------------
     @staticmethod
@@ -230,10 +319,11 @@ class DataPlane:
 
     async def explain(self, request: ExplainRequest) -> ExplainResult:
         """The top-k of one image and a heatmap of the evidence for ``class_index`` (default: the top class)."""
-        with self.admit(request.model, request.version, self.explain_images(request.method)) as model:
-            return await self._explain(model, request)
+        with self.admit(request.model, request.version, self.explain_images(request.method)) as model, \
+                self._counters(model).request() as timing:
+            return await self._explain(model, request, timing)
 
-    async def _explain(self, model: ServedModel, request: ExplainRequest) -> ExplainResult:
+    async def _explain(self, model: ServedModel, request: ExplainRequest, timing: RequestTiming) -> ExplainResult:
         predictor = _predictor(model)
         graph = model.manifest.explain if model.manifest else None
         method = request.method or ("cam" if graph is not None and graph.cam else "occlusion")
@@ -249,21 +339,69 @@ class DataPlane:
                                f"{predictor.num_classes} classes (0-{predictor.num_classes - 1})")
         session = self._explainer(model, f"method {method!r}" if method == "cam" else "stages") \
             if method == "cam" or request.stages else None
-        x = await self.preprocess(model, [request.image], deadline)
-        loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._decoder, session.run, x) if session is not None else {}
-        logits = outputs["logits"] if method == "cam" else await self.run(model, x, deadline)
+        with tracing.step("decode"):
+            x = await self.preprocess(model, [request.image], deadline)
+        outputs: dict[str, np.ndarray] = {}
+        if session is not None:  # the explain graph: the model with more outputs, one execution of its own
+            timing.prepared()
+            outputs, ns = await asyncio.get_running_loop().run_in_executor(self._decoder, _timed, session.run, x)
+            timing.computed(len(x), ns)
+            timing.resumed()
+        logits = outputs["logits"] if method == "cam" else await self.run(model, x, deadline, timing)
         predictions = top_predictions(logits, k_top, predictor.labels)[0]
         probabilities = softmax(logits)[0]
         k = int(np.argmax(probabilities)) if class_index is None else class_index
         if method == "cam":
             heatmap = explain.cam(outputs, k)
         else:
-            occluded = await self.run(model, explain.occlusion_batch(x[0]), deadline)
+            occluded = await self.run(model, explain.occlusion_batch(x[0]), deadline, timing)
             heatmap = explain.occlusion(float(probabilities[k]), softmax(occluded)[:, k])
         maps = explain.stage_maps(outputs, session.graph.stages) if request.stages and session is not None else []
         return ExplainResult(model.name, model.version, request.id, predictions, k, predictor.labels[k], method,
                              heatmap, maps)
+
+    # ---- log and trace settings (Triton's logging and trace extensions) ----------------------------------------
+    def log_settings(self, changes: Mapping[str, object] | None = None) -> dict[str, bool | int | str]:
+        """The process's log settings, after ``changes`` if any (a value of None: back to the start value)."""
+        return self.logs.update(changes) if changes else self.logs.get()
+
+    def trace_settings(self, model: str = "",
+                       changes: Mapping[str, list[str] | None] | None = None) -> dict[str, list[str]]:
+        """The trace settings of ``model`` (a model's own, or the global ones for ""), after ``changes`` if any."""
+        if model:
+            self.registry.find(model)  # ModelNotFound: clients cannot grow the table with names of no model
+        return self.tracing.update(model, changes) if changes else self.tracing.settings(model)
+
+    # ---- statistics ------------------------------------------------------------------------------------------
+    def _counters(self, model: ServedModel) -> VersionStatistics:
+        """The statistics of the model's served version (its batcher's), listed for reading on first use."""
+        if model.batcher is None:
+            raise NotReady(f"model {model.name!r} is not serving")
+        counters = model.batcher.statistics
+        if not counters.tracked:
+            self._statistics.track(model.name, model.version, counters)
+        return counters
+
+    def statistics(self, name: str = "", version: str | int = "") -> list[ModelStatistics]:
+        """Triton's statistics: of every model version that served (``name`` ""; ``version`` is then ignored, as
+        Triton does), of every version of ``name`` (``version`` ""), or of that version, even after a newer one
+        replaced it. ``ModelNotFound`` for an unknown model or a version without statistics; ``NotReady`` for a
+        model none of whose versions served yet."""
+        for served in self.registry.models.values():  # a version nobody asked anything yet: zeros
+            if served.batcher is not None:
+                self._counters(served)
+        if not name:
+            return self._statistics.read()
+        versions = self._statistics.versions(name)
+        if not versions:
+            model = self.registry.find(name)  # ModelNotFound for a name the server never had
+            raise NotReady(f"model {name!r} has no statistics: none of its versions has served "
+                           f"({model.reason or 'still loading'})")
+        wanted = parse_version(version)
+        if wanted is not None and wanted not in versions:
+            raise ModelNotFound(f"Request for unknown model: {shown(name)} version {wanted} is not found "
+                                f"(versions with statistics: {', '.join(map(str, versions))})")
+        return self._statistics.read(name, wanted)
 
 
 def _output(requested: RequestedOutput, logits: np.ndarray, labels: Sequence[str]) -> OutputTensor:
@@ -275,9 +413,34 @@ def _output(requested: RequestedOutput, logits: np.ndarray, labels: Sequence[str
     return OutputTensor(requested.name, "BYTES", [len(logits), k], classification(logits, k, labels))
 
 
+T = TypeVar("T")
+
+
+def _timed(fn: Callable[[np.ndarray], T], x: np.ndarray) -> tuple[T, int]:
+    """``fn(x)`` and its nanoseconds, timed in the thread that runs it."""
+    started = time.perf_counter_ns()
+    return fn(x), time.perf_counter_ns() - started
+
+
 def _check_deadline(loop: asyncio.AbstractEventLoop, deadline: float | None, where: str) -> None:
     if deadline is not None and loop.time() >= deadline:
         raise DeadlineExceeded(f"deadline passed {where}")
+
+
+# The registry's states as Triton's repository index names them (an unloading model is NOT_SERVING + unloading).
+_TRITON_STATES = {ModelState.SERVING: "READY", ModelState.LOADING: "LOADING", ModelState.NOT_SERVING: "UNAVAILABLE"}
+
+
+def _one_repository(name: str) -> None:
+    if name:  # as Triton answers a repository name when it has no such feature
+        raise Unsupported(f"repository_name {shown(name)}: this server has one repository; leave the name empty")
+
+
+def _no_other_parameters(request: RepositoryRequest, accepted: tuple[str, ...]) -> None:
+    unknown = sorted(set(request.parameters) - set(accepted))
+    if unknown:
+        raise InvalidInput(f"unknown parameter {shown(unknown[0])} for model {shown(request.model)}; this request "
+                           f"takes {', '.join(map(repr, accepted)) or 'none'}")
 
 
 def _predictor(model: ServedModel) -> Predictor:

@@ -4,13 +4,21 @@ Exposed over HTTP ``/metrics`` on ``--metrics-port`` (Triton's default, 8002). N
 
 - ``serving_requests_total{model, method, code}`` — finished RPCs (one per stream message for streams);
 - ``serving_request_duration_seconds{model, method}`` — handler time, decode + queue + compute + encode;
-- ``serving_queue_duration_seconds{model}`` — time an accepted request waited in the batcher's queue;
-- ``serving_compute_duration_seconds{model}`` — one onnxruntime call (one batch);
+- ``serving_queue_duration_seconds{model}`` — per successful inference request, its time in the batcher's queue
+  (all its batches: a request of more than ``--max-batch`` images joins several);
+- ``serving_compute_duration_seconds{model}`` — one onnxruntime call (one batch), timed in its compute thread;
 - ``serving_batch_size{model}`` — images per onnxruntime call;
 - ``serving_inflight_requests{method}`` — RPCs being handled now;
 - ``serving_queue_depth{model}`` — requests waiting in the batcher;
 - ``serving_dropped_requests_total{model, reason}`` — queued requests never computed (cancelled, deadline);
 - ``serving_model_ready{model, version}`` — 1 once the model passed its golden self-check, else 0.
+
+The queue, compute and batch-size histograms are observed by the calls that count Triton's statistics
+(``serving.runtime.statistics``), with the same numbers: they agree with ``ModelStatistics`` summed over versions.
+``serving_requests_total`` counts calls at the transport, so it also counts what never reached a model version (a
+bad token, a malformed message, an unknown model or version) and the calls that are not inference; restricted to the
+inference methods of one model and to requests that reached it, its OK count is ``success.count`` and the rest
+``fail.count``.
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ class Metrics:
                                 ("model", "method", "code"), registry=r)
         self.request_seconds = Histogram("serving_request_duration_seconds", "RPC handling time",
                                          ("model", "method"), buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_seconds = Histogram("serving_queue_duration_seconds", "Time waiting in the batch queue",
+        self.queue_seconds = Histogram("serving_queue_duration_seconds",
+                                       "Time a successful request waited in the batch queue",
                                        ("model",), buckets=LATENCY_BUCKETS, registry=r)
         self.compute_seconds = Histogram("serving_compute_duration_seconds", "onnxruntime time per batch",
                                          ("model",), buckets=LATENCY_BUCKETS, registry=r)

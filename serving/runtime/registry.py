@@ -5,6 +5,15 @@ unpinned model whose newest version is refused falls back to the next older one.
 SIGHUP) loads models and versions added since; a newer version replaces the serving one only after it passed every
 check, the replaced version finishes the requests that hold it, and a refused version is retried only once its
 files change. Models or versions deleted from disk keep serving from memory until the next restart.
+
+Model control (``config.model_control``, Triton's modes): ``poll`` is the above; ``none`` loads at start and never
+looks at the repository again; ``explicit`` loads only the models of ``config.models`` at start (none when it is
+empty) and then what :meth:`ModelRegistry.load` and :meth:`ModelRegistry.unload` ask for — the only way anything
+changes in that mode, and refused in the others. A load runs the same checks as start-up (sha256, golden outputs)
+on the newest version (or the pinned one), falls back to older ones while none serves, and never replaces a serving
+version with one that failed; an unload refuses new requests, lets those holding the model finish (at most
+``grace_s``), then frees it. Loads, unloads and rescans run one at a time (``_lock``), each shielded from its
+caller's cancellation so that a client that hangs up never leaves a model half loaded.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ class ServedModel:
     golden: GoldenResult | None = None
     verification: dict = field(default_factory=dict)
     active: int = 0  # images of the requests holding this entry: admitted and not finished
+    unloading: bool = False  # an unload is draining it (its state is NOT_SERVING meanwhile)
 
 
 @dataclass(frozen=True)
@@ -104,7 +114,12 @@ class ModelRegistry:
         # (name, version) → (fingerprint of its files, reason) for versions that failed their checks
         self._refused: dict[tuple[str, int], tuple[tuple, str]] = {}
         self._retiring: dict[ServedModel, asyncio.Task[None]] = {}
+        self._control: set[asyncio.Task] = set()  # loads and unloads asked for, running shielded
+        self.unloaded: dict[str, int] = {}  # name → the version it served, for the models unloaded on request
         self._pinned: dict[str, int | None] = dict(layout.parse_selector(s) for s in config.models)
+        if config.model_control == "explicit" and not config.models:
+            layout.discover(config.repository)  # the folder must exist; loading what is in it waits for requests
+            return
         chosen = layout.select(config.repository, list(config.models))
         for name, (version, versions) in chosen.items():
             self.models[name] = ServedModel(name, version, versions, Path(config.repository) / name / str(version))
@@ -134,8 +149,9 @@ class ModelRegistry:
             await listener(None)
 
     async def rescan(self) -> None:
-        """Load the models and versions added to the repository since the last look (after loading finished)."""
-        if not self.loading_done or self.shutting_down:
+        """Load the models and versions added to the repository since the last look (after loading finished); only
+        under ``--model-control poll``."""
+        if not self.loading_done or self.shutting_down or self.config.model_control != "poll":
             return
         loop = asyncio.get_running_loop()
         async with self._lock:
@@ -168,20 +184,23 @@ class ModelRegistry:
         path = Path(self.config.repository) / name / str(version)
         return refused is not None and refused[0] == layout.fingerprint(path)
 
-    async def _update(self, name: str, versions: list[int]) -> None:
-        """Bring one model up to date: try its candidate versions, newest first, and serve the first that passes."""
+    async def _update(self, name: str, versions: list[int], new: str = "appeared in the repository") -> list[_Attempt]:
+        """Bring one model up to date: try its candidate versions, newest first, and serve the first that passes.
+        Returns the versions refused on the way."""
         model = self.models.get(name)
-        if model is None:  # added to the repository while running
+        if model is None:  # added to the repository while running, or loaded on request
             model = self.models[name] = ServedModel(name, versions[-1], list(versions),
                                                     Path(self.config.repository) / name / str(versions[-1]))
-            log.info("model %s appeared in the repository (versions %s)", name, versions)
+            log.info("model %s %s (versions %s)", name, new, versions)
             await self._set_state(model, ModelState.LOADING)
         model.versions = list(versions)
         failures: list[_Attempt] = []
         for version in self._candidates(name, versions):
             if self.shutting_down:
-                return
+                return failures
             attempt = await self._try(name, version)
+            if self.shutting_down:  # the batchers are closing: serve nothing new
+                return failures
             if attempt.loaded is not None:
                 await self._activate(model, attempt)
                 break
@@ -200,6 +219,7 @@ class ModelRegistry:
             reason = failures[0].reason if len(failures) == 1 else "; ".join(
                 f"version {a.version}: {a.reason}" for a in failures)
             await self._set_state(current, ModelState.NOT_SERVING, reason)
+        return failures
 
     async def _try(self, name: str, version: int) -> _Attempt:
         """Load and check one version off the event loop; a refusal is logged and remembered with the files' state."""
@@ -255,42 +275,134 @@ class ModelRegistry:
 
     async def _retire(self, old: ServedModel) -> None:
         """Close a replaced version once the requests holding it finished (at most ``grace_s`` later)."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + max(self.config.grace_s, 1.0)
         try:
-            while old.active and loop.time() < until:
-                await asyncio.sleep(0.05)
-            if old.active:
-                log.warning("model %s version %d: closing with %d requests still running", old.name, old.version,
-                            old.active)
-            assert old.batcher is not None
-            await old.batcher.close()
+            await self._close_when_idle(old)
         finally:
             self._retiring.pop(old, None)
 
+    async def _close_when_idle(self, model: ServedModel) -> None:
+        """Close an entry's batcher once the requests holding it finished (at most ``grace_s`` later)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + max(self.config.grace_s, 1.0)
+        while model.active and loop.time() < until:
+            await asyncio.sleep(0.05)
+        if model.active:
+            log.warning("model %s version %d: closing with %d requests still running", model.name, model.version,
+                        model.active)
+        if model.batcher is not None:
+            await model.batcher.close()
+
+    # ---- model control (--model-control explicit) --------------------------------------------------------------
+    async def on_disk(self) -> dict[str, list[int]]:
+        """Model name → its versions, as the repository folder holds them now (read off the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(None, layout.discover, self.config.repository)
+
+    def _check_control(self, name: str) -> None:
+        if self.config.model_control != "explicit":
+            # Triton's words first (tools match them), then ours; Triton answers UNAVAILABLE too.
+            raise NotReady(f"explicit model load / unload is not allowed with --model-control "
+                           f"{self.config.model_control}: start the server with --model-control explicit")
+        if not layout.is_model_name(name or ""):  # never a path: "../x" or "a/b" must not reach the file system
+            raise ModelNotFound(f"no model {shown(name)} in the repository (a model name is a folder name: "
+                                f"{layout.NAME_PATTERN})")
+
+    async def _shielded(self, work: Awaitable[ServedModel | None]) -> ServedModel | None:
+        """Run ``work`` to its end even if the caller is cancelled (a client hanging up mid-load); ``close()``
+        cancels it at shutdown."""
+        task = asyncio.ensure_future(work)
+        self._control.add(task)
+        task.add_done_callback(self._control.discard)
+        return await asyncio.shield(task)
+
+    async def load(self, name: str) -> ServedModel:
+        """Load ``name`` from the repository, or reload it: the newest version (or the pinned one) after the same
+        checks as at start. A model that serves keeps serving when no newer version passes; ``ModelRejected`` says
+        why. ``ModelNotFound`` for a name the repository does not hold."""
+        self._check_control(name)
+        model = await self._shielded(self._load(name))
+        assert model is not None
+        return model
+
+    async def _load(self, name: str) -> ServedModel:
+        async with self._lock:
+            if self.shutting_down:
+                raise NotReady("the server is shutting down")
+            found = await self.on_disk()
+            if name not in found:
+                raise ModelNotFound(f"no model {shown(name)} in the repository (it has: {', '.join(found) or 'none'})")
+            versions = found[name]
+            pinned = self._pinned.get(name)
+            if pinned is not None and pinned not in versions:
+                raise ModelNotFound(f"model {name!r}: the pinned version {pinned} (--models {name}:{pinned}) is not "
+                                    f"in the repository (versions: {versions})")
+            for key in [k for k in self._refused if k[0] == name]:
+                del self._refused[key]  # asked for explicitly: try again even a version refused before
+            failures = await self._update(name, versions, new="is loading on request")
+            self.unloaded.pop(name, None)
+            model = self.models[name]
+            if model.state is not ModelState.SERVING:
+                raise ModelRejected(f"model {name!r} failed to load: {model.reason or 'shutting down'}")
+            if failures:  # a newer version was refused: the one that passed serves, and the caller hears why
+                refused = "; ".join(f"version {a.version} refused: {a.reason}" for a in failures)
+                raise ModelRejected(f"model {name!r}: {refused}; version {model.version} serves")
+            log.info("model %s loaded on request: version %d serves", name, model.version,
+                     extra={"model": name, "version": model.version})
+            return model
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name``: new requests are refused at once (UNAVAILABLE), those holding it finish (at most
+        ``grace_s``), then its sessions are freed. Unloading a model that is not loaded does nothing;
+        ``ModelNotFound`` for a name the server and the repository do not know."""
+        self._check_control(name)
+        await self._shielded(self._unload(name))
+
+    async def _unload(self, name: str) -> None:
+        async with self._lock:
+            model = self.models.get(name)
+            if model is None:
+                if name not in self.unloaded and name not in await self.on_disk():
+                    raise ModelNotFound(f"no model {shown(name)} in the repository or on this server")
+                return
+            model.unloading = True
+            await self._set_state(model, ModelState.NOT_SERVING, "unloading")
+            await self._close_when_idle(model)
+            del self.models[name]
+            self.unloaded[name] = model.version
+            log.info("model %s version %d unloaded on request", name, model.version,
+                     extra={"model": name, "version": model.version})
+            for listener in self._listeners:
+                await listener(None)
+
     @property
     def ready(self) -> bool:
-        """Serving as a whole: loading finished, at least one model passed its checks, not shutting down."""
+        """Serving as a whole: loading finished, not shutting down, and at least one model passed its checks — or,
+        under ``--model-control explicit``, no model is held at all (none asked for at start, or all unloaded:
+        Triton's rule, nothing asked for has failed)."""
         return (self.loading_done and not self.shutting_down
-                and any(m.state is ModelState.SERVING for m in self.models.values()))
+                and (not self.models or any(m.state is ModelState.SERVING for m in self.models.values())))
 
     async def close(self) -> None:
         self.shutting_down = True
-        for task in list(self._retiring.values()):
+        for task in [*self._control, *self._retiring.values()]:
             task.cancel()
-        await asyncio.gather(*self._retiring.values(), return_exceptions=True)
+        await asyncio.gather(*self._control, *self._retiring.values(), return_exceptions=True)
         for model in [*self.models.values(), *self._retiring]:
             if model.batcher is not None:
                 await model.batcher.close()
 
     # ---- lookups ---------------------------------------------------------------------------------------------
     def find(self, name: str, version: str | int | None = None) -> ServedModel:
-        """The model entry, whatever its state; ``ModelNotFound`` for an unknown name or version."""
+        """The model entry, whatever its state; ``ModelNotFound`` for an unknown name or version, ``NotReady`` for a
+        model unloaded on request."""
         if not name:
             raise InvalidInput("no model name given")
         model = self.models.get(name)
         if model is None:
-            raise ModelNotFound(f"model {shown(name)} not found (this server has: {', '.join(sorted(self.models))})")
+            if name in self.unloaded:  # as Triton: a model unloaded on request is unavailable, not unknown
+                raise NotReady(f"model {name!r} is unloaded (load it again: RepositoryModelLoad, "
+                               f"python -m serving models load {name})")
+            raise ModelNotFound(f"model {shown(name)} not found (this server has: "
+                                f"{', '.join(sorted(self.models)) or 'none'})")
         wanted = parse_version(version)
         if wanted is not None and wanted != model.version:
             if wanted in model.versions:

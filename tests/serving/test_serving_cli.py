@@ -141,3 +141,37 @@ def test_serving_imports_neither_torch_nor_fastai() -> None:
             "print(sorted(m for m in ('torch', 'torchvision', 'fastai') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_models_list_load_unload_over_a_server_in_explicit_mode(serving_repo: Repo) -> None:
+    """``serve`` told by SERVING_MODEL_CONTROL to load only --models (SERVING_MODELS), driven by ``models``."""
+    server = ServerProcess(serving_repo.path, env={"SERVING_MODEL_CONTROL": "explicit", "SERVING_MODELS": "digits"})
+    try:
+        address = server.address
+        listed = run_cli("models", "list", "--server", address)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.splitlines() == ["NAME      VERSION  STATE        REASON",
+                                              "corrupt   -        UNAVAILABLE  not loaded",
+                                              "digits    2        READY",
+                                              "rgb       -        UNAVAILABLE  not loaded",
+                                              "tampered  -        UNAVAILABLE  not loaded"]
+        loaded = run_cli("models", "load", "--server", address, "rgb")
+        assert (loaded.returncode, loaded.stdout, loaded.stderr) == (0, "rgb: loaded, version 1 serves\n", "")
+        ready = run_cli("models", "list", "--ready", "--json", "--server", address)
+        assert [json.loads(line) for line in ready.stdout.splitlines()] == [
+            {"name": "digits", "version": "2", "state": "READY", "reason": ""},
+            {"name": "rgb", "version": "1", "state": "READY", "reason": ""}]
+        unloaded = run_cli("models", "unload", "--server", address, "rgb")
+        assert (unloaded.returncode, unloaded.stdout) == (0, "rgb: unloaded\n")
+        # Failures: exit 1 and one line naming the status, as the other client commands.
+        failed = run_cli("models", "load", "--server", address, "tampered")
+        assert failed.returncode == 1
+        assert failed.stderr.startswith("error: UNAVAILABLE: model 'tampered' failed to load: golden self-check "
+                                        "failed")
+        assert len(failed.stderr.splitlines()) == 1
+        missing = run_cli("models", "unload", "--server", address, "nope")
+        assert (missing.returncode, missing.stderr) == (
+            1, "error: NOT_FOUND: no model 'nope' in the repository or on this server\n")
+        assert run_cli("models", "load", "--server", address).returncode == 2  # no NAME: a usage error
+    finally:
+        server.stop()

@@ -165,8 +165,10 @@ def test_metadata_config_and_readiness(config: ServerConfig) -> None:
         assert plane.server_ready()
         assert plane.model_ready("digits")
         assert plane.model_ready("digits", "1")
+        assert not plane.model_ready("digits", "2")  # unknown: not ready, as Triton answers
+        assert not plane.model_ready("nope")
         with pytest.raises(ModelNotFound):
-            plane.model_ready("digits", "2")
+            plane.model_metadata("digits", "2")
         metadata = plane.model_metadata("digits")
         assert (metadata.name, metadata.versions, metadata.platform) == ("digits", ["1"], "onnxruntime_onnx")
         assert [(t.name, t.datatype, t.shape) for t in metadata.inputs] == [("input", "FP32", [-1, *SHAPE])]
@@ -247,9 +249,9 @@ def test_more_images_than_max_batch_go_in_chunks(config: ServerConfig, digits: P
         batcher = plane.registry.models["digits"].batcher
         submit = batcher.submit
 
-        async def recording(chunk: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        async def recording(chunk: np.ndarray, *rest: Any) -> np.ndarray:
             sizes.append(len(chunk))
-            return await submit(chunk, deadline)
+            return await submit(chunk, *rest)
 
         batcher.submit = recording  # type: ignore[method-assign]
         return (await plane.infer(InferRequest("digits", inputs=[fp32(x)]))).outputs[0].data
