@@ -65,8 +65,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     _option(p, "--max-http-connections", int, 1000, "HTTP connections open at once; more are closed (default 1000)")
     _option(p, "--http-timeout-s", float, 30.0, "an HTTP client must start each request, send its body and read "
             "the answer within this long (default 30)")
-    _option(p, "--auth-token-file", Path, None, "require 'authorization: Bearer TOKEN' on every call but health, "
-            "TOKEN one of the file's lines (reread on SIGHUP)")
+    _option(p, "--auth-token-file", Path, None, "require 'authorization: Bearer TOKEN' on every call but health; "
+            "the file's lines are TOKEN or TOKEN NAME, NAME the client's identity (reread on SIGHUP)")
     _option(p, "--device", str, "cpu", choices=("cpu", "cuda"))
     p.add_argument("--models", nargs="+", metavar="NAME[:VERSION]",
                    default=_env("models", [], lambda v: v.replace(",", " ").split()),
@@ -101,6 +101,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     _option(p, "--tls-client-ca", Path, None, "CA that client certificates must be signed by (mutual TLS)")
     _option(p, "--poll-s", float, 0.0, "look for new models and versions every SECONDS (default 0: only on SIGHUP); "
             "a version that fails its checks never replaces the one serving")
+    _option(p, "--max-shm-regions", int, 64, "system shared-memory regions registered at once, all clients "
+            "together (Triton's shared-memory extension; default 64; 0: off)")
     _option(p, "--model-control", str, "poll", "Triton's model control mode: poll (default: load every model, "
             "rescan on SIGHUP and every --poll-s), explicit (load the --models at start, none without it, then load "
             "and unload on request: python -m serving models), none (load at start, never change)",

@@ -50,6 +50,7 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None        # set: clients must present a certificate signed by it (mTLS)
     poll_s: float = 0.0                      # look for new models/versions every poll_s seconds; 0: only on SIGHUP
+    max_shm_regions: int = 64                # system shared-memory regions registered at once; 0: extension off
     model_control: str = "poll"              # one of MODEL_CONTROL_MODES
     trace_endpoint: str | None = None        # OTLP/gRPC collector (http://host:4317) that spans are exported to
     trace_level: str = "OFF"                 # OFF or TIMESTAMPS: where the trace settings start (Triton's names)
@@ -71,6 +72,8 @@ class ServerConfig:
             raise ValueError("--stream-write-timeout-s and --http-timeout-s must be > 0")
         if self.max_http_connections < 1:
             raise ValueError("--max-http-connections must be >= 1")
+        if self.max_shm_regions < 0:
+            raise ValueError("--max-shm-regions must be >= 0")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:

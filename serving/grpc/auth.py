@@ -2,11 +2,13 @@
 
 The token travels as ``authorization: Bearer <token>`` metadata. Health stays open: ``grpc.health.v1`` and the
 Open Inference Protocol's liveness/readiness calls answer without a token, as load balancers and probes need.
-A refused call never reaches the servicer: its message is not even parsed.
+A refused call never reaches the servicer: its message is not even parsed. An accepted call runs with
+``client_var`` set to the token's identity, which the data plane reads (whose shared-memory regions, whose share).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import grpc
 
 from serving.grpc.handlers import HANDLER_KINDS
-from serving.runtime.auth import HEADER, REFUSED, Tokens
+from serving.runtime.auth import HEADER, REFUSED, Tokens, client_var
 from serving.runtime.logs import RateLimit
 
 log = logging.getLogger("serving.auth")
@@ -41,6 +43,25 @@ async def _refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
     context.set_details(REFUSED)
 
 
+def _as_client(handler: grpc.RpcMethodHandler, identity: str) -> grpc.RpcMethodHandler:
+    """``handler`` with its behaviour run under ``client_var = identity``. Only coroutine behaviours are wrapped (every
+    servicer method of ours); an async generator (reflection's stream) needs no identity and is left as it is."""
+    field = ("stream_" if handler.request_streaming else "unary_") + ("stream" if handler.response_streaming
+                                                                        else "unary")
+    behavior = getattr(handler, field)
+    if not inspect.iscoroutinefunction(behavior):
+        return handler
+
+    async def as_client(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = client_var.set(identity)
+        try:
+            return await behavior(request, context)
+        finally:
+            client_var.reset(token)
+
+    return handler._replace(**{field: as_client})  # type: ignore[attr-defined]
+
+
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: Tokens) -> None:
         self.tokens = tokens
@@ -51,8 +72,11 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or details.method in OPEN_METHODS or self.tokens.allows(_header(details)):
+        if handler is None or details.method in OPEN_METHODS:
             return handler
+        identity = self.tokens.identify(_header(details))
+        if identity is not None:
+            return _as_client(handler, identity)
         if self._log_limit.allow(details.method) is not None:
             log.info("%s UNAUTHENTICATED", details.method, extra={"method": details.method, "code": "UNAUTHENTICATED"})
         kind = (handler.request_streaming, handler.response_streaming)

@@ -18,6 +18,7 @@ from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving.contract import api, tensors
 from serving.errors import InvalidInput
+from serving.runtime.shared_memory import RegionStatus
 
 # ---- imageclassifier.v1 ------------------------------------------------------------------------------------------
 
@@ -228,3 +229,12 @@ def trace_settings_changes(request: kserve_pb2.TraceSettingRequest) -> dict[str,
 def trace_settings_response(settings: Mapping[str, list[str]]) -> kserve_pb2.TraceSettingResponse:
     value = kserve_pb2.TraceSettingResponse.SettingValue
     return kserve_pb2.TraceSettingResponse(settings={name: value(value=v) for name, v in settings.items()})
+
+
+# ---- shared memory (Triton's extensions) ------------------------------------------------------------------------
+
+
+def shm_status(regions: list[RegionStatus]) -> kserve_pb2.SystemSharedMemoryStatusResponse:
+    status = kserve_pb2.SystemSharedMemoryStatusResponse.RegionStatus
+    return kserve_pb2.SystemSharedMemoryStatusResponse(regions={
+        r.name: status(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size) for r in regions})

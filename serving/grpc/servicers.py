@@ -232,6 +232,48 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
     ) -> kserve_pb2.ModelInferResponse:
         return await self._infer(request, deadline_of(context), rid)
 
+    # ---- Triton's shared-memory extensions (the regions of the calling client) ----------------------------------
+    @rpc("SystemSharedMemoryStatus")
+    async def SystemSharedMemoryStatus(  # noqa: N802
+        self, request: kserve_pb2.SystemSharedMemoryStatusRequest, context: Context, rid: str,
+    ) -> kserve_pb2.SystemSharedMemoryStatusResponse:
+        return converters.shm_status(self.plane.shm_status(request.name))
+
+    @rpc("SystemSharedMemoryRegister")
+    async def SystemSharedMemoryRegister(  # noqa: N802
+        self, request: kserve_pb2.SystemSharedMemoryRegisterRequest, context: Context, rid: str,
+    ) -> kserve_pb2.SystemSharedMemoryRegisterResponse:
+        self.plane.shm_register(request.name, request.key, request.offset, request.byte_size)
+        return kserve_pb2.SystemSharedMemoryRegisterResponse()
+
+    @rpc("SystemSharedMemoryUnregister")
+    async def SystemSharedMemoryUnregister(  # noqa: N802
+        self, request: kserve_pb2.SystemSharedMemoryUnregisterRequest, context: Context, rid: str,
+    ) -> kserve_pb2.SystemSharedMemoryUnregisterResponse:
+        self.plane.shm_unregister(request.name)
+        return kserve_pb2.SystemSharedMemoryUnregisterResponse()
+
+    @rpc("CudaSharedMemoryStatus")
+    async def CudaSharedMemoryStatus(  # noqa: N802
+        self, request: kserve_pb2.CudaSharedMemoryStatusRequest, context: Context, rid: str,
+    ) -> kserve_pb2.CudaSharedMemoryStatusResponse:
+        self.plane.cuda_shm_status(request.name)  # never a region: raises for a name, or is empty
+        return kserve_pb2.CudaSharedMemoryStatusResponse()
+
+    @rpc("CudaSharedMemoryRegister")
+    async def CudaSharedMemoryRegister(  # noqa: N802
+        self, request: kserve_pb2.CudaSharedMemoryRegisterRequest, context: Context, rid: str,
+    ) -> kserve_pb2.CudaSharedMemoryRegisterResponse:
+        self.plane.cuda_shm_register(request.name)
+        return kserve_pb2.CudaSharedMemoryRegisterResponse()
+
+    @rpc("CudaSharedMemoryUnregister")
+    async def CudaSharedMemoryUnregister(  # noqa: N802
+        self, request: kserve_pb2.CudaSharedMemoryUnregisterRequest, context: Context, rid: str,
+    ) -> kserve_pb2.CudaSharedMemoryUnregisterResponse:
+        self.plane.cuda_shm_unregister(request.name)
+        return kserve_pb2.CudaSharedMemoryUnregisterResponse()
+
     @rpc("ModelStreamInfer", stream=True)
     async def ModelStreamInfer(  # noqa: N802
         self, requests: AsyncIterator[kserve_pb2.ModelInferRequest], context: Context, rid: str,

@@ -7,6 +7,8 @@ the two transports share admission, batching, limits and errors; this module onl
   ``…/infer`` — KServe v2 with Triton's binary-tensor extension (``tritonclient.http`` works unchanged);
   ``/v2/models[/{name}[/versions/{v}]]/stats`` — Triton's statistics extension;
 - ``POST /v2/repository/index``, ``/v2/repository/models/{name}/load|unload`` — Triton's repository extension;
+- ``/v2/systemsharedmemory[/region/{region}]/status|register|unregister`` and the same under
+  ``/v2/cudasharedmemory`` — Triton's shared-memory extensions;
 - ``GET /v1/models``, ``GET /v1/models/{name}``, ``POST /v1/models/{name}/classify`` (the image as the body, or
   one or many multipart files: ``curl -F image=@cat.jpg …``) — the JSON is the proto3 JSON mapping of the
   ``imageclassifier.v1`` messages (``serving.contract.classifier``: field names as in the .proto, int64 values as
@@ -43,7 +45,7 @@ from serving.http import kserve
 from serving.http.connections import ConnectionGuard
 from serving.http.status import http_status_for
 from serving.runtime import tracing
-from serving.runtime.auth import Tokens
+from serving.runtime.auth import Tokens, client_var
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import new_request_id, request_id_var
 from serving.runtime.requests import CANCELLED, OK, REQUEST_ID_KEY, Recorder, sane_request_id
@@ -113,6 +115,14 @@ class HttpFrontEnd:
                        ("GET", base + "/config", self.model_config, "ModelConfig"),
                        ("GET", base + "/stats", self.model_statistics, "ModelStatistics"),
                        ("POST", base + "/infer", self.infer, "ModelInfer")]
+        for kind, status, register, unregister in (
+                ("system", self.shm_status, self.shm_register, self.shm_unregister),
+                ("cuda", self.cuda_shm_status, self.cuda_shm_register, self.cuda_shm_unregister)):
+            base, operation = f"/v2/{kind}sharedmemory", f"{kind.capitalize()}SharedMemory"
+            for region in ("", "/region/{region}"):
+                routes += [("GET", f"{base}{region}/status", status, operation + "Status"),
+                           ("POST", f"{base}{region}/unregister", unregister, operation + "Unregister")]
+            routes.append(("POST", f"{base}/region/{{region}}/register", register, operation + "Register"))
         routes += [("POST", "/v2/repository/index", self.repository_index, "RepositoryIndex"),
                    ("POST", "/v2/repository/models/{name}/load", self.load_model, "RepositoryModelLoad"),
                    ("POST", "/v2/repository/models/{name}/unload", self.unload_model, "RepositoryModelUnload")]
@@ -165,6 +175,7 @@ class HttpFrontEnd:
     async def _around(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = sane_request_id(request.headers.get(REQUEST_ID_KEY)) or new_request_id()
         token = request_id_var.set(rid)
+        client = None  # the caller's identity, set for the handler once its token is checked
         request[RID] = rid
         operation = self._operations.get(request.match_info.route)
         started, outcome = time.perf_counter(), OK
@@ -173,7 +184,7 @@ class HttpFrontEnd:
             self.guard.request_started(request.transport)
         try:
             if self.tokens is not None and operation not in OPEN_OPERATIONS:
-                self.tokens.check(request.headers.get("Authorization"))
+                client = client_var.set(self.tokens.check(request.headers.get("Authorization")))
             encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
             if encoding != "identity" and not self.config.allow_compression:
                 raise InvalidInput(f"Content-Encoding {encoding[:20]!r} refused: compressed requests are off "
@@ -211,6 +222,8 @@ class HttpFrontEnd:
             if trace is not None:
                 self.plane.tracing.finish(trace, outcome)
             request_id_var.reset(token)
+            if client is not None:  # a keep-alive connection's next request must not inherit it
+                client_var.reset(client)
         response.headers[REQUEST_ID_KEY] = rid
         if trace is not None:
             response.headers[tracing.TRACERESPONSE] = trace.traceresponse
@@ -316,6 +329,30 @@ class HttpFrontEnd:
         body, headers = kserve.infer_response(result, binary)
         return web.Response(body=body, headers=headers,
                             content_type="application/octet-stream" if headers else "application/json")
+
+    # ---- Triton's shared-memory extensions (the regions of the calling client) ------------------------------------
+    async def shm_status(self, request: web.Request) -> web.Response:
+        return web.json_response(kserve.shm_status(self.plane.shm_status(request.match_info.get("region", ""))))
+
+    async def shm_register(self, request: web.Request) -> web.Response:
+        key, offset, byte_size = kserve.shm_register_request(await self._within_timeout(request.read()))
+        self.plane.shm_register(request.match_info["region"], key, offset, byte_size)
+        return web.Response(status=200)
+
+    async def shm_unregister(self, request: web.Request) -> web.Response:
+        self.plane.shm_unregister(request.match_info.get("region", ""))
+        return web.Response(status=200)
+
+    async def cuda_shm_status(self, request: web.Request) -> web.Response:
+        return web.json_response(kserve.shm_status(self.plane.cuda_shm_status(request.match_info.get("region", ""))))
+
+    async def cuda_shm_register(self, request: web.Request) -> web.Response:
+        self.plane.cuda_shm_register(request.match_info["region"])
+        return web.Response(status=200)
+
+    async def cuda_shm_unregister(self, request: web.Request) -> web.Response:
+        self.plane.cuda_shm_unregister(request.match_info.get("region", ""))
+        return web.Response(status=200)
 
     # ---- the simple API ------------------------------------------------------------------------------------------
     async def list_models(self, request: web.Request) -> web.Response:

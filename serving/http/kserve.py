@@ -22,6 +22,7 @@ import numpy as np
 
 from serving.contract import api, tensors
 from serving.errors import InvalidInput
+from serving.runtime.shared_memory import RegionStatus
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -133,6 +134,9 @@ def inputs(request: Body) -> list[api.InputTensor]:
         size = _parameters(tensor).get("binary_data_size")
         shm = _shared_memory(tensor, what)
         if shm is not None:
+            if size is not None or "data" in tensor:
+                raise InvalidInput(f"{what}: an input in shared memory carries no data of its own ('data' or "
+                                   "binary_data_size); send one of the two")
             found.append(api.InputTensor(name, datatype, shape, shm=shm))
         elif size is not None:
             left = len(binary) - offset
@@ -217,3 +221,26 @@ def infer_response(result: api.InferResult, binary: bool) -> tuple[bytes, dict[s
     if not raws:
         return header, {}
     return header + b"".join(raws), {HEADER_LENGTH: str(len(header))}
+
+
+# ---- shared memory (Triton's extensions) ------------------------------------------------------------------------
+
+
+def shm_register_request(body: bytes) -> tuple[str, int, int]:
+    """A system shared-memory register body, ``{"key": …, "offset": …, "byte_size": …}`` → (key, offset, byte_size)
+    (offset optional, 0)."""
+    try:
+        request = json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise InvalidInput(f"the request is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(request, dict) or not isinstance(request.get("key"), str):
+        raise InvalidInput("the register request must be a JSON object with a string 'key', 'offset' and 'byte_size'")
+    numbers = {field: request.get(field, 0 if field == "offset" else None) for field in ("offset", "byte_size")}
+    for field, value in numbers.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidInput(f"the register request's '{field}' must be a non-negative integer")
+    return request["key"], numbers["offset"], numbers["byte_size"]
+
+
+def shm_status(regions: list[RegionStatus]) -> list[dict[str, Any]]:
+    return [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions]

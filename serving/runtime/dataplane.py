@@ -10,6 +10,9 @@ thread pool, and tensors go through the model's :class:`~serving.runtime.batcher
   :meth:`~DataPlane.infer`;
 - the classifier API: :meth:`~DataPlane.models`, :meth:`~DataPlane.model_status`, :meth:`~DataPlane.classify`,
   :meth:`~DataPlane.explain`;
+- Triton's shared-memory extensions: :meth:`~DataPlane.shm_register`, :meth:`~DataPlane.shm_status`,
+  :meth:`~DataPlane.shm_unregister` (system shared memory, :mod:`serving.runtime.shared_memory`; the caller is
+  ``serving.runtime.auth.client_var``) and their CUDA twins, which a CPU server answers as Triton's CPU build does.
 - Triton's repository extension: :meth:`~DataPlane.repository_index`, :meth:`~DataPlane.load_model`,
   :meth:`~DataPlane.unload_model` (the registry does the work; ``--model-control`` decides what is allowed).
 - Triton's statistics extension: :meth:`~DataPlane.statistics`, counted per model version by every inference
@@ -30,7 +33,8 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from typing import TypeVar
 
 import numpy as np
@@ -45,6 +49,7 @@ from serving.contract.api import (
     ImageSource,
     InferRequest,
     InferResult,
+    InputTensor,
     ModelMetadata,
     ModelStatistics,
     ModelStatus,
@@ -53,23 +58,28 @@ from serving.contract.api import (
     RepositoryRequest,
     RequestedOutput,
     ServerMetadata,
+    SharedMemoryRef,
     TensorSpec,
 )
 from serving.contract.manifest import ModelManifest
 from serving.contract.prediction import classification, softmax, top_predictions
 from serving.errors import DeadlineExceeded, InvalidInput, ModelNotFound, NotReady, Overloaded, TooLarge, Unsupported
 from serving.runtime import explain, tracing
+from serving.runtime.auth import client_var
 from serving.runtime.logs import LogSettings, log_settings
 from serving.runtime.predictor import Predictor, available_cores
 from serving.runtime.registry import ModelRegistry, ModelState, ServedModel, parse_version, shown
 from serving.runtime.requests import SERVER_NAME, SERVER_VERSION
+from serving.runtime.shared_memory import RegionNotFound, RegionStatus, SharedMemory, Window
 from serving.runtime.statistics import RequestTiming, Statistics, VersionStatistics
 from serving.runtime.tracing import Tracing
 
 # The Open Inference extensions every front end carries (Triton's names). "model_repository(unload_dependents)" is
-# Triton's name for accepting that unload parameter: no model here has dependents, so it is always met.
+# Triton's name for accepting that unload parameter: no model here has dependents, so it is always met. Not
+# "cuda_shared_memory": its calls answer, but as a CPU build of Triton does (no region can be registered), so a
+# client must not be told it works.
 EXTENSIONS = ["classification", "logging", "model_configuration", "model_repository",
-              "model_repository(unload_dependents)", "statistics", "trace"]
+              "model_repository(unload_dependents)", "statistics", "system_shared_memory", "trace"]
 
 
 class DataPlane:
@@ -84,13 +94,16 @@ class DataPlane:
         self._decode_round = workers  # images of one request in the decode pool at once
         self._explainers: dict[str, explain.ExplainSession] = {}  # model name → its served version's graph
         self._statistics = Statistics()
+        self.shared_memory = SharedMemory(self.config.max_shm_regions)
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False, cancel_futures=True)
+        self.shared_memory.close()
 
     # ---- what the server holds -------------------------------------------------------------------------------
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(SERVER_NAME, SERVER_VERSION, list(EXTENSIONS))
+        off = () if self.shared_memory.enabled else ("system_shared_memory",)
+        return ServerMetadata(SERVER_NAME, SERVER_VERSION, [e for e in EXTENSIONS if e not in off])
 
     def server_ready(self) -> bool:
         """Loading finished, at least one model passed its checks, and not shutting down."""
@@ -207,19 +220,22 @@ class DataPlane:
     # ---- inference -------------------------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResult:
         """Open Inference: the request's one input (an FP32 tensor, or encoded images) → the model's outputs (its
-        logits, or Triton's classification strings where a requested output has a ``class_count``)."""
+        logits, or Triton's classification strings where a requested output has a ``class_count``). An input or an
+        output may lie in one of the caller's shared-memory regions: the input is copied out of it once admitted,
+        the output's window is checked against the tensor and held before any computing, and written at the end."""
         with self.admit(request.model, request.version, request.batch_size) as model, \
-                self._counters(model).request() as timing:
+                self._counters(model).request() as timing, ExitStack() as held:
             manifest = _manifest(model)
             tensors.check_outputs(manifest, request.outputs)
-            if any(t.shm for t in request.inputs) or any(o.shm for o in request.outputs):
-                raise Unsupported("system shared memory is not available on this server yet")
             with tracing.step("decode"):
-                data = tensors.request_input(manifest, request.inputs)
+                data = tensors.request_input(manifest, [self._from_shared_memory(t) for t in request.inputs])
+                places = {o.name: self._output_window(held, o, 4 * len(data) * manifest.num_classes)
+                          for o in request.outputs if o.shm is not None}
                 x = data if isinstance(data, np.ndarray) else await self.preprocess(model, data, request.deadline)
             logits = await self.run(model, x, request.deadline, timing)
             requested = request.outputs or [RequestedOutput(manifest.output_name)]
             outputs = [_output(o, logits, _predictor(model).labels) for o in requested]
+            outputs = [_write(places[t.name], t) if t.name in places else t for t in outputs]
         return InferResult(model.name, model.version, request.id, outputs)
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResult:
@@ -239,6 +255,36 @@ class DataPlane:
         return ClassifyResult(model.name, model.version, request.id, results)
 
     # ---- the steps ------------------------------------------------------------------------------------------
+    def _from_shared_memory(self, tensor: InputTensor) -> InputTensor:
+        """``tensor`` with its bytes copied out of the caller's region when it lies in shared memory (a copy: the
+        client may rewrite, shrink or unlink the region while the request runs); other inputs as they are."""
+        ref = tensor.shm
+        if ref is None:
+            return tensor
+        what = f"input {tensor.name!r}"
+        if tensor.raw is not None or tensor.values is not None:
+            raise InvalidInput(f"{what}: an input in shared memory carries no data of its own; send one of the two")
+        shape = tensors.check_shape(tensor.shape, what)
+        if tensor.datatype == "FP32" and shape and min(shape) >= 0 and ref.byte_size != 4 * math.prod(shape):
+            raise InvalidInput(f"{what}: shared_memory_byte_size is {ref.byte_size}, FP32 {shape} needs "
+                               f"{4 * math.prod(shape)}")
+        if ref.byte_size > self.config.max_message_bytes:
+            raise TooLarge(f"{what}: {ref.byte_size} bytes in shared memory, more than the "
+                           f"{self.config.max_message_mb} MiB limit (--max-message-mb)")
+        with self.shared_memory.window(client_var.get(), ref.region, ref.offset, ref.byte_size) as window:
+            return replace(tensor, raw=window.read(), shm=None)
+
+    def _output_window(self, held: ExitStack, output: RequestedOutput, size: int) -> Window:
+        """The caller's window that ``output`` names, checked against the ``size`` bytes it will hold, and held by
+        ``held`` (not unregistered under the request) until the answer is written."""
+        assert output.shm is not None
+        ref = output.shm
+        if ref.byte_size < size:
+            raise InvalidInput(f"output {output.name!r}: the shared memory size specified with the request "
+                               f"({ref.byte_size} bytes) should be at least {size} bytes to hold the results")
+        return held.enter_context(self.shared_memory.window(client_var.get(), ref.region, ref.offset, ref.byte_size,
+                                                            write=True))
+
     def _check_size(self, model: ServedModel, count: int) -> None:
         """Refuse a request whose images would expand to a tensor above the message limit: a few MB of tiny PNGs
         must not become gigabytes of float32."""
@@ -298,6 +344,31 @@ class DataPlane:
         if timing is not None:
             timing.resumed()
         return logits
+
+    # ---- shared memory (Triton's extensions; regions belong to the calling client) ---------------------------------
+    def shm_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.shared_memory.register(client_var.get(), name, key, offset, byte_size)
+
+    def shm_status(self, name: str = "") -> list[RegionStatus]:
+        return self.shared_memory.status(client_var.get(), name)
+
+    def shm_unregister(self, name: str = "") -> None:
+        self.shared_memory.unregister(client_var.get(), name)
+
+    def cuda_shm_register(self, name: str) -> None:
+        raise InvalidInput(f"failed to register CUDA shared memory region: '{name}', GPUs not supported")
+
+    def cuda_shm_status(self, name: str = "") -> list[RegionStatus]:
+        """No CUDA region ever exists: all of them is none, and a named one is not found."""
+        if not name:
+            return []
+        if self.shared_memory.has(client_var.get(), name):
+            raise RegionNotFound(f"The region named '{name}' is registered as system shared memory, not CUDA shared "
+                                 "memory")
+        raise RegionNotFound(f"Unable to find cuda shared memory region: '{name}'")
+
+    def cuda_shm_unregister(self, name: str = "") -> None:
+        """Nothing to unregister (as Triton, unregistering a region that does not exist succeeds)."""
 
     # ---- explanations ----------------------------------------------------------------------------------------
     @staticmethod
@@ -411,6 +482,12 @@ def _output(requested: RequestedOutput, logits: np.ndarray, labels: Sequence[str
         return OutputTensor(requested.name, "FP32", list(logits.shape), logits)
     k = min(requested.class_count, logits.shape[1])
     return OutputTensor(requested.name, "BYTES", [len(logits), k], classification(logits, k, labels))
+
+
+def _write(window: Window, tensor: OutputTensor) -> OutputTensor:
+    """``tensor`` written into its shared-memory window: the answer says where, and how many bytes."""
+    written = window.write(np.ascontiguousarray(tensor.data, dtype="<f4"))
+    return replace(tensor, shm=SharedMemoryRef(window.name, written, window.offset))
 
 
 T = TypeVar("T")

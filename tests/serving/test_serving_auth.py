@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from grpc_health.v1 import health_pb2
 
 from serving._generated import grpc_service_pb2 as kserve_pb2
 from serving._generated import imageclassifier_pb2 as ic_pb2
-from serving.runtime.auth import Tokens
+from serving.errors import Unauthenticated
+from serving.runtime.auth import Tokens, derived_identity
 from tests.support.paths import ROOT
 from tests.support.repositories import Repo
 from tests.support.servers import SERVING, ServerProcess, call, classify_request, wait_until
@@ -37,6 +39,44 @@ def test_tokens_file_rules(tmp_path: Path) -> None:
     assert tokens.allows("Bearer alpha-123")
     with pytest.raises(ValueError, match="cannot read the token file"):
         Tokens(tmp_path / "missing")
+
+
+def test_each_token_names_its_client(tmp_path: Path) -> None:
+    """``TOKEN NAME`` gives the client's identity; tokens may share one (rotation); a bare token gets a stable
+    identity derived from its hash, never the token itself."""
+    path = tmp_path / "tokens"
+    path.write_text("alpha-123 alice\nalpha-new alice  # rotating\n# a comment\nbeta-456   bob@team.example\n"
+                    "gamma-789 #no name\n")
+    tokens = Tokens(path)
+    assert (len(tokens), tokens.clients) == (4, 3)
+    assert tokens.check("Bearer alpha-123") == tokens.check("Bearer alpha-new") == "alice"
+    assert tokens.check("Bearer beta-456") == "bob@team.example"
+    bare = tokens.check("Bearer gamma-789")
+    assert bare == derived_identity("gamma-789")
+    assert re.fullmatch(r"token:[0-9a-f]{12}", bare)
+    assert "gamma" not in bare
+    assert bare != derived_identity("gamma-780")
+    assert tokens.identify("Bearer alice") is None  # a name is not a token
+    with pytest.raises(Unauthenticated, match="missing or invalid token"):
+        tokens.check("Bearer alice")
+    path.write_text("gamma-789\n")
+    tokens.reload()
+    assert tokens.check("Bearer gamma-789") == bare  # the same after a reload (and a restart)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("alpha-123 alice extra\n", "line 1: 3 words; write TOKEN or TOKEN NAME"),
+    ("# x\nalpha-123 token:0123456789ab\n", "line 2: a client name is 1-64 letters"),
+    ("alpha-123 -alice\n", "line 1: a client name is 1-64 letters"),
+    ("alpha-123 " + "a" * 65 + "\n", "line 1: a client name is 1-64 letters"),
+    ("alpha-123 alice\n\nalpha-123 bob\n", "line 3: the same token as line 1"),
+])
+def test_a_malformed_line_is_named_by_its_number_never_its_token(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"^the token file {re.escape(str(path))}, {message}") as refused:
+        Tokens(path)
+    assert "alpha" not in str(refused.value)
 
 
 @pytest.fixture
