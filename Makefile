@@ -12,7 +12,7 @@ DEMO_REPO ?= model_repository
 DEMO_PORT ?= 8001
 DEMO_METRICS_PORT ?= 8002
 
-.PHONY: venv demo test quick lint protos check-protos check-deploy images soak bench clean
+.PHONY: venv demo test quick lint protos check-protos check-deploy images soak bench perf-analyzer clean
 
 venv: $(STAMP)
 
@@ -73,6 +73,12 @@ soak: $(STAMP)
 # benchmarks/results/<date>-<host>.json and benchmarks/results/latest.md. One family: make bench BENCH_ARGS="--only server".
 bench: $(STAMP)
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# NVIDIA's perf_analyzer for the perf_analyzer family: tritonclient 2.51.0's binary (the newest built for glibc 2.36)
+# and CUDA 12's runtime library from PyPI, hash-checked, into build/perf_analyzer/; it also needs Debian's libb64-0d.
+# Without it that family reports why and measures nothing.
+perf-analyzer: $(STAMP)
+	$(PY) -m benchmarks.get_perf_analyzer
 
 clean:
 	rm -rf runs model_repository .pytest_cache .ruff_cache .venv-serve

@@ -21,7 +21,8 @@ from pathlib import Path
 # family name → module (names that would shadow a package — numpy, training, http — get another module name)
 MODULES = {"runtime": "runtime", "folding": "folding", "server": "server", "instances": "instances",
            "http": "http_vs_grpc", "explain": "explain_cost", "photos": "photos", "batch": "batch_cli",
-           "ray": "batch_ray", "numpy": "numpy_ref", "training": "train_time", "startup": "startup"}
+           "ray": "batch_ray", "numpy": "numpy_ref", "training": "train_time", "startup": "startup",
+           "shm": "shared_memory", "perf_analyzer": "perf_analyzer"}
 FAMILIES = tuple(MODULES)
 # Exports, minutes of training and a Ray cluster's start-up have no place in a 45-second check.
 QUICK_SKIPS = ("folding", "training", "ray")

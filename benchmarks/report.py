@@ -102,6 +102,15 @@ def _cells(row: Row) -> list[str]:
             ratio, _mark(row)]
 
 
+def breakdown_text(us: dict[str, float]) -> str:
+    """A server-side breakdown per request (Triton's statistics extension, in µs) on one line."""
+    parts = " + ".join(f"{label} {us[key]:.0f}" for key, label in (
+        ("queue", "queue"), ("compute_input", "input"), ("compute_infer", "infer"), ("compute_output", "output"),
+        ("overhead", "other")) if key in us)
+    batch = f", mean batch {us['mean_batch']:.1f}" if us.get("mean_batch") else ""
+    return f"{us['request']:.0f} us/request = {parts}{batch}"
+
+
 def text_table(doc: dict[str, Any], rows: Sequence[Row]) -> str:
     lines = [_header(doc), ""]
     family = None
@@ -119,6 +128,9 @@ def text_table(doc: dict[str, Any], rows: Sequence[Row]) -> str:
             lines.append(f"          latency p50/p90/p99 {d['p50_ms']:.2f}/{d['p90_ms']:.2f}/{d['p99_ms']:.2f} ms"
                          + (f", server CPU {cpu:.0f} us/request" if cpu else "")
                          + (f", echo {d['echo_req_s']:.0f} req/s" if "echo_req_s" in d else ""))
+        for who, found in (("baseline", row.details.get("baseline")), ("candidate", row.details)):
+            if isinstance(found, dict) and found.get("server_us"):
+                lines.append(f"          {who} server side {breakdown_text(found['server_us'])}")
     lines += ["", "Targets (benchmarks/targets.py):"]
     for t in doc["targets"]:
         state = {True: "met", False: "NOT MET", None: "not measured yet"}[t["met"]]
@@ -159,6 +171,12 @@ def markdown(doc: dict[str, Any], rows: Sequence[Row]) -> str:
         state = {True: "met", False: "**not met**", None: "not measured yet"}[t["met"]]
         verdicts = "; ".join(r["verdict"] for r in t["rows"] if r["verdict"])
         lines.append(f"| {_md(t['text'])} | {state}{f' ({_md(verdicts)})' if verdicts else ''} |")
+    sides = [(row.name, who, found["server_us"]) for row in rows
+             for who, found in (("baseline", row.details.get("baseline")), ("candidate", row.details))
+             if isinstance(found, dict) and found.get("server_us")]
+    if sides:
+        lines += ["", "Server side (Triton's statistics extension, per request):", ""]
+        lines += [f"- {_md(name)}, {who}: {breakdown_text(us)}" for name, who, us in sides]
     if doc.get("notes"):
         lines += ["", *[f"- {_md(n)}" for n in doc["notes"]]]
     return "\n".join(lines) + "\n"
