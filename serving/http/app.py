@@ -58,6 +58,7 @@ OPEN_OPERATIONS = frozenset({"ServerLive", "ServerReady", "ModelReady", "Page"})
 STATIC = Path(__file__).with_name("static")
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 CHUNK = 1 << 16
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away before the answer
 CONTROL_BODY_LIMIT = 1 << 16  # a repository request is a few parameters: no model files, no configuration
 RID = web.RequestKey("rid", str)
 SETTINGS_BODY_LIMIT = 64 * 1024  # log and trace settings
@@ -182,6 +183,9 @@ class HttpFrontEnd:
         trace = None
         if self.guard is not None:
             self.guard.request_started(request.transport)
+        gauge = self.recorder.inflight("http." + operation) if operation is not None else None
+        if gauge is not None:
+            gauge.inc()
         try:
             if self.tokens is not None and operation not in OPEN_OPERATIONS:
                 client = client_var.set(self.tokens.check(request.headers.get("Authorization")))
@@ -205,6 +209,9 @@ class HttpFrontEnd:
         except asyncio.CancelledError:
             outcome = CANCELLED
             raise
+        except ConnectionResetError:  # the client went away mid-request (aiohttp: "Connection lost"): not our fault
+            outcome = CANCELLED
+            response = _error(CLIENT_CLOSED, "the client closed the connection")  # nobody reads it: for the log
         except Exception as e:
             status, kind, message = http_status_for(e, rid)
             outcome = kind.outcome
@@ -216,6 +223,8 @@ class HttpFrontEnd:
         finally:
             if self.guard is not None:
                 self.guard.request_ended(request.transport)
+            if gauge is not None:
+                gauge.dec()
             if operation is not None:
                 model = self.recorder.model_label(request.match_info.get("name", ""))
                 self.recorder.done("http." + operation, model, outcome, time.perf_counter() - started)

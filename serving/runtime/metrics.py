@@ -8,7 +8,7 @@ Exposed over HTTP ``/metrics`` on ``--metrics-port`` (Triton's default, 8002). N
   (all its batches: a request of more than ``--max-batch`` images joins several);
 - ``serving_compute_duration_seconds{model}`` — one onnxruntime call (one batch), timed in its compute thread;
 - ``serving_batch_size{model}`` — images per onnxruntime call;
-- ``serving_inflight_requests{method}`` — RPCs being handled now;
+- ``serving_inflight_requests{method}`` — requests being handled now (gRPC methods, and ``http.*`` operations);
 - ``serving_queue_depth{model}`` — requests waiting in the batcher;
 - ``serving_dropped_requests_total{model, reason}`` — queued requests never computed (cancelled, deadline);
 - ``serving_model_ready{model, version}`` — 1 once the model passed its golden self-check, else 0.
@@ -52,7 +52,7 @@ class Metrics:
                                          ("model",), buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("serving_batch_size", "Images per onnxruntime call", ("model",),
                                     buckets=BATCH_BUCKETS, registry=r)
-        self.inflight = Gauge("serving_inflight_requests", "RPCs being handled", ("method",), registry=r)
+        self.inflight = Gauge("serving_inflight_requests", "Requests being handled", ("method",), registry=r)
         self.dropped = Counter("serving_dropped_requests", "Queued requests dropped before computing, by reason "
                                "(cancelled, deadline)", ("model", "reason"), registry=r)
         self.queue_depth = Gauge("serving_queue_depth", "Requests waiting in the batch queue", ("model",), registry=r)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from serving.client import Client
 from serving.runtime.predictor import Predictor
-from tests.support.servers import ServerThread, sample
+from tests.support.servers import ServerThread, sample, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -296,3 +298,21 @@ def test_stop_drains_http_requests_in_flight(make_server, repository, image_file
         stopping.result(30)
     assert answers[0].status_code == 200, answers[0].text
     assert answers[0].json()["results"][0]["predictions"]
+
+
+def test_a_client_that_hangs_up_mid_body_is_cancelled_not_an_error(server: ServerThread,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """aiohttp's "Connection lost" while the body arrives is the client's doing: CANCELLED in the metrics and an
+    info line, never INTERNAL with a traceback (an operator paged on ERROR must not be paged by any client)."""
+    host, port = server.http_url.removeprefix("http://").split(":")
+    labels = {"model": "digits", "method": "http.ModelInfer", "code": "CANCELLED"}
+    before = sample(server, "serving_requests_total", 0.0, **labels)
+    with caplog.at_level(logging.INFO, logger="serving"):
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"in")
+            wait_until(lambda: sample(server, "serving_inflight_requests", 0.0, method="http.ModelInfer") == 1, 10,
+                       "the request is in flight")
+        wait_until(lambda: sample(server, "serving_requests_total", 0.0, **labels) == before + 1, 10,
+                   "the hang-up is counted as CANCELLED")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    assert any(r.getMessage() == "http.ModelInfer CANCELLED" for r in caplog.records)
