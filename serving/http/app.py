@@ -42,7 +42,7 @@ from serving.contract import api, classifier
 from serving.contract.classifier import to_json
 from serving.errors import InvalidInput, Kind, TooLarge
 from serving.http import kserve
-from serving.http.connections import ConnectionGuard
+from serving.http.connections import ConnectionGuard, ProtocolLog
 from serving.http.status import http_status_for
 from serving.runtime import tracing
 from serving.runtime.auth import Tokens, client_var
@@ -96,7 +96,8 @@ class HttpFrontEnd:
         self.plane, self.config, self.tokens = plane, config, tokens
         self.recorder = recorder
         self.app = web.Application(client_max_size=config.max_message_bytes, middlewares=[self._around],
-                                   handler_args={"keepalive_timeout": config.max_connection_idle_s or 3600})
+                                   handler_args={"keepalive_timeout": config.max_connection_idle_s or 3600,
+                                                 "logger": ProtocolLog()})
         self._operations: dict[Any, str] = {}
         for verb, path, handler, operation in self._routes():
             self._operations[self.app.router.add_route(verb, path, handler)] = operation

@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from serving.runtime.logs import RateLimit
 
 log = logging.getLogger("serving.http")
@@ -93,3 +95,25 @@ class _Guarded(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.inner.resume_writing()
+
+
+class ProtocolLog:
+    """aiohttp's server logger (``handler_args["logger"]``): a request its HTTP parser refuses (a malformed request
+    line, header, length or chunk) is the client's fault, answered 400 by aiohttp, and becomes one warning a second
+    without a traceback; anything else aiohttp reports keeps its traceback at ERROR (a fault of the server's)."""
+
+    def __init__(self) -> None:
+        self._log = logging.getLogger("serving.http.protocol")
+        self._limit = RateLimit(1)
+
+    def exception(self, msg: str, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            if (skipped := self._limit.allow("malformed")) is not None:
+                reason = str(getattr(exc_info, "message", "") or type(exc_info).__name__).strip().splitlines()
+                self._log.warning("malformed HTTP request refused (400): %s", (reason or [""])[0].rstrip(":")[:200],
+                                  extra={"similar_lines_skipped": skipped} if skipped else None)
+            return
+        self._log.error(msg, *args, exc_info=exc_info, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # debug, info, warning, error: as a Logger
+        return getattr(self._log, name)

@@ -316,3 +316,24 @@ def test_a_client_that_hangs_up_mid_body_is_cancelled_not_an_error(server: Serve
                    "the hang-up is counted as CANCELLED")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
     assert any(r.getMessage() == "http.ModelInfer CANCELLED" for r in caplog.records)
+
+
+def test_malformed_http_is_a_rate_limited_warning_without_a_traceback(server: ServerThread,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """What aiohttp's parser refuses (a bad header, HTTP version, length or chunk) is answered 400 and logged as one
+    warning a second, no traceback; before, each was an ERROR with aiohttp's traceback."""
+    host, port = server.http_url.removeprefix("http://").split(":")
+    requests = [b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
+                b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+                b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n"]
+    with caplog.at_level(logging.INFO):
+        for request in requests:
+            with socket.create_connection((host, int(port))) as s:
+                s.sendall(request)
+                s.settimeout(10)
+                assert s.recv(64).startswith(b"HTTP/1.0 400 Bad Request"), request
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], \
+        [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "serving.http.protocol"]
+    assert warnings, "no warning for the malformed requests"
+    assert all(w.startswith("malformed HTTP request refused (400): ") for w in warnings), warnings
