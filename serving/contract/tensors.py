@@ -107,9 +107,11 @@ def infer_input(manifest: ModelManifest, name: str, datatype: str, dims: Sequenc
                                    f"{4 * count}")
             x = np.frombuffer(raw, dtype="<f4")
         else:
-            if len(values or ()) != count:
-                raise InvalidInput(f"input {name!r}: {len(values or ())} values, shape {shape} needs {count}")
-            x = np.asarray(values, dtype=np.float32)
+            n = 0 if values is None else len(values)
+            if n != count:
+                raise InvalidInput(f"input {name!r}: {n} values, shape {shape} needs {count}")
+            with np.errstate(over="ignore"):  # a number beyond FP32 becomes inf, refused with the others
+                x = np.asarray(values, dtype=np.float32)
         return x.astype(np.float32, copy=False).reshape(shape)
     if datatype == "BYTES":
         items = decode_bytes_elements(raw) if raw is not None else [bytes(v) for v in values or ()]  # type: ignore[arg-type]

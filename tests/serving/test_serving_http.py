@@ -218,8 +218,17 @@ ERRORS = [
      "not valid base64"),
     ("POST", INFER, json.dumps({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1],
                                             "data": ["hello"]}]}).encode(), {}, 400, "image 0: "),
+    # NaN is not JSON (Python's json writes it anyway): refused by the parser; a number too large for FP32 is
+    # refused by the tensor rules.
     ("POST", INFER, json.dumps({"inputs": [{**FP32_OK, "data": [[[[float("nan")] * 28] * 28]]}]},
-                               allow_nan=True).encode(), {}, 400, "NaN or infinite"),
+                               allow_nan=True).encode(), {}, 400, "not valid JSON"),
+    ("POST", INFER, json.dumps({"inputs": [{**FP32_OK, "data": [[[[1e300] * 28] * 28]]}]}).encode(), {}, 400,
+     "NaN or infinite"),
+    ("POST", INFER, json.dumps({"inputs": [{**FP32_OK, "data": [[0.0] * 400, [0.0] * 384]}]}).encode(), {}, 400,
+     "'data' must be a flat list or equally nested lists of numbers"),
+    ("POST", INFER, json.dumps({"inputs": [{**FP32_OK, "data": [True] * 784}]}).encode(), {}, 400,
+     "FP32 'data' must hold numbers only"),
+    ("POST", INFER, b'{"inputs": [' + b" " * (8 << 20) + b"]}", {}, 413, "more than the 8 MiB a JSON body may have"),
     ("POST", INFER, b"x", {"Content-Encoding": "gzip"}, 400, "compressed requests are off"),
     ("POST", "/v1/models/digits/classify", b"", {}, 400, "no image"),
     ("POST", "/v1/models/digits/classify?top_k=two", b"png", {}, 400, "top_k must be an integer"),
