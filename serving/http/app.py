@@ -190,6 +190,9 @@ class HttpFrontEnd:
         try:
             if self.tokens is not None and operation not in OPEN_OPERATIONS:
                 client = client_var.set(self.tokens.check(request.headers.get("Authorization")))
+            if (request.content_length or 0) > self.config.max_message_bytes:  # from the header: no byte read
+                raise TooLarge(f"the request body ({request.content_length / 2**20:.1f} MiB, Content-Length) is "
+                               f"larger than the {self.config.max_message_mb} MiB limit (--max-message-mb)")
             encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
             if encoding != "identity" and not self.config.allow_compression:
                 raise InvalidInput(f"Content-Encoding {encoding[:20]!r} refused: compressed requests are off "

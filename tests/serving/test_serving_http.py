@@ -346,3 +346,19 @@ def test_malformed_http_is_a_rate_limited_warning_without_a_traceback(server: Se
     warnings = [r.getMessage() for r in caplog.records if r.name == "serving.http.protocol"]
     assert warnings, "no warning for the malformed requests"
     assert all(w.startswith("malformed HTTP request refused (400): ") for w in warnings), warnings
+
+
+def test_a_declared_length_over_the_limit_is_refused_from_the_header(server: ServerThread) -> None:
+    """A Content-Length of 10 GB is answered 413 at once: the server neither reads nor waits for the body."""
+    host, port = server.http_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 10737418240\r\n\r\n")
+        s.settimeout(10)  # well under --http-timeout-s (30 s), the wait for a body that never comes
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"larger than the 64 MiB limit (--max-message-mb)" in answer, answer
