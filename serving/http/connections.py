@@ -3,8 +3,11 @@
 aiohttp has no limit on open connections and no timeout for a client that sends its request headers slowly (or
 never), so a few thousand sockets opened and left silent would take every file descriptor the process has, gRPC's
 included. :class:`ConnectionGuard` wraps aiohttp's protocol factory: at most ``limit`` connections are open at
-once (more are closed as they arrive), and a connection must start a request within ``timeout_s`` of opening, and
-again within ``timeout_s`` of each answer (which also bounds how long a client may leave an answer unread).
+once, and a connection must start a request within ``timeout_s`` of opening, and again within ``timeout_s`` of each
+answer (which also bounds how long a client may leave an answer unread). At the limit, a new connection takes the
+place of the one that has waited longest without a request in progress (opened and silent, or kept alive after its
+answer); only when every connection is in the middle of a request is the new one closed. So connections opened and
+left idle cannot lock other clients out: they are what goes first.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ class ConnectionGuard:
     def __init__(self, factory: Callable[[], asyncio.Protocol], limit: int, timeout_s: float) -> None:
         self.factory, self.limit, self.timeout_s = factory, limit, timeout_s
         self.open: dict[asyncio.BaseTransport, _Guarded] = {}
+        self.idle: dict[_Guarded, None] = {}  # open and with no request in progress, longest waiting first
+        self.evicted = 0
         self._log_limit = RateLimit(1)
 
     def __call__(self) -> asyncio.Protocol:
@@ -39,6 +44,22 @@ class ConnectionGuard:
         guarded = self.open.get(transport) if transport is not None else None
         if guarded is not None:
             guarded.arm()
+
+    def make_room(self) -> bool:
+        """At the limit: close the connection that has waited longest without a request; False when every open
+        connection is in the middle of one."""
+        victim = next(iter(self.idle), None)
+        if victim is None or victim.transport is None:
+            return False
+        self.idle.pop(victim)
+        self.open.pop(victim.transport, None)
+        victim.disarm()
+        victim.transport.abort()
+        self.evicted += 1
+        if (skipped := self._log_limit.allow("evicted")) is not None:
+            log.info("HTTP connection limit (--max-http-connections %d): closed the connection idle the longest",
+                     self.limit, extra={"similar_lines_skipped": skipped} if skipped else None)
+        return True
 
     def refused(self) -> None:
         if (skipped := self._log_limit.allow("limit")) is not None:
@@ -55,7 +76,7 @@ class _Guarded(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if len(self.guard.open) >= self.guard.limit:
+        if len(self.guard.open) >= self.guard.limit and not self.guard.make_room():
             transport.abort()  # type: ignore[attr-defined]
             self.guard.refused()
             return
@@ -65,13 +86,16 @@ class _Guarded(asyncio.Protocol):
         self.arm()
 
     def arm(self) -> None:
+        """No request in progress: the timeout runs, and the connection is first in line to make room."""
         self.disarm()
         self._timer = asyncio.get_running_loop().call_later(self.guard.timeout_s, self._expire)
+        self.guard.idle[self] = None
 
     def disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.guard.idle.pop(self, None)
 
     def _expire(self) -> None:
         if self.transport is not None:

@@ -130,15 +130,29 @@ def test_silent_and_slow_clients_are_cut_off(server: ServerProcess) -> None:
     assert _answers(server)
 
 
-def test_connections_over_the_limit_are_closed_at_once(server: ServerProcess) -> None:
-    held = [_connect(server) for _ in range(8)]  # the limit, all silent (each is cut after the timeout)
+def test_at_the_limit_a_new_connection_takes_the_place_of_an_idle_one(server: ServerProcess) -> None:
+    held = [_connect(server) for _ in range(8)]  # the limit, all silent (each is cut after the timeout anyway)
     try:
         time.sleep(0.2)  # let the server accept them all
+        assert _answers(server)  # a normal client is served at once: the longest-silent connection made room
+        assert _closed_within(held[0], TIMEOUT_S / 2)
+    finally:
+        for sock in held:
+            sock.close()
+    server.wait_log(lambda e: "closed the connection idle the longest" in str(e.get("msg", "")), 5)
+
+
+def test_at_the_limit_with_every_connection_in_a_request_a_new_one_is_closed(server: ServerProcess) -> None:
+    busy = [_connect(server) for _ in range(8)]
+    try:
+        for sock in busy:  # each in the middle of a request: its body is on its way
+            sock.sendall(b"POST /v1/models/digits/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\nabc")
+        time.sleep(0.2)
         extra = _connect(server)
         assert _closed_within(extra, TIMEOUT_S / 2)  # closed on arrival, long before any timeout
         extra.close()
     finally:
-        for sock in held:
+        for sock in busy:
             sock.close()
     server.wait_log(lambda e: "limit (--max-http-connections)" in str(e.get("msg", "")), 5)
-    wait_until(lambda: _answers(server), 5, "answers once the idle connections are gone")
+    wait_until(lambda: _answers(server), 5, "answers once the busy connections are gone")
