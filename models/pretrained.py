@@ -68,7 +68,10 @@ class PublishedWeights:
 
 def is_weights_name(source: str | Path) -> bool:
     """Whether ``--pretrained source`` names published weights (``imagenet``, ``IMAGENET1K_V1`` …) rather than a
-    file. A name has no folder in it: a file called like one is still reached as ``./imagenet``."""
+    file. A name is a string without a folder or a suffix: a file called like one is still reached as
+    ``./imagenet`` (or as a ``Path``, which is always a file)."""
+    if isinstance(source, Path):
+        return False
     text = str(source)
     if any(c in text for c in (os.sep, "/", ".")):  # model.pth, runs/x/model.pth: files, and no torchvision import
         return False

@@ -58,6 +58,7 @@ def test_names_resolve_through_torchvision_enums_into_the_hub_cache(tmp_path: Pa
     assert normalisation("imagenet", "resnet18", 3) == (IMAGENET_MEAN, IMAGENET_STD)
     assert normalisation("imagenet", "resnet18", 1) == ([0.449], [0.226])  # the channels' average, for grey images
     assert normalisation(tmp_path / "model.pth", "resnet18", 3) is None  # a file: the data's own statistics
+    assert not is_weights_name(Path("imagenet"))  # a Path is a file, whatever its name
 
 
 @pytest.mark.parametrize(("name", "arch", "message"), [
