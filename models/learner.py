@@ -28,8 +28,8 @@ def learner_arch(arch: str, weights: str | Path | None = None) -> Callable[..., 
     """``arch`` as fastai expects an architecture: ``make(pretrained=False)`` → a 3-channel network with a
     1000-class head (which ``create_body`` cuts off), registered in fastai's ``model_meta``.
 
-    ``pretrained=True`` needs ``weights``, a checkpoint ``models.pretrained.load_body`` reads (a previous run's
-    ``model.pth`` or a torchvision-format state_dict): nothing is ever downloaded.
+    ``pretrained=True`` needs ``weights``, what ``models.pretrained.load_body`` reads: a previous run's ``model.pth``,
+    a torchvision-format state_dict, or a weights name (``"imagenet"``: torch's hub cache, downloaded when missing).
     """
     from fastai.vision.learner import model_meta  # fastai takes seconds to import: only when a learner is built
 
@@ -40,7 +40,7 @@ def learner_arch(arch: str, weights: str | Path | None = None) -> Callable[..., 
         if pretrained:
             if weights is None:
                 raise ValueError(f"{arch} ships no pretrained weights (nothing is downloaded): use "
-                                 f"pretrained=False, or learner_arch({arch!r}, weights=PATH)")
+                                 f"pretrained=False, or learner_arch({arch!r}, weights=PATH or 'imagenet')")
             load_body(model, arch, "linear", weights)
         return model
 

@@ -28,9 +28,10 @@ def _fit_parser(sub) -> None:
     p.add_argument("--head", choices=["fastai", "linear"], default=None,
                    help="fastai: create_head (concat pool, BN, dropout, 2 linear layers; default); linear: global "
                         "average pool + one linear layer")
-    p.add_argument("--pretrained", type=Path, default=None,
-                   help="start the body from a run's model.pth or a torchvision-format state_dict; trains with "
-                        "fine_tune")
+    p.add_argument("--pretrained", default=None, metavar="PATH|NAME",
+                   help="start the body from a run's model.pth or a torchvision-format state_dict, or from "
+                        "torchvision's ImageNet weights by name ('imagenet', for resnet18/34/50 and tv_resnet*: "
+                        "torch's hub cache, downloaded when missing); trains with fine_tune")
     p.add_argument("--freeze-epochs", type=int, default=1, help="fine_tune's epochs with the body frozen (default 1)")
     p.add_argument("--aug", action=argparse.BooleanOptionalAction, default=None,
                    help="fastai's aug_transforms on training batches (default: on for RGB folders, off otherwise)")

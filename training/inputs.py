@@ -9,6 +9,7 @@ import torch
 from fastai.data.core import DataLoaders
 
 from models import registry
+from models.pretrained import normalisation
 from serving.contract.preprocess import PreprocessSpec
 from training import data
 from training.settings import FitConfig, FitError, default_aug, default_size
@@ -37,7 +38,10 @@ def load_inputs(cfg: FitConfig, device: torch.device, say: Callable[[str], None]
     channels = 1 if color_mode == "L" else 3
     probe = data.make_spec(ds, (size, size), color_mode, mean=[0.0] * channels, std=[1.0] * channels)
     pixels = data.Pixels.of(ds.train, probe), data.Pixels.of(ds.valid, probe)
-    spec = data.make_spec(ds, (size, size), color_mode, *data.pixel_stats(pixels[0].x))
+    # Published weights come with the statistics they were trained with (fastai normalises with them too);
+    # otherwise the training images' own.
+    stats = normalisation(cfg.pretrained, cfg.arch, channels) if cfg.pretrained is not None else None
+    spec = data.make_spec(ds, (size, size), color_mode, *(stats or data.pixel_stats(pixels[0].x)))
     say(f"data: {ds.root} — {len(ds.labels)} classes, {len(ds.train)} train / {len(ds.valid)} valid images"
         + (f", {len(ds.skipped)} unreadable skipped" if ds.skipped else ""))
     say(f"spec: {size}x{size} {color_mode}, mean={list(spec.mean)}, std={list(spec.std)}")

@@ -14,7 +14,7 @@ from fastai.metrics import accuracy
 from torch import nn
 
 from models import heads, registry
-from models.pretrained import PretrainedError, load_body
+from models.pretrained import PretrainedError, is_weights_name, load_body, published
 from training.inputs import Inputs
 from training.settings import FitConfig, FitError
 
@@ -36,17 +36,22 @@ def build_learner(cfg: FitConfig, inputs: Inputs, head: str, device: torch.devic
 
 
 def build_model(cfg: FitConfig, n_classes: int, channels: int, head: str, say: Callable[[str], None]) -> nn.Module:
-    """The network with its head; with ``cfg.pretrained``, its body loaded from that file."""
+    """The network with its head; with ``cfg.pretrained``, its body loaded from that file (or, for a name such as
+    ``imagenet``, from torch's hub cache: ``models.pretrained``)."""
     try:
         model = registry.create(cfg.arch, num_classes=n_classes, in_chans=channels, head=head, **cfg.model_kwargs)
     except (TypeError, ValueError) as e:
         raise FitError(f"cannot build {cfg.arch} with {cfg.model_kwargs}: {e}") from None
     if cfg.pretrained is not None:
         try:
-            n = load_body(model, cfg.arch, head, cfg.pretrained)
+            n = load_body(model, cfg.arch, head, cfg.pretrained, log=say)
+            source = cfg.pretrained
+            if is_weights_name(source):
+                weights = published(source, cfg.arch)
+                source = f"{weights.name} ({weights.file})"
         except PretrainedError as e:
             raise FitError(str(e)) from None
-        say(f"pretrained: {n} body tensors from {cfg.pretrained}; new {head} head for {n_classes} classes")
+        say(f"pretrained: {n} body tensors from {source}; new {head} head for {n_classes} classes")
     return model
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from models import registry
 from models.archs import HEADS
+from models.pretrained import PretrainedError, is_weights_name, published
 
 
 class FitError(Exception):
@@ -46,7 +47,9 @@ class FitConfig:
     label_smoothing: float = 0.1
     schedule: str = "one-cycle"     # one of SCHEDULES
     head: str | None = None         # "fastai" | "linear"; None: default_head()
-    pretrained: Path | None = None  # a run's model.pth or a torchvision-format state_dict: fine_tune from its body
+    # A run's model.pth or a torchvision-format state_dict, or published weights by name ("imagenet"):
+    # fine_tune from its body (models.pretrained).
+    pretrained: str | Path | None = None
     freeze_epochs: int = 1          # fine_tune's epochs with the body frozen (only with pretrained)
     aug: bool | None = None         # fastai's aug_transforms on training batches; None: default_aug()
     started: float | None = None    # time.perf_counter() when the command started, for command_seconds
@@ -101,7 +104,12 @@ def validate(cfg: FitConfig) -> None:
         raise FitError(f"--head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
     if cfg.freeze_epochs < 0:
         raise FitError(f"--freeze-epochs must be >= 0, got {cfg.freeze_epochs}")
-    if cfg.pretrained is not None and not Path(cfg.pretrained).is_file():
+    if cfg.pretrained is not None and is_weights_name(cfg.pretrained):
+        try:
+            published(cfg.pretrained, cfg.arch)  # an arch with published weights, a name its enum has
+        except PretrainedError as e:
+            raise FitError(str(e)) from None
+    elif cfg.pretrained is not None and not Path(cfg.pretrained).is_file():
         raise FitError(f"--pretrained {cfg.pretrained}: no such file")
     if cfg.pretrained is not None and cfg.schedule != "one-cycle":
         raise FitError("--pretrained trains with fine_tune, a one-cycle schedule; schedule must be one-cycle")

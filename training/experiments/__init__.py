@@ -5,7 +5,8 @@
 - ``skip``: plain vs residual networks at depth 20/32/56 — the degradation problem (He et al. 2015);
 - ``one-cycle``: fastai's one-cycle policy vs a constant learning rate vs a step schedule, same epoch budget;
 - ``pooling``: global average vs global max pooling vs flatten in the head;
-- ``transfer``: fine-tuning from a digits run vs training from scratch on rotated digits with few images.
+- ``transfer``: fine_tune's recipes (fastai's defaults, lr_mult 10 and 1, more frozen epochs) from a digits run
+  vs training from scratch, on new classes with few images and on inverted digits labelled odd/even.
 
 Each writes ``DIR/report.md`` (tables of mean ± std over seeds, and a verdict per comparison that says so when an
 effect does not show on the data used), ``DIR/results.json`` (the same numbers and every run's raw measurements)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from models import resnet
+from training.experiments.probes import FASTAI_LR_MULT
 
 CIFAR_DEPTHS = (20, 32, 56)
 DEFAULT_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
@@ -103,6 +104,8 @@ class RunSpec:
     evals_per_epoch: int = 0           # > 0: validation accuracy this many times per epoch, with the training time
     data: str | None = None            # this run's data (default: the settings' data)
     pretrained: str | None = None      # a model.pth to fine_tune from (transfer)
+    freeze_epochs: int = 1             # with pretrained: fine_tune's epochs with the body frozen
+    lr_mult: float = FASTAI_LR_MULT    # with pretrained: fine_tune's body lr = head lr / lr_mult
     bs: int | None = None              # this run's batch size (default: the settings' --bs)
 
     @property
@@ -132,6 +135,7 @@ class RunResult:
     trace: dict[str, Any] | None = None            # spec.trace: probes.Tracer.to_json()
     landscape: list[dict[str, Any]] | None = None  # spec.landscape_every: {"iteration", **probes.landscape()}
     evals: list[dict[str, float]] | None = None    # spec.evals_per_epoch: {"iteration", "seconds", "accuracy", …}
+    majority_rate: float | None = None             # the largest class's share of the validation images
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -307,6 +311,10 @@ def train_one(spec: RunSpec, settings: Settings, run_dir: Path, log: Callable[[s
         from training.experiments.probes import momentum_callback
 
         callbacks.append(momentum_callback(spec.momentum))
+    if spec.pretrained and spec.lr_mult != FASTAI_LR_MULT:
+        from training.experiments.probes import body_lr_callback
+
+        callbacks.append(body_lr_callback(spec.lr_mult))  # fit's fine_tune runs with fastai's lr_mult
     cfg = FitConfig(data=spec.data or settings.data, arch=spec.arch, epochs=spec.epochs, out=run_dir, lr=spec.lr,
                     bs=spec.bs or settings.bs, size=settings.size, seed=spec.seed, plots=False,
                     model_kwargs=dict(spec.model_kwargs), schedule=spec.schedule,
@@ -314,7 +322,7 @@ def train_one(spec: RunSpec, settings: Settings, run_dir: Path, log: Callable[[s
                     # regulariser, with a loss floor above 0) does not confound the effect under test.
                     label_smoothing=0.0, head="linear",
                     pretrained=Path(spec.pretrained) if spec.pretrained else None,
-                    freeze_epochs=1 if spec.pretrained else 0)
+                    freeze_epochs=spec.freeze_epochs if spec.pretrained else 0)
     quiet = log if settings.verbose else (lambda _m: None)
     try:
         metrics = fit(cfg, log=quiet, callbacks=callbacks)
@@ -331,7 +339,7 @@ def train_one(spec: RunSpec, settings: Settings, run_dir: Path, log: Callable[[s
         train_seconds=round(metrics["train_seconds"] - sum(probe.overhead), 3), n_classes=metrics["n_classes"],
         n_train=metrics["n_train"], n_valid=metrics["n_valid"], size=metrics["size"][0],
         history=history, batch_losses=losses, batch_lrs=lrs, batch_moms=moms,
-        iters_per_epoch=probe.iters_per_epoch,
+        iters_per_epoch=probe.iters_per_epoch, majority_rate=metrics.get("majority_rate"),
         diverged=probe.diverged, **probe.measured,
     )
 
