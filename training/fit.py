@@ -118,11 +118,13 @@ def choose_lr(cfg: FitConfig, learn: Learner, say: Callable[[str], None]) -> sch
 
 
 def precise_batchnorm(cfg: FitConfig, learn: Learner, say: Callable[[str], None]) -> PreciseBatchNorm | None:
-    """The callback that recomputes BatchNorm's statistics after each epoch, when the training is too short for the
-    running ones (``callbacks.needs_precise_batchnorm``)."""
+    """The callback that recomputes BatchNorm's statistics after each epoch: as ``cfg.recompute_batchnorm`` says, or
+    when the training is too short for the running ones (``callbacks.needs_precise_batchnorm``)."""
     batches = schedule.training_batches(cfg, len(learn.dls.train))
-    if not needs_precise_batchnorm(batches) or not batchnorms(learn.model):
+    wanted = needs_precise_batchnorm(batches) if cfg.recompute_batchnorm is None else cfg.recompute_batchnorm
+    if not wanted or not batchnorms(learn.model):
         return None
-    say(f"BatchNorm statistics recomputed over the training images after each epoch ({batches} mini-batches in "
-        f"all: too few for the running averages)")
+    say("BatchNorm statistics recomputed over the training images after each epoch"
+        + (f" ({batches} mini-batches in all: too few for the running averages)" if cfg.recompute_batchnorm is None
+           else ""))
     return PreciseBatchNorm(plain_train_loader(learn.dls))

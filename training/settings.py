@@ -53,6 +53,9 @@ class FitConfig:
     freeze_epochs: int = 1          # fine_tune's epochs with the body frozen (only with pretrained)
     lr_mult: float = 100.0          # fine_tune's lr_mult: once unfrozen, the body's rate is the head's / lr_mult
     aug: bool | None = None         # fastai's aug_transforms on training batches; None: default_aug()
+    # BatchNorm's statistics recomputed exactly after each epoch (callbacks.PreciseBatchNorm); None: when the training
+    # has too few mini-batches for the running averages. The experiments can pin it to compare like with like.
+    recompute_batchnorm: bool | None = None
     started: float | None = None    # time.perf_counter() when the command started, for command_seconds
 
     @property

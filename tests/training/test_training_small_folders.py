@@ -8,6 +8,7 @@ noise written as 1600-px JPEGs (``tests.support.folders``); each trains without 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import replace
@@ -125,6 +126,36 @@ def test_batchnorm_statistics_recomputed_exactly() -> None:
     assert int(bn2d.num_batches_tracked) == 3
     assert needs_precise_batchnorm(PRECISE_BATCHNORM_BELOW - 1)
     assert not needs_precise_batchnorm(220)  # digits, 5 epochs of 44 batches: the running statistics settle
+
+
+def test_a_short_training_keeps_the_exact_batchnorm_statistics_of_its_final_weights(tmp_path: Path,
+                                                                                       image_folder: Path) -> None:
+    """27 training images, 3 batches of 8: the saved model's first BatchNorm holds the average of its input's batch
+    means over the training images in order (the last partial batch too) — not a running average."""
+    from models import registry
+    from serving.contract.preprocess import PreprocessSpec, preprocess
+
+    cfg = FitConfig(data=str(image_folder), arch="resnet20", epochs=1, lr=1e-2, bs=8, size=8, out=tmp_path / "auto",
+                    plots=False)
+    m = fit(cfg, log=_quiet)
+    assert m["batchnorm_stats"] == "recomputed"
+    assert m["batchnorm_seconds"] >= 0
+    model, _ = registry.load_checkpoint(cfg.out / "model.pth")
+    files = json.loads((cfg.out / "data.json").read_text())
+    spec = PreprocessSpec.load(cfg.out / "spec.json")
+    x = torch.from_numpy(np.stack([preprocess(Path(files["root"]) / p, spec) for p, _ in files["train"]]))
+    with torch.no_grad():
+        stem = model.conv1(x)
+    exact = torch.stack([b.mean((0, 2, 3)) for b in stem.split(8)]).mean(0)
+    torch.testing.assert_close(model.bn1.running_mean, exact)
+
+    running = fit(replace(cfg, out=tmp_path / "running", recompute_batchnorm=False), log=_quiet)
+    assert running["batchnorm_stats"] == "running"
+    assert "batchnorm_seconds" not in running
+    model, _ = registry.load_checkpoint(tmp_path / "running" / "model.pth")
+    with torch.no_grad():
+        exact = torch.stack([b.mean((0, 2, 3)) for b in model.conv1(x).split(8)]).mean(0)
+    assert not torch.allclose(model.bn1.running_mean, exact, atol=1e-3)
 
 
 # ---- lr_find in a real run ---------------------------------------------------------------------------------------
