@@ -17,8 +17,10 @@ Distributed: under ``torchrun --nproc_per_node=N`` the same command trains with 
 fastai's ``DistributedTrainer`` (gloo on CPU, nccl on CUDA); only rank 0 writes the run directory.
 
 The steps live beside this module: ``settings`` (FitConfig, defaults, checks), ``inputs`` (data and loaders),
-``learner`` (model and Learner), ``schedule`` (lr_find and the schedules), ``callbacks``, ``distributed``, and
-``rundir`` (the files written, from a ``TrainedRun`` record).
+``learner`` (model and Learner), ``schedule`` (lr_find within its budget, its fallback, and the schedules),
+``callbacks`` (with BatchNorm's statistics recomputed after each epoch of a short training), ``distributed``, and
+``rundir`` (the files written, from a ``TrainedRun`` record). ``find_learning_rate`` runs the same steps up to the
+learning rate, without the training.
 """
 
 from __future__ import annotations
@@ -67,8 +69,7 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, callbacks: Sequence[
         run = TrainedRun(cfg=cfg, dataset=inputs.dataset, spec=inputs.spec, head=head, aug=inputs.aug, lr=lr,
                          train_seconds=train_seconds, history=recorder.rows, losses=recorder.losses,
                          hps=recorder.hps, bs=learn.dls.train.bs, world_size=distributed.world_size(), device=device,
-                         started=started,
-                         batchnorm_seconds=precise.seconds if precise else None)
+                         started=started, batchnorm_seconds=precise.seconds if precise else None)
         metrics = write_run(run, learn, log)
     distributed.finish()
     return metrics

@@ -7,6 +7,7 @@ them (frozen body first, then everything with discriminative learning rates). fa
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -119,7 +120,8 @@ def read_curve(found: LrFind, fallback: float) -> LrChoice:
         took += f"; out of time at lr {found.lrs[-1]:.2g}"
     if found.suggestion is None:
         return back(f"lr_find's curve is too short to read ({took})")
-    start, lowest = found.losses[_skipped(found.sweep)], min(found.losses[_skipped(found.sweep):])
+    read = [v for v in found.losses[_skipped(found.sweep):] if not math.isnan(v)]  # NaN: a diverged step
+    start, lowest = read[0], min(read)
     if lowest > (1 - LR_FIND_FELL) * start:
         return back(f"lr_find's loss never fell (lowest {lowest:.3g} against {start:.3g} at the start; {took})")
     lo, hi = LR_RANGE
