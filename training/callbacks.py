@@ -116,7 +116,6 @@ def refresh_batchnorm(model: nn.Module, loader) -> None:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
         model.train(training)
-    return True
 
 
 class PreciseBatchNorm(Callback):

@@ -44,8 +44,9 @@ LR_FIND_ITERATIONS = 100
 LR_FIND_PROBE = 3
 LR_FIND_SECONDS = 20.0
 # Below this a sweep is too coarse to read: the rate falls back to fastai's default. (Measured, docs/training.md: at
-# 25 batches the rule's rate spread over three decades between seeds, 6e-5 … 6e-2; at 50 and 100, under two.)
+# 25 batches the rule's rate spread over 1.6 decades between seeds, 1.4e-3 … 5.8e-2; at 50, under one.)
 LR_FIND_MIN_SWEEP = 40
+LR_FIND_SKIP = 10
 # A suggestion outside this range is not a rate to train with (1e-5 moves nothing in a few epochs; above 1, Adam
 # diverges); nor is one from a curve whose loss never fell by LR_FIND_FELL of where it started.
 LR_RANGE = (1e-5, 1.0)
@@ -127,18 +128,21 @@ def read_curve(found: LrFind, fallback: float) -> LrChoice:
     lo, hi = LR_RANGE
     if not lo <= found.suggestion <= hi:
         return back(f"lr_find suggested {found.suggestion:.3g}, outside [{lo:g}, {hi:g}] ({took})")
-    return LrChoice(found.suggestion, "lr_find",
-                    f"lr_find: steepest descent of the loss, at least 1/100 of the loss minimum's lr ({took})", found)
+    return LrChoice(found.suggestion, "lr_find", f"lr_find: steepest descent of the loss from 1e-5 up, at least 1/100 "
+                    f"of the loss minimum's lr ({took})", found)
 
 
 def _skipped(sweep: int) -> int:
-    """The sweep's first points that fastai's suggestions leave out (a tenth of it)."""
-    return sweep // 10
+    """The sweep's first points that the suggestions leave out: fastai's tenth of the sweep, and never fewer than
+    the 10 of its 100-batch sweep. There the loss average (debiased, β = 0.98) still rests on a handful of
+    mini-batches, and its wobble can be the steepest slope of a flat start: on a 49-batch sweep of the 156 photos
+    "steep" fell at 1e-6 and the rule at 3.7e-5 (0.92 after 4 epochs); leaving out 10 points, 1.3e-4."""
+    return max(sweep // 10, LR_FIND_SKIP)
 
 
 def suggest(lrs: list[float], losses: list[float], sweep: int) -> tuple[float, float] | None:
-    """(rule, valley) from a curve, read as fastai's ``lr_find`` reads it: without the first tenth of the sweep and the
-    last 5 points; None when fewer than 3 points remain."""
+    """(rule, valley) from a curve, read as fastai's ``lr_find`` reads it: without its first points (``_skipped``) and
+    its last 5; None when fewer than 3 points remain."""
     import torch
     from fastai.callback.schedule import minimum, steep, valley
 
@@ -151,9 +155,13 @@ def suggest(lrs: list[float], losses: list[float], sweep: int) -> tuple[float, f
         return None
     # "steep" (steepest descent of the loss) rather than fastai's default "valley": on runs from scratch
     # valley moved 10× between seeds here and under-trained one-cycle (97–98 % vs 99 % on digits).
-    # On a few dozen images the loss curve is noise and "steep" can land at 1e-6 (no training at all), so
-    # it is floored at a tenth of fastai's "minimum" (itself a tenth of the loss minimum's lr).
-    rule = max(steep(x, y, sweep)[0], minimum(x, y, sweep)[0] / 10)
+    # It is looked for among the rates that can train (from 1e-5): below, the curve moves only by its average's
+    # wobble, whose slope beat the real descent on short sweeps (1e-6 to 3e-6 on the 156 photos, docs/training.md).
+    # On a few dozen images the loss curve is noise and "steep" can still land too low, so it is floored at a tenth
+    # of fastai's "minimum" (itself a tenth of the loss minimum's lr).
+    usable = x >= LR_RANGE[0]
+    sx, sy = (x[usable], y[usable]) if int(usable.sum()) >= 2 else (x, y)
+    rule = max(steep(sx, sy, sweep)[0], minimum(x, y, sweep)[0] / 10)
     return float(rule), float(valley(x, y, sweep)[0])
 
 
