@@ -239,6 +239,15 @@ def test_lr_mult_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture)
 # ---- the issue's folders -----------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def unhurried_lr_find(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lr_find with room for its whole sweep however loaded the machine is. Its budget is wall-clock time, so on a
+    machine running other work (CI, the test suite beside helpers) it ran out 36 batches into a sweep and fell back:
+    right for a user, but these tests are about what a small folder learns with lr_find's rate, not about its
+    budget (the quick tests above hold the budget's rules). Unloaded, the sweep is the same 100 batches."""
+    monkeypatch.setattr(schedule, "LR_FIND_SECONDS", 120.0)
+
+
 @pytest.fixture(scope="module")
 def odd_even(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return odd_even_digits(tmp_path_factory.mktemp("odd-even"))
@@ -249,6 +258,7 @@ def _points_over_majority(m: dict) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("unhurried_lr_find")
 def test_odd_even_from_scratch_learns_with_a_rate_that_does_not_depend_on_the_epochs(odd_even: Path,
                                                                                      tmp_path: Path) -> None:
     cfg = FitConfig(data=str(odd_even), arch="resnet20", epochs=2, out=tmp_path / "run")
@@ -275,6 +285,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("unhurried_lr_find")
 def test_odd_even_fine_tuned_from_the_digits_run_learns(odd_even: Path, digits_run: Path, tmp_path: Path) -> None:
     """fastai's fine_tune with its defaults (one frozen epoch, lr_mult 100) and lr_find's rate for the frozen head."""
     m = fit(FitConfig(data=str(odd_even), arch="resnet20", epochs=2, out=tmp_path / "run", plots=False,
@@ -285,6 +296,7 @@ def test_odd_even_fine_tuned_from_the_digits_run_learns(odd_even: Path, digits_r
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("unhurried_lr_find")
 def test_photo_folder_learns_without_falling_back_between_epochs(tmp_path: Path) -> None:
     """Three easy classes, 120 + 36 camera-size JPEGs, resnet18 at 64 px, 4 epochs of 3 mini-batches: the running
     BatchNorm statistics of so short a training scored 0.36–0.67 where the model's exact ones scored 1.0."""
@@ -294,5 +306,5 @@ def test_photo_folder_learns_without_falling_back_between_epochs(tmp_path: Path)
     accuracy = [h["accuracy"] for h in m["history"]]
     assert (m["n_train"], m["n_valid"], m["n_classes"], m["bs"]) == (120, 36, 3, 15)
     assert m["batchnorm_stats"] == "recomputed"
-    assert m["valid_accuracy"] >= 0.9, (m["lr_max"], accuracy)
-    assert all(b >= a - 0.10 for a, b in pairwise(accuracy)), (m["lr_max"], accuracy)
+    assert m["valid_accuracy"] >= 0.9, (m["lr_max"], m["lr_reason"], accuracy)
+    assert all(b >= a - 0.10 for a, b in pairwise(accuracy)), (m["lr_max"], m["lr_reason"], accuracy)
