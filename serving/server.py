@@ -27,6 +27,7 @@ from serving.http.app import HttpFrontEnd
 from serving.runtime.auth import Tokens
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import log_settings
+from serving.runtime.loop_lag import LoopLag
 from serving.runtime.metrics import Metrics
 from serving.runtime.registry import ModelRegistry
 from serving.runtime.requests import Recorder
@@ -41,6 +42,7 @@ class InferenceServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = Metrics()
+        self.loop_lag = LoopLag(self.metrics.loop_lag, self.metrics.loop_lag_max, self.metrics.loop_step_cpu)
         self.registry = ModelRegistry(config, self.metrics)
         self.tracing = Tracing(config)  # add_span_processor() sends spans elsewhere too (tests: in memory)
         self.plane = DataPlane(self.registry, tracing=self.tracing, logs=log_settings())
@@ -70,6 +72,7 @@ class InferenceServer:
                 self.metrics.close()
                 raise
         await self.grpc.start()
+        self.loop_lag.start()
         log.info("listening on %s: gRPC %d, HTTP %s (%s), metrics %s%s; loading %s", self.config.host, self.port,
                  self.http_port or "-", "TLS" if self.config.tls_cert else "plaintext", self.metrics_port or "-",
                  f", {len(self.tokens)} auth tokens" if self.tokens else "",
@@ -134,6 +137,7 @@ class InferenceServer:
         await self.registry.close()
         self.plane.close()
         await self.tracing.shutdown()
+        await self.loop_lag.stop()
         self.metrics.close()
         self._stopped.set()
         log.info("stopped")

@@ -23,7 +23,7 @@ from serving.errors import SlowReader
 from serving.grpc import converters
 from serving.grpc.handlers import UndecodableRequest
 from serving.grpc.status import STATUS_CODES, deadline_of, rpc
-from serving.runtime import tracing
+from serving.runtime import offload, tracing
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import request_id_var
 from serving.runtime.requests import OK, Recorder, error_of, sane_request_id
@@ -41,7 +41,7 @@ class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
                         rid: str) -> ic_pb2.ClassifyResponse:
         message_id = sane_request_id(request.request_id) or rid
         result = await self.plane.classify(converters.classify_request(request, message_id, deadline))
-        return classifier.classify_response(result)
+        return await offload.step(classifier.classify_response, result, items=sum(map(len, result.results)))
 
     @rpc("Classify", lambda r: r.model)
     async def Classify(  # noqa: N802
@@ -224,7 +224,8 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
                      rid: str) -> kserve_pb2.ModelInferResponse:
         message_id = sane_request_id(request.id) or rid
         result = await self.plane.infer(converters.infer_request(request, message_id, deadline))
-        return converters.infer_response(result)
+        return await offload.step(converters.infer_response, result,
+                                  items=sum(len(t.data) for t in result.outputs if t.datatype == "BYTES"))
 
     @rpc("ModelInfer", lambda r: r.model_name)
     async def ModelInfer(  # noqa: N802

@@ -33,6 +33,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
@@ -44,7 +45,7 @@ from serving.errors import InvalidInput, Kind, TooLarge
 from serving.http import kserve
 from serving.http.connections import ConnectionGuard, ProtocolLog
 from serving.http.status import http_status_for
-from serving.runtime import tracing
+from serving.runtime import offload, tracing
 from serving.runtime.auth import Tokens, client_var
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import new_request_id, request_id_var
@@ -331,15 +332,18 @@ class HttpFrontEnd:
 
     async def infer(self, request: web.Request) -> web.Response:
         body = await self._within_timeout(request.read())
-        parsed = kserve.parse_request(body, request.headers.get(kserve.HEADER_LENGTH))
+        header_length = request.headers.get(kserve.HEADER_LENGTH)
+        json_bytes = len(body) if header_length is None else int(header_length) if header_length.isdigit() else 0
+        parsed, (outputs, binary), inputs = await offload.step(
+            _parse_infer, body, header_length, items=json_bytes // offload.JSON_BYTES_PER_ITEM)
         timeout_s = parsed.timeout_s
         deadline = asyncio.get_running_loop().time() + timeout_s if timeout_s else None
-        outputs, binary = kserve.requested_outputs(parsed)
         result = await self.plane.infer(api.InferRequest(
             model=request.match_info["name"], version=request.match_info.get("version", ""),
-            inputs=kserve.inputs(parsed), outputs=outputs, id=sane_request_id(parsed.id) or request[RID],
-            deadline=deadline))
-        body, headers = kserve.infer_response(result, binary)
+            inputs=inputs, outputs=outputs, id=sane_request_id(parsed.id) or request[RID], deadline=deadline))
+        body, headers = await offload.step(kserve.infer_response, result, binary,
+                                           items=sum(len(t.data) for t in result.outputs
+                                                     if t.datatype == "BYTES" and t.data is not None))
         return web.Response(body=body, headers=headers,
                             content_type="application/octet-stream" if headers else "application/json")
 
@@ -381,11 +385,9 @@ class HttpFrontEnd:
         result = await self.plane.classify(api.ClassifyRequest(
             model=request.match_info["name"], version=_version(request), images=[data for _, data in images],
             top_k=top_k, id=request[RID]))
-        answer = to_json(classifier.classify_response(result))
-        for item, (filename, _) in zip(answer["results"], images, strict=True):
-            if filename:
-                item["image"] = filename
-        return web.json_response(answer)
+        body = await offload.step(_classify_json, result, [name for name, _ in images],
+                                  items=sum(map(len, result.results)))
+        return web.Response(body=body, content_type="application/json")
 
     async def explain(self, request: web.Request) -> web.Response:
         query = request.query
@@ -496,6 +498,23 @@ def _int_query(request: web.Request, key: str) -> int:
 
 def _duration(d: api.StatisticDuration) -> dict[str, int]:
     return {"count": d.count, "ns": d.ns}
+
+
+def _parse_infer(body: bytes, header_length: str | None) -> tuple[kserve.Body, tuple[list[api.RequestedOutput], bool],
+                                                                   list[api.InputTensor]]:
+    """An Open Inference request body → (its JSON, (the outputs asked for, binary answer or not), its inputs)."""
+    parsed = kserve.parse_request(body, header_length)
+    return parsed, kserve.requested_outputs(parsed), kserve.inputs(parsed)
+
+
+def _classify_json(result: api.ClassifyResult, filenames: list[str]) -> bytes:
+    """The classify answer's JSON (the proto3 JSON mapping of ClassifyResponse), each result with its file's name
+    when it came from a multipart file."""
+    answer = to_json(classifier.classify_response(result))
+    for item, filename in zip(answer["results"], filenames, strict=True):
+        if filename:
+            item["image"] = filename
+    return orjson.dumps(answer)
 
 
 def _statistics_json(s: api.ModelStatistics) -> dict[str, Any]:
