@@ -1,7 +1,9 @@
 """The one place where domain errors become gRPC status codes, and the decorator every RPC handler wears.
 
 ``STATUS_CODES`` maps each error kind to its code; ``status_for`` an exception to (code, message). ``rpc`` wraps a
-servicer method: it assigns the request id, counts and times the call, maps any exception and ends the RPC with it.
+servicer method: it assigns the request id, counts and times the call, holds the call's place among its client
+address's connections (``serving.grpc.peers``) and its message's bytes in the in-flight budget until it ends, maps
+any exception and ends the RPC with it.
 An unexpected exception is logged with its traceback and the request id (``serving.runtime.requests.error_of``),
 and the client gets INTERNAL quoting that id. An inference call is traced when the trace settings say so
 (``serving.runtime.tracing``: its ``traceparent`` metadata continued, ``traceresponse`` in its trailing metadata).
@@ -18,7 +20,8 @@ from typing import Any
 import grpc
 
 from serving.errors import Kind
-from serving.grpc.handlers import UndecodableRequest
+from serving.grpc.handlers import Held, StandIn
+from serving.grpc.peers import PeerCalls
 from serving.runtime import tracing
 from serving.runtime.logs import new_request_id, request_id_var
 from serving.runtime.requests import CANCELLED, OK, REQUEST_ID_KEY, Recorder, error_of, sane_request_id
@@ -74,9 +77,9 @@ def _fail(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
 
 def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "", *,
         stream: bool = False) -> Callable[..., Any]:
-    """Decorate an async servicer method; the servicer has a ``recorder`` and a ``plane``. A ``stream`` method writes
-    its responses with ``context.write`` and records (and traces) each message itself: the call as a whole is not
-    counted again."""
+    """Decorate an async servicer method; the servicer has a ``recorder``, a ``plane`` and ``peers`` (a
+    :class:`PeerCalls`, or None: no cap). A ``stream`` method writes its responses with ``context.write`` and records
+    (and traces) each message itself: the call as a whole is not counted again."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         traced = method in tracing.TRACED
@@ -90,18 +93,25 @@ def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "", *,
             if gauge is not None:
                 gauge.inc()
             started, outcome = time.perf_counter(), OK
-            trace, stream_token = None, None
+            trace, stream_token, peer, hold = None, None, None, None
+            ran = False  # the method itself ran (a stream refused before it did is recorded here, as one call)
+            if isinstance(request, Held):  # a unary call's message, counted in the budget until the call ends
+                request, hold = request.message, request.hold
+            peers: PeerCalls | None = self.peers
             try:
+                if peers is not None:
+                    peer = peers.enter(context.peer())
                 if traced:  # the tracing-off cost of an inference call: this and one attribute check
                     tracer: tracing.Tracing = self.plane.tracing
                     if stream:
                         stream_token = tracing.enter_stream(tracer)
-                    elif tracer.enabled and not isinstance(request, UndecodableRequest):
+                    elif tracer.enabled and not isinstance(request, StandIn):
                         trace = tracer.begin(method, model_of(request), rid,
                                              tracing.carrier(context.invocation_metadata()),
                                              {"rpc.system": "grpc", "rpc.method": method})
-                if isinstance(request, UndecodableRequest):
+                if isinstance(request, StandIn):
                     raise request.error()
+                ran = True
                 response = await fn(self, request, context, rid)
                 context.set_trailing_metadata(_trailers(rid, trace))
                 return response
@@ -116,14 +126,19 @@ def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "", *,
                 _fail(context, STATUS_CODES[kind], message, rid, trace)
                 return None
             finally:
+                if hold is not None:
+                    hold.release()
+                if peer is not None:
+                    assert peers is not None
+                    peers.leave(peer)
                 if trace is not None:
                     self.plane.tracing.finish(trace, outcome)
                 if stream_token is not None:
                     tracing.leave_stream(stream_token)
                 if gauge is not None:
                     gauge.dec()
-                if not stream:
-                    model = "" if isinstance(request, UndecodableRequest) else model_of(request)
+                if not stream or not ran:
+                    model = "" if stream or isinstance(request, StandIn) else model_of(request)
                     recorder.done(method, recorder.model_label(model), outcome, time.perf_counter() - started)
                 request_id_var.reset(token)
 
