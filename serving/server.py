@@ -47,7 +47,8 @@ class InferenceServer:
         self.tracing = Tracing(config)  # add_span_processor() sends spans elsewhere too (tests: in memory)
         self.plane = DataPlane(self.registry, tracing=self.tracing, logs=log_settings())
         self.tokens = Tokens(config.auth_token_file) if config.auth_token_file else None
-        self.budget = InflightBudget.for_config(config, self.metrics.inflight_bytes)
+        self.budget = InflightBudget.for_config(config)
+        self.budget.publish(self.metrics.inflight_bytes)
         self.metrics.inflight_bytes_limit.set(self.budget.limit)
         # One recorder for both front ends: the same metric children, and one log rate limit for the process.
         recorder = Recorder(self.metrics, lambda: self.registry.models)

@@ -18,6 +18,7 @@ Not thread-safe, and need not be: both front ends run on one event loop, and onl
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ MIB = 1 << 20
 MAX_DEFAULT_BYTES = 4 << 30
 # cgroup v2, then v1: the memory limit a container runtime set for this process's group ("max" or a huge number: none)
 CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+TRANSPORTS = ("grpc", "http")
 
 
 def memory_bytes(cgroup_limits: tuple[Path, ...] = CGROUP_LIMITS) -> int:
@@ -58,32 +60,38 @@ def _mib(n: int) -> str:
 
 
 class InflightBudget:
-    """Bytes of requests in flight against one limit; ``take`` a :class:`Hold` per request, release it when done.
-    ``gauge``: a Prometheus gauge labelled by transport (``serving_inflight_request_bytes``), kept equal to what each
-    transport holds."""
+    """Bytes of requests in flight against one limit; ``take`` a :class:`Hold` per request, release it when done."""
 
-    def __init__(self, limit_bytes: int, gauge: Any = None) -> None:
+    def __init__(self, limit_bytes: int) -> None:
         if limit_bytes < 1:
             raise ValueError("the in-flight budget must be at least one byte")
         self.limit = limit_bytes
         self.held = 0
-        self._gauge = gauge
-        self._children: dict[str, Any] = {}
+        self._held_by = dict.fromkeys(TRANSPORTS, 0)
 
     @classmethod
-    def for_config(cls, config: ServerConfig, gauge: Any = None) -> InflightBudget:
+    def for_config(cls, config: ServerConfig) -> InflightBudget:
         """The budget ``--max-inflight-mb`` sets, or the default for this machine when it is not set."""
         if config.max_inflight_mb is not None:
-            return cls(config.max_inflight_mb * MIB, gauge)
-        return cls(default_limit_bytes(config.max_message_bytes), gauge)
+            return cls(config.max_inflight_mb * MIB)
+        return cls(default_limit_bytes(config.max_message_bytes))
 
     @property
     def limit_mb(self) -> float:
         return self.limit / MIB
 
+    def held_by(self, transport: str) -> int:
+        return self._held_by[transport]
+
+    def publish(self, gauge: Any) -> None:
+        """Make ``gauge`` (labelled by transport: ``serving_inflight_request_bytes``) show what each transport holds,
+        read when it is scraped, so that requests pay nothing for it."""
+        for transport in TRANSPORTS:
+            gauge.labels(transport).set_function(functools.partial(self.held_by, transport))
+
     def take(self, size: int, transport: str) -> Hold:
-        """A hold of ``size`` bytes for one request arriving over ``transport`` ("grpc", "http"); ``Overloaded`` when
-        they do not fit now."""
+        """A hold of ``size`` bytes for one request arriving over ``transport`` (one of ``TRANSPORTS``);
+        ``Overloaded`` when they do not fit now."""
         hold = Hold(self, transport)
         hold.cover(size)
         return hold
@@ -95,11 +103,7 @@ class InflightBudget:
 
     def _add(self, transport: str, size: int) -> None:
         self.held += size
-        if self._gauge is not None:
-            child = self._children.get(transport)
-            if child is None:
-                child = self._children[transport] = self._gauge.labels(transport)
-            child.inc(size)
+        self._held_by[transport] += size
 
 
 class Hold:

@@ -32,7 +32,8 @@ def _gauge() -> tuple[CollectorRegistry, Gauge]:
 
 def test_holds_add_up_to_the_limit_and_the_next_is_refused_with_its_size() -> None:
     registry, gauge = _gauge()
-    budget = InflightBudget(40 * MIB, gauge)
+    budget = InflightBudget(40 * MIB)
+    budget.publish(gauge)
     first, second = budget.take(16 * MIB, "http"), budget.take(16 * MIB, "grpc")
     assert budget.held == 32 * MIB
     with pytest.raises(Overloaded) as refused:
