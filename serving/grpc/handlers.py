@@ -6,9 +6,10 @@ returns an :class:`UndecodableRequest`, and the ``rpc`` decorator (or the stream
 INVALID_ARGUMENT like any other bad input.
 
 The parser is also where grpc hands a request message to the server, complete: its bytes are counted there against
-the in-flight budget (``serving.runtime.budget``, shared with HTTP). A message that fits is parsed and handed on as
-:class:`Held` (the message and its hold, released when its call, or in a stream its answer, ends); one that does not
-is never parsed and becomes a :class:`RefusedRequest`, answered RESOURCE_EXHAUSTED.
+the in-flight budget (``serving.runtime.budget``, shared with HTTP). A message that fits is handed on as
+:class:`Held` (the parsed message, or the :class:`UndecodableRequest` in its place, with its hold, released when its
+call is over, or in a stream when its answer is done: grpc keeps the bytes until then); one that does not fit is
+never parsed and becomes a :class:`RefusedRequest`, answered RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -43,13 +44,14 @@ class UndecodableRequest(StandIn):
 
 
 class RefusedRequest(StandIn):
-    """Stands in for a message whose bytes did not fit in the in-flight budget (never parsed)."""
+    """Stands in for a message whose bytes did not fit in the in-flight budget (never parsed). It keeps the refusal's
+    words, not the exception: that one's traceback holds the parser's frame, and with it the message's bytes."""
 
     def __init__(self, refusal: Overloaded) -> None:
-        self.refusal = refusal
+        self.reason = str(refusal)
 
     def error(self) -> Overloaded:
-        return self.refusal
+        return Overloaded(self.reason)
 
 
 class Held:
@@ -70,8 +72,7 @@ def _parser(message_class: Any, budget: InflightBudget) -> Callable[[bytes], Any
         try:
             return Held(message_class.FromString(data), hold)
         except (DecodeError, RecursionError):  # RecursionError: nesting deeper than the parser allows
-            hold.release()
-            return UndecodableRequest(message_class.DESCRIPTOR.full_name)
+            return Held(UndecodableRequest(message_class.DESCRIPTOR.full_name), hold)
 
     return parse
 

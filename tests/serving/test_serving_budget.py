@@ -1,11 +1,13 @@
 """The in-flight budget and the per-address connection count of the gRPC port, pinned where they live: the budget's
 holds, its default from the machine's memory, the gRPC parser that takes a message's bytes, the stream handler that
-gives them back, and the peer bookkeeping; no socket, no server (tests/reliability/test_reliability_budget.py attacks a
-real one)."""
+gives them back, the peer bookkeeping, and grpc's log line for a client gone under its answer; no socket, no server
+(tests/reliability/test_reliability_budget.py attacks a real one)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from serving._generated import imageclassifier_pb2 as ic_pb2
 from serving.config import ServerConfig
 from serving.errors import Overloaded
 from serving.grpc import servicers
+from serving.grpc.gone import GRPC_LOGGER, ClientGone
 from serving.grpc.handlers import Held, RefusedRequest, UndecodableRequest, _parser
 from serving.grpc.peers import PeerCalls, client_of
 from serving.grpc.servicers import _concurrent_answers
@@ -116,10 +119,12 @@ def test_the_parser_holds_a_message_and_refuses_one_that_does_not_fit_without_pa
     assert isinstance(refused, RefusedRequest)
     assert str(refused.error()) == ("server busy: this request's 24.0 MiB would take the requests in flight past the "
                                     "40 MiB limit (--max-inflight-mb); retry later")
-    undecodable = parse(b"\xff\xff\xff")
-    assert isinstance(undecodable, UndecodableRequest)
-    assert budget.held == len(data)  # the undecodable message gave its bytes back at once
+    undecodable = parse(b"\xff\xff\xff")  # held too, until its call is over: grpc keeps its bytes until then
+    assert isinstance(undecodable, Held)
+    assert isinstance(undecodable.message, UndecodableRequest)
+    assert budget.held == len(data) + 3
     held.hold.release()
+    undecodable.hold.release()
     assert budget.held == 0
 
 
@@ -208,3 +213,27 @@ def test_an_address_at_its_cap_keeps_its_connections_and_gets_no_more() -> None:
     for key in (b, c, other):
         peers.leave(key)
     assert peers.connections("127.0.0.2") == peers.connections("127.0.0.3") == 0
+
+
+# ---- gRPC: a client gone under its answer is not an error --------------------------------------------------------
+
+def _grpc_record(message: str) -> logging.LogRecord:
+    try:
+        raise RuntimeError("Failed \"execute_batch\": (<grpc._cython.cygrpc.SendMessageOperation object>,)")
+    except RuntimeError:
+        exc_info = sys.exc_info()
+    return logging.LogRecord(GRPC_LOGGER, logging.ERROR, __file__, 1, message, None, exc_info)
+
+
+def test_grpcs_send_failure_under_a_gone_client_is_one_info_line_a_second() -> None:
+    gone = ClientGone()
+    record = _grpc_record("ExecuteBatchError raised in core by servicer method "
+                          "[/imageclassifier.v1.ImageClassifier/Classify]")
+    assert gone.filter(record)
+    assert (record.levelname, record.exc_info, record.getMessage()) == (
+        "INFO", None, "/imageclassifier.v1.ImageClassifier/Classify CANCELLED: the client's connection ended before "
+        "its answer was sent")
+    assert not gone.filter(_grpc_record("ExecuteBatchError raised in core by servicer method [/x/Y]"))  # same second
+    other = _grpc_record("Unexpected [ValueError] raised by servicer method [/x/Y]")
+    assert gone.filter(other)  # anything else grpc reports keeps its level and traceback
+    assert (other.levelname, other.exc_info is not None) == ("ERROR", True)
