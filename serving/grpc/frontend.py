@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from serving._generated import grpc_service_pb2, imageclassifier_pb2
 from serving._generated._pool import POOL
 from serving.config import ServerConfig
+from serving.grpc import gone
 from serving.grpc.auth import TokenInterceptor
 from serving.grpc.handlers import add_service
 from serving.grpc.peers import PeerCalls
@@ -62,6 +63,7 @@ class GrpcFrontEnd:
     def __init__(self, plane: DataPlane, config: ServerConfig, recorder: Recorder,
                  tokens: Tokens | None = None, *, budget: InflightBudget) -> None:
         self.plane = plane
+        gone.install()  # a client that leaves under its answer is an info line, not grpc's ERROR with a traceback
         self.peers = PeerCalls(config.max_connections_per_client) if config.max_connections_per_client else None
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(options=config.grpc_options(),
