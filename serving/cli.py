@@ -63,6 +63,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     _option(p, "--http-port", _optional_int, 8000, "HTTP/REST port: KServe v2 and /v1 classify (default 8000; "
             "0: any; -1: off)")
     _option(p, "--max-http-connections", int, 1000, "HTTP connections open at once; more are closed (default 1000)")
+    _option(p, "--max-connections-per-client", int, 100, "connections one client address may hold: HTTP "
+            "connections open, gRPC connections with calls in progress (default 100; 0: no cap)")
+    _option(p, "--max-inflight-mb", int, None, "request bytes in flight at once, both ports together; "
+            "more is refused (429 / RESOURCE_EXHAUSTED) at once (default: a quarter of the memory, at least "
+            "--max-message-mb, at most 4096)")
     _option(p, "--http-timeout-s", float, 30.0, "an HTTP client must start each request, send its body and read "
             "the answer within this long (default 30)")
     _option(p, "--auth-token-file", Path, None, "require 'authorization: Bearer TOKEN' on every call but health; "

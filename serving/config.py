@@ -43,6 +43,10 @@ class ServerConfig:
     stream_write_timeout_s: float = 30.0     # a stream whose client reads no response for this long is ended
     metrics_host: str | None = None          # None: the same address as host
     max_http_connections: int = 1000         # HTTP connections open at once; more are closed as they arrive
+    max_connections_per_client: int = 100    # per client address: HTTP connections open, gRPC connections with
+                                             # calls in progress; 0: no cap
+    max_inflight_mb: int | None = None       # request bytes held at once, both transports; None: from the memory
+                                             # (serving.runtime.budget.default_limit_bytes)
     http_timeout_s: float = 30.0             # an HTTP client must start a request, send its body, and read the
                                              # answer within this long each
     auth_token_file: Path | None = None      # set: every call but health needs 'authorization: Bearer <token>'
@@ -72,6 +76,11 @@ class ServerConfig:
             raise ValueError("--stream-write-timeout-s and --http-timeout-s must be > 0")
         if self.max_http_connections < 1:
             raise ValueError("--max-http-connections must be >= 1")
+        if self.max_connections_per_client < 0:
+            raise ValueError("--max-connections-per-client must be >= 0 (0: no cap)")
+        if self.max_inflight_mb is not None and self.max_inflight_mb < self.max_message_mb:
+            raise ValueError(f"--max-inflight-mb {self.max_inflight_mb} is less than --max-message-mb "
+                             f"{self.max_message_mb}: a request of the largest size could never be admitted")
         if self.max_shm_regions < 0:
             raise ValueError("--max-shm-regions must be >= 0")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -2,12 +2,14 @@
 
 ``ImageClassifierServicer`` is the project's own API (imageclassifier.v1); ``InferenceServicer`` speaks the Open
 Inference Protocol (KServe v2, Triton's ``inference.GRPCInferenceService``). Errors are raised as domain exceptions
-and mapped to status codes by ``serving.grpc.status.rpc``.
+and mapped to status codes by ``serving.grpc.status.rpc``, which also caps the connections per client address
+(``peers``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,9 +23,11 @@ from serving._generated import imageclassifier_pb2_grpc as ic_grpc
 from serving.contract import classifier
 from serving.errors import SlowReader
 from serving.grpc import converters
-from serving.grpc.handlers import UndecodableRequest
+from serving.grpc.handlers import Held, StandIn
+from serving.grpc.peers import PeerCalls
 from serving.grpc.status import STATUS_CODES, deadline_of, rpc
 from serving.runtime import offload, tracing
+from serving.runtime.budget import Hold
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import request_id_var
 from serving.runtime.requests import OK, Recorder, error_of, sane_request_id
@@ -33,8 +37,8 @@ STREAM_WINDOW = 64  # messages of one stream processed concurrently; reading pau
 
 
 class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
-    def __init__(self, plane: DataPlane, recorder: Recorder) -> None:
-        self.plane, self.recorder = plane, recorder
+    def __init__(self, plane: DataPlane, recorder: Recorder, peers: PeerCalls | None = None) -> None:
+        self.plane, self.recorder, self.peers = plane, recorder, peers
         self.write_timeout_s = plane.config.stream_write_timeout_s
 
     async def _classify(self, request: ic_pb2.ClassifyRequest, deadline: float | None,
@@ -96,7 +100,7 @@ async def _answer_stream(method: str, recorder: Recorder, requests: AsyncIterato
     becomes an error message in the stream, not the end of it) and recorded in the metrics as one request. A client
     that leaves a response unread for ``write_timeout_s`` ends the stream (``SlowReader``)."""
     async def answer(seq: int, request: Any) -> Any:
-        undecodable = isinstance(request, UndecodableRequest)
+        undecodable = isinstance(request, StandIn)
         mid = (None if undecodable else sane_request_id(message_id(request))) or f"{rid}-{seq}"
         token = request_id_var.set(mid)
         started, outcome = time.perf_counter(), OK
@@ -126,7 +130,9 @@ async def _answer_stream(method: str, recorder: Recorder, requests: AsyncIterato
 
 
 async def _concurrent_answers(requests: AsyncIterator, answer) -> AsyncIterator:  # type: ignore[no-untyped-def]
-    """Answer stream messages concurrently (so they batch with each other), yielding each as soon as it is ready."""
+    """Answer stream messages concurrently (so they batch with each other), yielding each as soon as it is ready.
+    A message's bytes stay in the in-flight budget until its answer is done (or cancelled: a done callback), and a
+    message read but never answered (the stream ended first) gives them back too."""
     iterator = requests.__aiter__()
     reader: asyncio.Task | None = asyncio.ensure_future(iterator.__anext__())
     pending: set[asyncio.Task] = set()
@@ -142,7 +148,13 @@ async def _concurrent_answers(requests: AsyncIterator, answer) -> AsyncIterator:
                     except StopAsyncIteration:
                         reader = None
                         continue
-                    pending.add(asyncio.ensure_future(answer(seq, request)))
+                    hold = None
+                    if isinstance(request, Held):
+                        request, hold = request.message, request.hold
+                    answering = asyncio.ensure_future(answer(seq, request))
+                    if hold is not None:
+                        answering.add_done_callback(functools.partial(_release, hold))
+                    pending.add(answering)
                     seq += 1
                     reader = asyncio.ensure_future(iterator.__anext__())
                 else:
@@ -151,11 +163,19 @@ async def _concurrent_answers(requests: AsyncIterator, answer) -> AsyncIterator:
     finally:
         for task in (*pending, *([reader] if reader is not None else [])):
             task.cancel()
+        if reader is not None and reader.done() and not reader.cancelled() and reader.exception() is None:
+            unread = reader.result()
+            if isinstance(unread, Held):
+                unread.hold.release()
+
+
+def _release(hold: Hold, _: asyncio.Future) -> None:
+    hold.release()
 
 
 class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, recorder: Recorder) -> None:
-        self.plane, self.recorder = plane, recorder
+    def __init__(self, plane: DataPlane, recorder: Recorder, peers: PeerCalls | None = None) -> None:
+        self.plane, self.recorder, self.peers = plane, recorder, peers
         self.write_timeout_s = plane.config.stream_write_timeout_s
 
     @rpc("ServerLive")

@@ -16,6 +16,10 @@ the two transports share admission, batching, limits and errors; this module onl
 
 - ``GET|POST /v2/logging``, ``GET|POST /v2[/models/{name}]/trace/setting`` — Triton's logging and trace extensions.
 
+Every request with a body holds its declared ``Content-Length`` of the server's in-flight budget
+(``serving.runtime.budget``, shared with gRPC) before any of the body is read, and a chunked body its bytes as they
+arrive: past the budget it is answered 429 at once, past ``--max-message-mb`` 413 from the header.
+
 Health answers 200 for true and 503 for false. Errors are ``{"error": "<message>"}`` with the status of
 ``serving.http.status``; every answer carries ``x-request-id``, and a traced one ``traceresponse``.
 """
@@ -47,6 +51,7 @@ from serving.http.connections import ConnectionGuard, ProtocolLog
 from serving.http.status import http_status_for
 from serving.runtime import offload, tracing
 from serving.runtime.auth import Tokens, client_var
+from serving.runtime.budget import Hold, InflightBudget
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import new_request_id, request_id_var
 from serving.runtime.requests import CANCELLED, OK, REQUEST_ID_KEY, Recorder, sane_request_id
@@ -62,6 +67,7 @@ CHUNK = 1 << 16
 CLIENT_CLOSED = 499  # nginx's status for a request whose client went away before the answer
 CONTROL_BODY_LIMIT = 1 << 16  # a repository request is a few parameters: no model files, no configuration
 RID = web.RequestKey("rid", str)
+HOLD = web.RequestKey("hold", Hold)  # the request's share of the in-flight budget
 SETTINGS_BODY_LIMIT = 64 * 1024  # log and trace settings
 # aiohttp warns (on stderr, outside the log) about a malformed Content-Disposition in a client's form: client data,
 # answered like any other bad input, not something for whoever runs the server to act on.
@@ -93,8 +99,8 @@ class HttpFrontEnd:
     """``start()`` binds ``config.http_port`` (0: any free port) and returns it; ``stop(grace)`` drains."""
 
     def __init__(self, plane: DataPlane, config: ServerConfig, recorder: Recorder,
-                 tokens: Tokens | None = None) -> None:
-        self.plane, self.config, self.tokens = plane, config, tokens
+                 tokens: Tokens | None = None, *, budget: InflightBudget) -> None:
+        self.plane, self.config, self.tokens, self.budget = plane, config, tokens, budget
         self.recorder = recorder
         self.app = web.Application(client_max_size=config.max_message_bytes, middlewares=[self._around],
                                    handler_args={"keepalive_timeout": config.max_connection_idle_s or 3600,
@@ -150,7 +156,7 @@ class HttpFrontEnd:
         await self.runner.setup()
         assert self.runner.server is not None
         self.guard = ConnectionGuard(self.runner.server, self.config.max_http_connections,
-                                     self.config.http_timeout_s)
+                                     self.config.http_timeout_s, self.config.max_connections_per_client)
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(self.guard, self.config.host, self.config.http_port,
@@ -182,7 +188,7 @@ class HttpFrontEnd:
         request[RID] = rid
         operation = self._operations.get(request.match_info.route)
         started, outcome = time.perf_counter(), OK
-        trace = None
+        trace, hold = None, None
         if self.guard is not None:
             self.guard.request_started(request.transport)
         gauge = self.recorder.inflight("http." + operation) if operation is not None else None
@@ -198,6 +204,7 @@ class HttpFrontEnd:
             if encoding != "identity" and not self.config.allow_compression:
                 raise InvalidInput(f"Content-Encoding {encoding[:20]!r} refused: compressed requests are off "
                                    "(--allow-compression)")
+            hold = request[HOLD] = self.budget.take(request.content_length or 0, "http")  # before any body byte
             if operation in tracing.TRACED and self.plane.tracing.enabled:
                 trace = self._trace(request, operation, rid)
             response = await handler(request)
@@ -226,6 +233,8 @@ class HttpFrontEnd:
             elif status == 429:
                 response.headers["Retry-After"] = "1"
         finally:
+            if hold is not None:
+                hold.release()
             if self.guard is not None:
                 self.guard.request_ended(request.transport)
             if gauge is not None:
@@ -251,8 +260,23 @@ class HttpFrontEnd:
                                         request.headers, {"http.request.method": request.method, "http.route": path,
                                                           "serving.operation": operation})
 
+    async def _body(self, request: web.Request) -> bytes:
+        """The whole body, within --http-timeout-s: over --max-message-mb it is 413, and a chunked body takes its
+        bytes of the in-flight budget as they arrive (429 once they do not fit), before they are kept."""
+        return await self._within_timeout(self._read(request))
+
+    async def _read(self, request: web.Request) -> bytes:
+        hold, limit = request[HOLD], self.config.max_message_bytes
+        body = bytearray()
+        while chunk := await request.content.readany():
+            if len(body) + len(chunk) > limit:
+                raise TooLarge(f"the request body is larger than the {limit >> 20} MiB limit (--max-message-mb)")
+            hold.cover(len(body) + len(chunk))
+            body += chunk
+        return bytes(body)
+
     async def _within_timeout(self, reading: Awaitable[Any]) -> Any:
-        """Reading a body, bounded in time (408) as in size (aiohttp answers 413): a slow sender holds nothing long."""
+        """Reading a body, bounded in time (408) as in size (413): a slow sender holds nothing long."""
         try:
             return await asyncio.wait_for(reading, self.config.http_timeout_s)
         except TimeoutError:
@@ -316,7 +340,7 @@ class HttpFrontEnd:
         if (request.content_length or 0) > CONTROL_BODY_LIMIT:
             raise TooLarge(f"a repository request body is at most {CONTROL_BODY_LIMIT >> 10} KiB (models load only "
                            "from the server's repository)")
-        body = await self._within_timeout(request.read())
+        body = await self._body(request)
         if len(body) > CONTROL_BODY_LIMIT:
             raise TooLarge(f"a repository request body is at most {CONTROL_BODY_LIMIT >> 10} KiB (models load only "
                            "from the server's repository)")
@@ -331,7 +355,7 @@ class HttpFrontEnd:
         return parsed
 
     async def infer(self, request: web.Request) -> web.Response:
-        body = await self._within_timeout(request.read())
+        body = await self._body(request)
         header_length = request.headers.get(kserve.HEADER_LENGTH)
         json_bytes = len(body) if header_length is None else int(header_length) if header_length.isdigit() else 0
         parsed, (outputs, binary), inputs = await offload.step(
@@ -352,7 +376,7 @@ class HttpFrontEnd:
         return web.json_response(kserve.shm_status(self.plane.shm_status(request.match_info.get("region", ""))))
 
     async def shm_register(self, request: web.Request) -> web.Response:
-        key, offset, byte_size = kserve.shm_register_request(await self._within_timeout(request.read()))
+        key, offset, byte_size = kserve.shm_register_request(await self._body(request))
         self.plane.shm_register(request.match_info["region"], key, offset, byte_size)
         return web.Response(status=200)
 
@@ -420,13 +444,13 @@ class HttpFrontEnd:
     async def _images(self, request: web.Request) -> list[tuple[str, bytes]]:
         """The raw body as one image, or each file of a multipart form; limits checked while reading."""
         if not request.content_type.startswith("multipart/"):
-            body = await request.read()
+            body = await self._read(request)
             if not body:
                 raise InvalidInput("no image: send it as the request body, or as multipart files "
                                    "(curl -F image=@photo.jpg …)")
             return [("", body)]
         try:
-            images = await self._form_files(await request.multipart())
+            images = await self._form_files(await request.multipart(), request[HOLD])
         except (ValueError, HttpProcessingError) as e:  # aiohttp's complaints about the client's multipart bytes
             reason = str(getattr(e, "message", "") or e).strip().splitlines()[0][:200]
             raise InvalidInput(f"malformed multipart body: {reason}") from None
@@ -434,7 +458,7 @@ class HttpFrontEnd:
             raise InvalidInput("no image in the multipart body: add files (curl -F image=@photo.jpg …)")
         return images
 
-    async def _form_files(self, reader: MultipartReader) -> list[tuple[str, bytes]]:
+    async def _form_files(self, reader: MultipartReader, hold: Hold) -> list[tuple[str, bytes]]:
         images: list[tuple[str, bytes]] = []
         size, limit = 0, self.config.max_message_bytes
         while (part := await reader.next()) is not None:
@@ -448,6 +472,7 @@ class HttpFrontEnd:
                 size += len(chunk)
                 if size > limit:
                     raise TooLarge(f"the request body is larger than the {limit >> 20} MiB limit (--max-message-mb)")
+                hold.cover(size)  # a chunked form's bytes, as they arrive
                 data += chunk
             images.append((part.filename or part.name or "", bytes(data)))
         return images
@@ -471,7 +496,7 @@ class HttpFrontEnd:
         it is parsed (on the event loop)."""
         if (request.content_length or 0) > SETTINGS_BODY_LIMIT:
             raise TooLarge(f"a settings body larger than {SETTINGS_BODY_LIMIT >> 10} KiB")
-        body = await self._within_timeout(request.read())
+        body = await self._body(request)
         if len(body) > SETTINGS_BODY_LIMIT:
             raise TooLarge(f"a settings body larger than {SETTINGS_BODY_LIMIT >> 10} KiB")
         try:

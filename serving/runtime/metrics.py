@@ -10,6 +10,8 @@ Exposed over HTTP ``/metrics`` on ``--metrics-port`` (Triton's default, 8002). N
 - ``serving_batch_size{model}`` — images per onnxruntime call;
 - ``serving_inflight_requests{method}`` — requests being handled now (gRPC methods, and ``http.*`` operations);
 - ``serving_queue_depth{model}`` — requests waiting in the batcher;
+- ``serving_inflight_request_bytes{transport}`` — request bytes held against ``--max-inflight-mb`` (declared HTTP
+  bodies, received gRPC messages), and ``serving_inflight_request_bytes_limit``, that limit;
 - ``serving_dropped_requests_total{model, reason}`` — queued requests never computed (cancelled, deadline);
 - ``serving_model_ready{model, version}`` — 1 once the model passed its golden self-check, else 0;
 - ``serving_event_loop_lag_seconds``, ``serving_event_loop_lag_max_seconds`` — how late the event loop that both
@@ -69,6 +71,10 @@ class Metrics:
         self.loop_step_cpu = Histogram("serving_event_loop_step_cpu_seconds", "The event loop thread's CPU time in "
                                        "each 10 ms timer's window: a step of the server's code",
                                        buckets=loop_lag.BUCKETS, registry=r)
+        self.inflight_bytes = Gauge("serving_inflight_request_bytes", "Request bytes held against --max-inflight-mb",
+                                    ("transport",), registry=r)
+        self.inflight_bytes_limit = Gauge("serving_inflight_request_bytes_limit", "--max-inflight-mb, in bytes",
+                                          registry=r)
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
