@@ -21,8 +21,10 @@ thread pool, and tensors go through the model's :class:`~serving.runtime.batcher
 
 Admission is counted in images: a model holds at most ``config.max_admitted`` images at once (decoding, queued,
 computing), and a request holds at most ``max_images_per_request``; anything more is refused before any decoding, so
-overload costs the server almost nothing per request. A large request's decoding and compute are split into rounds
-that queue fairly behind other requests and stop once its deadline has passed or its caller has gone.
+overload costs the server almost nothing per request. Near that limit a client over its fair share is refused while
+the others are still admitted, and a batch takes each client's requests in turn (``serving.runtime.fairshare``; the
+client is ``fairshare.share_var``). A large request's decoding and compute are split into rounds that queue fairly
+behind other requests and stop once its deadline has passed or its caller has gone.
 """
 
 
@@ -35,7 +37,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -64,8 +66,9 @@ from serving.contract.api import (
 from serving.contract.manifest import ModelManifest
 from serving.contract.prediction import classification, softmax, top_predictions
 from serving.errors import DeadlineExceeded, InvalidInput, ModelNotFound, NotReady, Overloaded, TooLarge, Unsupported
-from serving.runtime import explain, tracing
+from serving.runtime import explain, fairshare, tracing
 from serving.runtime.auth import client_var
+from serving.runtime.fairshare import FairQueue, share_var
 from serving.runtime.logs import LogSettings, log_settings
 from serving.runtime.predictor import Predictor, available_cores
 from serving.runtime.registry import ModelRegistry, ModelState, ServedModel, parse_version, shown
@@ -92,9 +95,18 @@ class DataPlane:
         workers = self.config.decode_workers or available_cores()
         self._decoder = ThreadPoolExecutor(workers, thread_name_prefix="decode")
         self._decode_round = workers  # images of one request in the decode pool at once
+        # Images handed to the pool at once: one computing and one waiting per worker, so that a worker never waits
+        # for the event loop to hand it the next; callers beyond that wait for their clients' turns.
+        self._decode_slots = 2 * workers
+        self._decoding = 0
+        self._decode_turns: FairQueue[asyncio.Future[None]] = FairQueue()
         self._explainers: dict[str, explain.ExplainSession] = {}  # model name → its served version's graph
         self._statistics = Statistics()
         self.shared_memory = SharedMemory(self.config.max_shm_regions)
+        self._fair = self.config.client_share > 0
+        self._kept = fairshare.kept_images(self.config.max_admitted, self.config.client_share)
+        self._metrics = registry.metrics
+        self._admitted_gauges: dict[str, Any] = {}  # client label → its child of serving_client_admitted_images
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False, cancel_futures=True)
@@ -195,9 +207,10 @@ class DataPlane:
     # ---- admission -------------------------------------------------------------------------------------------
     @contextmanager
     def admit(self, name: str, version: str | int | None = None, images: int = 1) -> Iterator[ServedModel]:
-        """The model, ready to answer, held for one request of ``images`` images; refused before any work when the
-        request is larger than ``max_images_per_request`` (``InvalidInput``) or the model already holds
-        ``max_admitted`` images (``Overloaded``)."""
+        """The model, ready to answer, held for one request of ``images`` images of the calling client
+        (``share_var``); refused before any work when the request is larger than ``max_images_per_request``
+        (``InvalidInput``), the model already holds ``max_admitted`` images, or it nearly does and the client holds
+        more than its share (``Overloaded``)."""
         with tracing.step("admission") as admission:
             if images > self.config.max_images_per_request:
                 raise InvalidInput(f"{images} images in one request, more than the limit of "
@@ -207,15 +220,60 @@ class DataPlane:
                 raise InvalidInput(f"{images} images in one request, more than a model holds at once "
                                    f"({self.config.max_admitted}: --max-queue + --max-batch); split the request")
             model = self.registry.get(name, version)
-            if model.active + images > self.config.max_admitted:
-                self._counters(model).failed(0)  # it reached the version: a failure in its statistics
-                raise Overloaded(f"model {name!r}: queue full ({model.active} images in progress); retry later")
+            client = share_var.get()
+            self._check_room(model, client, images)
             model.active += images
+            model.holders.add(client, images)
             admission.note("serving.model_version", model.version)
+        gauge = self._admitted_gauge()
+        if gauge is not None:
+            gauge.inc(images)
         try:
             yield model
         finally:
             model.active -= images
+            model.holders.remove(client, images)
+            if gauge is not None:
+                gauge.dec(images)
+
+    def check_room(self, name: str, version: str | int | None = None) -> None:
+        """Refuse now (``Overloaded``) a request the calling client could not get admitted with even one image, before
+        its body is read or parsed: a client over its share, or a full model, costs the server nothing more. A
+        request that passes is admitted by :meth:`admit` once its size is known; an unknown or unready model is left
+        for that to answer."""
+        try:
+            model = self.registry.get(name, version)
+        except (ModelNotFound, NotReady):
+            return
+        self._check_room(model, share_var.get(), 1)
+
+    def _check_room(self, model: ServedModel, client: str, images: int) -> None:
+        held = model.holders.get(client, 0)
+        refused = fairshare.refusal(limit=self.config.max_admitted, kept=self._kept, active=model.active, held=held,
+                                    clients=len(model.holders), images=images)
+        if refused is not None:
+            self._counters(model).failed(0)  # it reached the version: a failure in its statistics
+            raise Overloaded(self._overloaded(model, refused, held))
+
+    def _overloaded(self, model: ServedModel, refused: str, held: int) -> str:
+        if refused == fairshare.FULL:
+            return f"model {model.name!r}: queue full ({model.active} images in progress); retry later"
+        limit = self.config.max_admitted
+        clients = len(model.holders)
+        return (f"model {model.name!r}: queue nearly full ({model.active} of {limit} images in progress) and this "
+                f"client holds {held}, more than its share of {fairshare.share(limit, clients)} while {clients} "
+                f"client{' holds' if clients == 1 else 's hold'} images; retry later")
+
+    def _admitted_gauge(self) -> Any:
+        """The calling client's child of ``serving_client_admitted_images`` (labelled by token identity, never by
+        address: ``client_var``), or None without metrics."""
+        if self._metrics is None:
+            return None
+        label = client_var.get()
+        gauge = self._admitted_gauges.get(label)
+        if gauge is None:
+            gauge = self._admitted_gauges[label] = self._metrics.client_images.labels(label)
+        return gauge
 
     # ---- inference -------------------------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResult:
@@ -312,7 +370,7 @@ class DataPlane:
             try:
                 if isinstance(image, np.ndarray):
                     return predictor.check_finite(predictor.check_tensor(image))
-                return await loop.run_in_executor(self._decoder, predictor.preprocess, image)
+                return await self._decode(predictor.preprocess, image)
             except InvalidInput as e:
                 raise InvalidInput(f"image {i}: {e}") from None
 
@@ -325,6 +383,38 @@ class DataPlane:
                                               for i in range(start, min(start + self._decode_round, len(images)))))
         return np.stack(decoded)
 
+    async def _decode(self, fn: Callable[[ImageSource], np.ndarray], image: ImageSource) -> np.ndarray:
+        """``fn(image)`` in the decode pool. Once the pool holds ``_decode_slots`` images, callers wait for a place in
+        their clients' turns (``FairQueue``), so that one client's flood of images does not queue ahead of another's."""
+        loop = asyncio.get_running_loop()
+        if self._decoding < self._decode_slots:
+            self._decoding += 1
+        else:
+            client = share_var.get() if self._fair else ""
+            turn: asyncio.Future[None] = loop.create_future()
+            self._decode_turns.append(client, turn)
+            try:
+                await turn  # a place is handed over with the turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._next_decode()  # handed a place already: pass it on
+                else:
+                    self._decode_turns.remove(client, turn)
+                raise
+        try:
+            return await loop.run_in_executor(self._decoder, fn, image)
+        finally:
+            self._next_decode()
+
+    def _next_decode(self) -> None:
+        """A place in the pool came free: hand it to the caller whose turn it is, or keep it free."""
+        while self._decode_turns:
+            turn = self._decode_turns.pop(self._decode_turns.turn())
+            if not turn.done():  # a cancelled caller's turn is skipped
+                turn.set_result(None)
+                return
+        self._decoding -= 1
+
     async def run(self, model: ServedModel, x: np.ndarray, deadline: float | None = None,
                   timing: RequestTiming | None = None) -> np.ndarray:
         """A checked (N, C, H, W) batch through the model's batcher; (N, K) logits. More than ``max_batch`` images
@@ -336,10 +426,11 @@ class DataPlane:
         if timing is not None:
             timing.prepared()
         step = self.config.max_batch
+        client = share_var.get() if self._fair else ""  # one key for all: first come, first served
         if len(x) <= step:
-            logits = await model.batcher.submit(x, deadline, timing)
+            logits = await model.batcher.submit(x, deadline, timing, client)
         else:
-            logits = np.concatenate([await model.batcher.submit(x[i:i + step], deadline, timing)
+            logits = np.concatenate([await model.batcher.submit(x[i:i + step], deadline, timing, client)
                                      for i in range(0, len(x), step)])
         if timing is not None:
             timing.resumed()

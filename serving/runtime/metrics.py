@@ -11,7 +11,14 @@ Exposed over HTTP ``/metrics`` on ``--metrics-port`` (Triton's default, 8002). N
 - ``serving_inflight_requests{method}`` — requests being handled now (gRPC methods, and ``http.*`` operations);
 - ``serving_queue_depth{model}`` — requests waiting in the batcher;
 - ``serving_dropped_requests_total{model, reason}`` — queued requests never computed (cancelled, deadline);
-- ``serving_model_ready{model, version}`` — 1 once the model passed its golden self-check, else 0.
+- ``serving_model_ready{model, version}`` — 1 once the model passed its golden self-check, else 0;
+- ``serving_client_requests_total{client, code}`` — finished requests per client, as ``serving_requests_total``
+  counts them;
+- ``serving_client_admitted_images{client}`` — images admitted and not finished (decoding, queued, computing) per
+  client, all models together: what its fair share is counted in (``serving.runtime.fairshare``).
+
+``client`` is the token's client name (or its ``token:…`` identity) with ``--auth-token-file``, else ``anonymous``:
+the label set is bounded by the token file, and never holds a token or a client's address.
 
 The queue, compute and batch-size histograms are observed by the calls that count Triton's statistics
 (``serving.runtime.statistics``), with the same numbers: they agree with ``ModelStatistics`` summed over versions.
@@ -57,6 +64,10 @@ class Metrics:
                                "(cancelled, deadline)", ("model", "reason"), registry=r)
         self.queue_depth = Gauge("serving_queue_depth", "Requests waiting in the batch queue", ("model",), registry=r)
         self.model_ready = Gauge("serving_model_ready", "1 when the model serves", ("model", "version"), registry=r)
+        self.client_requests = Counter("serving_client_requests", "Finished requests by client (token name; "
+                                       "'anonymous' without tokens) and status code", ("client", "code"), registry=r)
+        self.client_images = Gauge("serving_client_admitted_images", "Images admitted and not finished, by client",
+                                   ("client",), registry=r)
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
