@@ -21,6 +21,7 @@ from serving._generated import imageclassifier_pb2_grpc as ic_grpc
 from serving.contract import classifier
 from serving.errors import SlowReader
 from serving.grpc import converters
+from serving.grpc.clients import Identify
 from serving.grpc.handlers import UndecodableRequest
 from serving.grpc.status import STATUS_CODES, deadline_of, rpc
 from serving.runtime import tracing
@@ -33,8 +34,8 @@ STREAM_WINDOW = 64  # messages of one stream processed concurrently; reading pau
 
 
 class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
-    def __init__(self, plane: DataPlane, recorder: Recorder) -> None:
-        self.plane, self.recorder = plane, recorder
+    def __init__(self, plane: DataPlane, recorder: Recorder, identify: Identify) -> None:
+        self.plane, self.recorder, self.identify = plane, recorder, identify
         self.write_timeout_s = plane.config.stream_write_timeout_s
 
     async def _classify(self, request: ic_pb2.ClassifyRequest, deadline: float | None,
@@ -154,8 +155,8 @@ async def _concurrent_answers(requests: AsyncIterator, answer) -> AsyncIterator:
 
 
 class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, recorder: Recorder) -> None:
-        self.plane, self.recorder = plane, recorder
+    def __init__(self, plane: DataPlane, recorder: Recorder, identify: Identify) -> None:
+        self.plane, self.recorder, self.identify = plane, recorder, identify
         self.write_timeout_s = plane.config.stream_write_timeout_s
 
     @rpc("ServerLive")

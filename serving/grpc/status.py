@@ -1,7 +1,8 @@
 """The one place where domain errors become gRPC status codes, and the decorator every RPC handler wears.
 
 ``STATUS_CODES`` maps each error kind to its code; ``status_for`` an exception to (code, message). ``rpc`` wraps a
-servicer method: it assigns the request id, counts and times the call, maps any exception and ends the RPC with it.
+servicer method: it assigns the request id, names the call's client for fair share (``share_var``), counts and times
+the call, maps any exception and ends the RPC with it.
 An unexpected exception is logged with its traceback and the request id (``serving.runtime.requests.error_of``),
 and the client gets INTERNAL quoting that id. An inference call is traced when the trace settings say so
 (``serving.runtime.tracing``: its ``traceparent`` metadata continued, ``traceresponse`` in its trailing metadata).
@@ -20,6 +21,7 @@ import grpc
 from serving.errors import Kind
 from serving.grpc.handlers import UndecodableRequest
 from serving.runtime import tracing
+from serving.runtime.fairshare import share_var
 from serving.runtime.logs import new_request_id, request_id_var
 from serving.runtime.requests import CANCELLED, OK, REQUEST_ID_KEY, Recorder, error_of, sane_request_id
 
@@ -74,7 +76,8 @@ def _fail(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
 
 def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "", *,
         stream: bool = False) -> Callable[..., Any]:
-    """Decorate an async servicer method; the servicer has a ``recorder`` and a ``plane``. A ``stream`` method writes
+    """Decorate an async servicer method; the servicer has a ``recorder``, a ``plane`` and ``identify`` (its calls'
+    client, ``serving.grpc.clients``). A ``stream`` method writes
     its responses with ``context.write`` and records (and traces) each message itself: the call as a whole is not
     counted again."""
 
@@ -85,6 +88,7 @@ def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "", *,
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             rid = request_id_from(context)
             token = request_id_var.set(rid)
+            client = share_var.set(self.identify(context))  # a stream's messages inherit it
             recorder: Recorder = self.recorder
             gauge = recorder.inflight(method)
             if gauge is not None:
@@ -126,6 +130,7 @@ def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "", *,
                     model = "" if isinstance(request, UndecodableRequest) else model_of(request)
                     recorder.done(method, recorder.model_label(model), outcome, time.perf_counter() - started)
                 request_id_var.reset(token)
+                share_var.reset(client)
 
         return handler
 

@@ -16,6 +16,10 @@ the two transports share admission, batching, limits and errors; this module onl
 
 - ``GET|POST /v2/logging``, ``GET|POST /v2[/models/{name}]/trace/setting`` — Triton's logging and trace extensions.
 
+Every request runs with its client named for fair share (``share_var``): the token's client with tokens, else the
+client's address (the connection's peer, or from a ``--trusted-proxies`` proxy the address its ``X-Forwarded-For``
+names; ``serving.runtime.peers``).
+
 Health answers 200 for true and 503 for false. Errors are ``{"error": "<message>"}`` with the status of
 ``serving.http.status``; every answer carries ``x-request-id``, and a traced one ``traceresponse``.
 """
@@ -47,7 +51,9 @@ from serving.http.status import http_status_for
 from serving.runtime import tracing
 from serving.runtime.auth import Tokens, client_var
 from serving.runtime.dataplane import DataPlane
+from serving.runtime.fairshare import share_var
 from serving.runtime.logs import new_request_id, request_id_var
+from serving.runtime.peers import FORWARDED_FOR, Peers
 from serving.runtime.requests import CANCELLED, OK, REQUEST_ID_KEY, Recorder, sane_request_id
 
 log = logging.getLogger("serving.http")
@@ -95,6 +101,7 @@ class HttpFrontEnd:
                  tokens: Tokens | None = None) -> None:
         self.plane, self.config, self.tokens = plane, config, tokens
         self.recorder = recorder
+        self.peers = Peers(config.trusted_proxies)
         self.app = web.Application(client_max_size=config.max_message_bytes, middlewares=[self._around],
                                    handler_args={"keepalive_timeout": config.max_connection_idle_s or 3600,
                                                  "logger": ProtocolLog()})
@@ -178,6 +185,7 @@ class HttpFrontEnd:
         rid = sane_request_id(request.headers.get(REQUEST_ID_KEY)) or new_request_id()
         token = request_id_var.set(rid)
         client = None  # the caller's identity, set for the handler once its token is checked
+        share = None
         request[RID] = rid
         operation = self._operations.get(request.match_info.route)
         started, outcome = time.perf_counter(), OK
@@ -190,6 +198,7 @@ class HttpFrontEnd:
         try:
             if self.tokens is not None and operation not in OPEN_OPERATIONS:
                 client = client_var.set(self.tokens.check(request.headers.get("Authorization")))
+            share = share_var.set(self._share_identity(request))
             if (request.content_length or 0) > self.config.max_message_bytes:  # from the header: no byte read
                 raise TooLarge(f"the request body ({request.content_length / 2**20:.1f} MiB, Content-Length) is "
                                f"larger than the {self.config.max_message_mb} MiB limit (--max-message-mb)")
@@ -237,10 +246,21 @@ class HttpFrontEnd:
             request_id_var.reset(token)
             if client is not None:  # a keep-alive connection's next request must not inherit it
                 client_var.reset(client)
+            if share is not None:
+                share_var.reset(share)
         response.headers[REQUEST_ID_KEY] = rid
         if trace is not None:
             response.headers[tracing.TRACERESPONSE] = trace.traceresponse
         return response
+
+    def _share_identity(self, request: web.Request) -> str:
+        """Whose fair share the request counts against: the token's client, or the client's address."""
+        if self.tokens is not None:
+            return client_var.get()
+        if not self.peers.trusted:
+            return self.peers.client(request.remote or "")
+        forwarded = ",".join(request.headers.getall(FORWARDED_FOR, ()))
+        return self.peers.client(request.remote or "", forwarded)
 
     def _trace(self, request: web.Request, operation: str, rid: str) -> tracing.RequestTrace | None:
         """Trace this request if the trace settings say so (its ``traceparent`` header continued)."""
@@ -330,6 +350,7 @@ class HttpFrontEnd:
         return parsed
 
     async def infer(self, request: web.Request) -> web.Response:
+        self.plane.check_room(request.match_info["name"], request.match_info.get("version", ""))
         body = await self._within_timeout(request.read())
         parsed = kserve.parse_request(body, request.headers.get(kserve.HEADER_LENGTH))
         timeout_s = parsed.timeout_s
@@ -377,6 +398,7 @@ class HttpFrontEnd:
 
     async def classify(self, request: web.Request) -> web.Response:
         top_k = _int_query(request, "top_k")
+        self.plane.check_room(request.match_info["name"], _version(request))  # before the body is read
         images = await self._within_timeout(self._images(request))
         result = await self.plane.classify(api.ClassifyRequest(
             model=request.match_info["name"], version=_version(request), images=[data for _, data in images],
@@ -391,6 +413,7 @@ class HttpFrontEnd:
         query = request.query
         class_index = _int_query(request, "class") if "class" in query else None
         stages = query.get("stages", "0").lower() in ("1", "true", "yes")
+        self.plane.check_room(request.match_info["name"], _version(request))
         images = await self._within_timeout(self._images(request))
         if len(images) != 1:
             raise InvalidInput(f"explain takes one image, got {len(images)}")
