@@ -31,6 +31,7 @@ behind other requests and stop once its deadline has passed or its caller has go
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -99,7 +100,8 @@ class DataPlane:
         # for the event loop to hand it the next; callers beyond that wait for their clients' turns.
         self._decode_slots = 2 * workers
         self._decoding = 0
-        self._decode_turns: FairQueue[asyncio.Future[None]] = FairQueue()
+        self._decode_turns: FairQueue[tuple[asyncio.Future[np.ndarray], Callable[[ImageSource], np.ndarray],
+                                            ImageSource]] = FairQueue()
         self._explainers: dict[str, explain.ExplainSession] = {}  # model name → its served version's graph
         self._statistics = Statistics()
         self.shared_memory = SharedMemory(self.config.max_shm_regions)
@@ -383,37 +385,53 @@ class DataPlane:
                                               for i in range(start, min(start + self._decode_round, len(images)))))
         return np.stack(decoded)
 
-    async def _decode(self, fn: Callable[[ImageSource], np.ndarray], image: ImageSource) -> np.ndarray:
-        """``fn(image)`` in the decode pool. Once the pool holds ``_decode_slots`` images, callers wait for a place in
-        their clients' turns (``FairQueue``), so that one client's flood of images does not queue ahead of another's."""
+    def _decode(self, fn: Callable[[ImageSource], np.ndarray], image: ImageSource) -> asyncio.Future[np.ndarray]:
+        """``fn(image)`` in the decode pool. Once the pool holds ``_decode_slots`` images, further ones wait in their
+        clients' turns (``FairQueue``), so that one client's flood of images does not queue ahead of another's. A
+        finished image hands its place to the next in turn from the completion callback itself: waiting costs no
+        extra task switch."""
         loop = asyncio.get_running_loop()
+        answer: asyncio.Future[np.ndarray] = loop.create_future()
         if self._decoding < self._decode_slots:
-            self._decoding += 1
+            self._start_decode(loop, answer, fn, image)
         else:
-            client = share_var.get() if self._fair else ""
-            turn: asyncio.Future[None] = loop.create_future()
-            self._decode_turns.append(client, turn)
-            try:
-                await turn  # a place is handed over with the turn
-            except asyncio.CancelledError:
-                if turn.done() and not turn.cancelled():
-                    self._next_decode()  # handed a place already: pass it on
-                else:
-                    self._decode_turns.remove(client, turn)
-                raise
-        try:
-            return await loop.run_in_executor(self._decoder, fn, image)
-        finally:
-            self._next_decode()
+            self._decode_turns.append(share_var.get() if self._fair else "", (answer, fn, image))
+        return answer
 
-    def _next_decode(self) -> None:
-        """A place in the pool came free: hand it to the caller whose turn it is, or keep it free."""
-        while self._decode_turns:
-            turn = self._decode_turns.pop(self._decode_turns.turn())
-            if not turn.done():  # a cancelled caller's turn is skipped
-                turn.set_result(None)
-                return
+    def _start_decode(self, loop: asyncio.AbstractEventLoop, answer: asyncio.Future[np.ndarray],
+                      fn: Callable[[ImageSource], np.ndarray], image: ImageSource) -> None:
+        try:
+            job = self._decoder.submit(fn, image)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            answer.set_exception(NotReady("server is shutting down"))
+            return
+        self._decoding += 1
+
+        def done(job: concurrent.futures.Future[np.ndarray]) -> None:  # in the decoding thread
+            if not loop.is_closed():  # closed: the server stopped while this image decoded
+                loop.call_soon_threadsafe(self._decoded, loop, answer, job)
+
+        job.add_done_callback(done)
+
+    def _decoded(self, loop: asyncio.AbstractEventLoop, answer: asyncio.Future[np.ndarray],
+                 job: concurrent.futures.Future[np.ndarray]) -> None:
+        """One image done: its place goes to the next image in turn (a caller that has gone is skipped)."""
         self._decoding -= 1
+        while self._decode_turns:
+            waiting, fn, image = self._decode_turns.pop(self._decode_turns.turn())
+            if not waiting.cancelled():
+                self._start_decode(loop, waiting, fn, image)
+                break
+        if answer.cancelled():
+            return
+        if job.cancelled():  # the pool was shut down before it started
+            answer.cancel()
+            return
+        error = job.exception()
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(job.result())
 
     async def run(self, model: ServedModel, x: np.ndarray, deadline: float | None = None,
                   timing: RequestTiming | None = None) -> np.ndarray:
