@@ -176,7 +176,8 @@ class DynamicBatcher:
         now = asyncio.get_running_loop().time()
         batch: list[_Request] = []
         images = 0
-        prefer = self.holdings.within_share if self.holdings is not None else None
+        # whose requests go first matters only between clients: one client's are taken in order
+        prefer = self.holdings.within_share if self.holdings is not None and self._queue.clients > 1 else None
         preferred = False
         while self._queue:
             client = self._queue.turn(prefer)

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -108,7 +108,8 @@ class DataPlane:
         self._fair = self.config.client_share > 0
         self._kept = fairshare.kept_images(self.config.max_admitted, self.config.client_share)
         self._metrics = registry.metrics
-        self._admitted_gauges: dict[str, Any] = {}  # client label → its child of serving_client_admitted_images
+        self._admitted: dict[str, int] = {}  # images admitted by client label: read when /metrics is scraped
+        self._free_below = self.config.max_admitted - self._kept  # below this line no share is checked
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False, cancel_futures=True)
@@ -223,20 +224,19 @@ class DataPlane:
                                    f"({self.config.max_admitted}: --max-queue + --max-batch); split the request")
             model = self.registry.get(name, version)
             client = share_var.get()
-            self._check_room(model, client, images)
+            if model.active + images > self._free_below:
+                self._check_room(model, client, images)
             model.active += images
             model.holders.add(client, images)
             admission.note("serving.model_version", model.version)
-        gauge = self._admitted_gauge()
-        if gauge is not None:
-            gauge.inc(images)
+        label = self._admitted_label()
+        self._admitted[label] += images
         try:
             yield model
         finally:
             model.active -= images
             model.holders.remove(client, images)
-            if gauge is not None:
-                gauge.dec(images)
+            self._admitted[label] -= images
 
     def check_room(self, name: str, version: str | int | None = None) -> None:
         """Refuse now (``Overloaded``) a request the calling client could not get admitted with even one image, before
@@ -266,16 +266,15 @@ class DataPlane:
                 f"client holds {held}, more than its share of {fairshare.share(limit, clients)} while {clients} "
                 f"client{' holds' if clients == 1 else 's hold'} images; retry later")
 
-    def _admitted_gauge(self) -> Any:
-        """The calling client's child of ``serving_client_admitted_images`` (labelled by token identity, never by
-        address: ``client_var``), or None without metrics."""
-        if self._metrics is None:
-            return None
+    def _admitted_label(self) -> str:
+        """The calling client's label in ``serving_client_admitted_images``: its token identity (``client_var``),
+        never its address. A new label's gauge reads the count when /metrics is scraped: no lock per request."""
         label = client_var.get()
-        gauge = self._admitted_gauges.get(label)
-        if gauge is None:
-            gauge = self._admitted_gauges[label] = self._metrics.client_images.labels(label)
-        return gauge
+        if label not in self._admitted:
+            self._admitted[label] = 0
+            if self._metrics is not None:
+                self._metrics.client_images.labels(label).set_function(lambda: self._admitted[label])
+        return label
 
     # ---- inference -------------------------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResult:

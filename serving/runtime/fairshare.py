@@ -96,6 +96,11 @@ class FairQueue(Generic[T]):
     def __len__(self) -> int:
         return self._size
 
+    @property
+    def clients(self) -> int:
+        """Clients with items queued."""
+        return len(self._turns)
+
     def __iter__(self) -> Iterator[T]:
         for queue in self._queues.values():
             yield from queue

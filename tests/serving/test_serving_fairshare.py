@@ -13,9 +13,12 @@ import pytest
 
 from serving.config import ServerConfig
 from serving.errors import Overloaded
+from serving.runtime.auth import ANONYMOUS, client_var
 from serving.runtime.batcher import DynamicBatcher
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.fairshare import FULL, OVER_SHARE, FairQueue, Holdings, kept_images, refusal, share, share_var
+from serving.runtime.metrics import Metrics
+from serving.runtime.registry import ModelRegistry
 from tests.serving.test_serving_dataplane import config_for, run
 from tests.support.repositories import Repo
 
@@ -238,3 +241,30 @@ def test_a_light_clients_image_is_decoded_before_a_floods_backlog(repository: Re
     # two images in the pool at once (one decoding, one waiting per worker), then the clients in turn
     assert _decode_order(repository, 0.25) == ["f0", "f1", "f2", "L", "f3", "f4", "f5"]
     assert _decode_order(repository, 0.0) == ["f0", "f1", "f2", "f3", "f4", "f5", "L"]
+
+
+def test_admitted_images_are_counted_by_token_identity_never_by_address(repository: Repo) -> None:
+    async def test() -> None:
+        metrics = Metrics()
+        registry = ModelRegistry(_config(repository), metrics)
+        await registry.load_all()
+        plane = DataPlane(registry)
+        value = metrics.registry.get_sample_value
+        try:
+            with ExitStack() as held:
+                for identity, address, images in (("alice", "10.0.0.7", 3), (ANONYMOUS, "10.0.0.8", 2)):
+                    tokens = client_var.set(identity), share_var.set(address)
+                    held.enter_context(plane.admit("digits", images=images))
+                    client_var.reset(tokens[0])
+                    share_var.reset(tokens[1])
+                assert value("serving_client_admitted_images", {"client": "alice"}) == 3
+                assert value("serving_client_admitted_images", {"client": ANONYMOUS}) == 2
+                assert registry.models["digits"].holders == {"10.0.0.7": 3, "10.0.0.8": 2}  # shares: by address
+            assert value("serving_client_admitted_images", {"client": "alice"}) == 0
+            labels = {s.labels.get("client") for family in metrics.registry.collect() for s in family.samples}
+            assert not labels & {"10.0.0.7", "10.0.0.8"}
+        finally:
+            await registry.close()
+            plane.close()
+
+    asyncio.run(test())
