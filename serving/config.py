@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,9 @@ class ServerConfig:
     max_batch: int = 32
     max_queue_delay_ms: float = 0.0
     max_queue: int = 256                     # per model: requests waiting for a batch; images held: + max_batch
+    client_share: float = 0.25               # of a model's images held, the last quarter is kept for clients within
+                                             # their fair share (serving.runtime.fairshare); 0: first come, first served
+    trusted_proxies: tuple[str, ...] = ()    # CIDR networks whose X-Forwarded-For is believed; empty: never read
     threads: int | None = None               # onnxruntime intra-op threads; None: the cores this process may use
     instances: int = 1                       # onnxruntime sessions per model, each with threads // instances
     decode_workers: int | None = None        # image-decoding threads; None: the cores this process may use
@@ -81,6 +85,13 @@ class ServerConfig:
         if self.max_inflight_mb is not None and self.max_inflight_mb < self.max_message_mb:
             raise ValueError(f"--max-inflight-mb {self.max_inflight_mb} is less than --max-message-mb "
                              f"{self.max_message_mb}: a request of the largest size could never be admitted")
+        if not 0 <= self.client_share <= 1:
+            raise ValueError(f"--client-share must be between 0 (off) and 1, got {self.client_share}")
+        for spec in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(spec)
+            except ValueError as e:
+                raise ValueError(f"--trusted-proxies: {spec!r} is not an address or CIDR network ({e})") from None
         if self.max_shm_regions < 0:
             raise ValueError("--max-shm-regions must be >= 0")
         if bool(self.tls_cert) != bool(self.tls_key):

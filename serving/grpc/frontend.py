@@ -23,12 +23,14 @@ from serving._generated._pool import POOL
 from serving.config import ServerConfig
 from serving.grpc import gone
 from serving.grpc.auth import TokenInterceptor
+from serving.grpc.clients import identifier
 from serving.grpc.handlers import add_service
 from serving.grpc.peers import PeerCalls
 from serving.grpc.servicers import ImageClassifierServicer, InferenceServicer
 from serving.runtime.auth import Tokens
 from serving.runtime.budget import InflightBudget
 from serving.runtime.dataplane import DataPlane
+from serving.runtime.peers import Peers
 from serving.runtime.registry import ModelState, ServedModel
 from serving.runtime.requests import Recorder
 
@@ -68,10 +70,11 @@ class GrpcFrontEnd:
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(options=config.grpc_options(),
                                       interceptors=[TokenInterceptor(tokens)] if tokens else None)
+        identify = identifier(tokens is not None, Peers(config.trusted_proxies))
         add_service(self.server, imageclassifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier"],
-                    ImageClassifierServicer(plane, recorder, self.peers), budget)
+                    ImageClassifierServicer(plane, recorder, identify, self.peers), budget)
         add_service(self.server, grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
-                    InferenceServicer(plane, recorder, self.peers), budget)
+                    InferenceServicer(plane, recorder, identify, self.peers), budget)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         _reflection_pool()
         reflection.enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME),

@@ -23,6 +23,7 @@ from serving._generated import imageclassifier_pb2_grpc as ic_grpc
 from serving.contract import classifier
 from serving.errors import SlowReader
 from serving.grpc import converters
+from serving.grpc.clients import Identify
 from serving.grpc.handlers import Held, StandIn
 from serving.grpc.peers import PeerCalls
 from serving.grpc.status import STATUS_CODES, deadline_of, rpc
@@ -37,8 +38,9 @@ STREAM_WINDOW = 64  # messages of one stream processed concurrently; reading pau
 
 
 class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
-    def __init__(self, plane: DataPlane, recorder: Recorder, peers: PeerCalls | None = None) -> None:
-        self.plane, self.recorder, self.peers = plane, recorder, peers
+    def __init__(self, plane: DataPlane, recorder: Recorder, identify: Identify,
+                 peers: PeerCalls | None = None) -> None:
+        self.plane, self.recorder, self.identify, self.peers = plane, recorder, identify, peers
         self.write_timeout_s = plane.config.stream_write_timeout_s
 
     async def _classify(self, request: ic_pb2.ClassifyRequest, deadline: float | None,
@@ -174,8 +176,9 @@ def _release(hold: Hold, _: asyncio.Future) -> None:
 
 
 class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, recorder: Recorder, peers: PeerCalls | None = None) -> None:
-        self.plane, self.recorder, self.peers = plane, recorder, peers
+    def __init__(self, plane: DataPlane, recorder: Recorder, identify: Identify,
+                 peers: PeerCalls | None = None) -> None:
+        self.plane, self.recorder, self.identify, self.peers = plane, recorder, identify, peers
         self.write_timeout_s = plane.config.stream_write_timeout_s
 
     @rpc("ServerLive")

@@ -1,9 +1,10 @@
 """The one place where domain errors become gRPC status codes, and the decorator every RPC handler wears.
 
 ``STATUS_CODES`` maps each error kind to its code; ``status_for`` an exception to (code, message). ``rpc`` wraps a
-servicer method: it assigns the request id, counts and times the call, holds the call's place among its client
-address's connections (``serving.grpc.peers``) and its message's bytes in the in-flight budget until the call is over
-(its answer sent: grpc keeps the request until then), maps any exception and ends the RPC with it.
+servicer method: it assigns the request id, names the call's client for fair share (``share_var``), counts and times
+the call, holds the call's place among its client address's connections (``serving.grpc.peers``) and its message's
+bytes in the in-flight budget until the call is over (its answer sent: grpc keeps the request until then), maps any
+exception and ends the RPC with it.
 An unexpected exception is logged with its traceback and the request id (``serving.runtime.requests.error_of``),
 and the client gets INTERNAL quoting that id. An inference call is traced when the trace settings say so
 (``serving.runtime.tracing``: its ``traceparent`` metadata continued, ``traceresponse`` in its trailing metadata).
@@ -24,6 +25,7 @@ from serving.grpc.handlers import Held, RefusedRequest, StandIn
 from serving.grpc.peers import PeerCalls
 from serving.runtime import tracing
 from serving.runtime.budget import Hold
+from serving.runtime.fairshare import share_var
 from serving.runtime.logs import new_request_id, request_id_var
 from serving.runtime.requests import CANCELLED, OK, REQUEST_ID_KEY, Recorder, error_of, sane_request_id
 
@@ -86,9 +88,10 @@ def _over(hold: Hold | None, peers: PeerCalls | None, peer: tuple[str, str] | No
 
 def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "", *,
         stream: bool = False) -> Callable[..., Any]:
-    """Decorate an async servicer method; the servicer has a ``recorder``, a ``plane`` and ``peers`` (a
-    :class:`PeerCalls`, or None: no cap). A ``stream`` method writes its responses with ``context.write`` and records
-    (and traces) each message itself: the call as a whole is not counted again."""
+    """Decorate an async servicer method; the servicer has a ``recorder``, a ``plane``, ``identify`` (its calls'
+    client, ``serving.grpc.clients``) and ``peers`` (a :class:`PeerCalls`, or None: no cap). A ``stream`` method writes
+    its responses with ``context.write`` and records (and traces) each message itself: the call as a whole is not
+    counted again."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         traced = method in tracing.TRACED
@@ -97,6 +100,7 @@ def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "", *,
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             rid = request_id_from(context)
             token = request_id_var.set(rid)
+            client = share_var.set(self.identify(context))  # a stream's messages inherit it
             recorder: Recorder = self.recorder
             gauge = recorder.inflight(method)
             if gauge is not None:
@@ -155,6 +159,7 @@ def rpc(method: str, model_of: Callable[[Any], str] = lambda request: "", *,
                     model = "" if stream or isinstance(request, StandIn) else model_of(request)
                     recorder.done(method, recorder.model_label(model), outcome, time.perf_counter() - started)
                 request_id_var.reset(token)
+                share_var.reset(client)
 
         return handler
 

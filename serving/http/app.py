@@ -20,6 +20,10 @@ Every request with a body holds its declared ``Content-Length`` of the server's 
 (``serving.runtime.budget``, shared with gRPC) before any of the body is read, and a chunked body its bytes as they
 arrive: past the budget it is answered 429 at once, past ``--max-message-mb`` 413 from the header.
 
+Every request runs with its client named for fair share (``share_var``): the token's client with tokens, else the
+client's address (the connection's peer, or from a ``--trusted-proxies`` proxy the address its ``X-Forwarded-For``
+names; ``serving.runtime.peers``).
+
 Health answers 200 for true and 503 for false. Errors are ``{"error": "<message>"}`` with the status of
 ``serving.http.status``; every answer carries ``x-request-id``, and a traced one ``traceresponse``.
 """
@@ -53,7 +57,9 @@ from serving.runtime import offload, tracing
 from serving.runtime.auth import Tokens, client_var
 from serving.runtime.budget import Hold, InflightBudget
 from serving.runtime.dataplane import DataPlane
+from serving.runtime.fairshare import share_var
 from serving.runtime.logs import new_request_id, request_id_var
+from serving.runtime.peers import FORWARDED_FOR, Peers
 from serving.runtime.requests import CANCELLED, OK, REQUEST_ID_KEY, Recorder, sane_request_id
 
 log = logging.getLogger("serving.http")
@@ -102,6 +108,7 @@ class HttpFrontEnd:
                  tokens: Tokens | None = None, *, budget: InflightBudget) -> None:
         self.plane, self.config, self.tokens, self.budget = plane, config, tokens, budget
         self.recorder = recorder
+        self.peers = Peers(config.trusted_proxies)
         self.app = web.Application(client_max_size=config.max_message_bytes, middlewares=[self._around],
                                    handler_args={"keepalive_timeout": config.max_connection_idle_s or 3600,
                                                  "logger": ProtocolLog()})
@@ -185,6 +192,7 @@ class HttpFrontEnd:
         rid = sane_request_id(request.headers.get(REQUEST_ID_KEY)) or new_request_id()
         token = request_id_var.set(rid)
         client = None  # the caller's identity, set for the handler once its token is checked
+        share = None
         request[RID] = rid
         operation = self._operations.get(request.match_info.route)
         started, outcome = time.perf_counter(), OK
@@ -197,6 +205,7 @@ class HttpFrontEnd:
         try:
             if self.tokens is not None and operation not in OPEN_OPERATIONS:
                 client = client_var.set(self.tokens.check(request.headers.get("Authorization")))
+            share = share_var.set(self._share_identity(request))
             if (request.content_length or 0) > self.config.max_message_bytes:  # from the header: no byte read
                 raise TooLarge(f"the request body ({request.content_length / 2**20:.1f} MiB, Content-Length) is "
                                f"larger than the {self.config.max_message_mb} MiB limit (--max-message-mb)")
@@ -247,10 +256,21 @@ class HttpFrontEnd:
             request_id_var.reset(token)
             if client is not None:  # a keep-alive connection's next request must not inherit it
                 client_var.reset(client)
+            if share is not None:
+                share_var.reset(share)
         response.headers[REQUEST_ID_KEY] = rid
         if trace is not None:
             response.headers[tracing.TRACERESPONSE] = trace.traceresponse
         return response
+
+    def _share_identity(self, request: web.Request) -> str:
+        """Whose fair share the request counts against: the token's client, or the client's address."""
+        if self.tokens is not None:
+            return client_var.get()
+        if not self.peers.trusted:
+            return self.peers.client(request.remote or "")
+        forwarded = ",".join(request.headers.getall(FORWARDED_FOR, ()))
+        return self.peers.client(request.remote or "", forwarded)
 
     def _trace(self, request: web.Request, operation: str, rid: str) -> tracing.RequestTrace | None:
         """Trace this request if the trace settings say so (its ``traceparent`` header continued)."""
@@ -355,6 +375,7 @@ class HttpFrontEnd:
         return parsed
 
     async def infer(self, request: web.Request) -> web.Response:
+        self.plane.check_room(request.match_info["name"], request.match_info.get("version", ""))
         body = await self._body(request)
         header_length = request.headers.get(kserve.HEADER_LENGTH)
         json_bytes = len(body) if header_length is None else int(header_length) if header_length.isdigit() else 0
@@ -405,6 +426,7 @@ class HttpFrontEnd:
 
     async def classify(self, request: web.Request) -> web.Response:
         top_k = _int_query(request, "top_k")
+        self.plane.check_room(request.match_info["name"], _version(request))  # before the body is read
         images = await self._within_timeout(self._images(request))
         result = await self.plane.classify(api.ClassifyRequest(
             model=request.match_info["name"], version=_version(request), images=[data for _, data in images],
@@ -417,6 +439,7 @@ class HttpFrontEnd:
         query = request.query
         class_index = _int_query(request, "class") if "class" in query else None
         stages = query.get("stages", "0").lower() in ("1", "true", "yes")
+        self.plane.check_room(request.match_info["name"], _version(request))
         images = await self._within_timeout(self._images(request))
         if len(images) != 1:
             raise InvalidInput(f"explain takes one image, got {len(images)}")

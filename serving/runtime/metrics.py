@@ -17,6 +17,13 @@ Exposed over HTTP ``/metrics`` on ``--metrics-port`` (Triton's default, 8002). N
 - ``serving_event_loop_lag_seconds``, ``serving_event_loop_lag_max_seconds`` — how late the event loop that both
   front ends share ran a 10 ms timer; ``serving_event_loop_step_cpu_seconds`` — the loop thread's CPU time in each
   such window: a step of the server's own code when it is near the lag (``serving.runtime.loop_lag``).
+- ``serving_client_requests_total{client, code}`` — finished requests per client, as ``serving_requests_total``
+  counts them;
+- ``serving_client_admitted_images{client}`` — images admitted and not finished (decoding, queued, computing) per
+  client, all models together: what its fair share is counted in (``serving.runtime.fairshare``).
+
+``client`` is the token's client name (or its ``token:…`` identity) with ``--auth-token-file``, else ``anonymous``:
+the label set is bounded by the token file, and never holds a token or a client's address.
 
 The queue, compute and batch-size histograms are observed by the calls that count Triton's statistics
 (``serving.runtime.statistics``), with the same numbers: they agree with ``ModelStatistics`` summed over versions.
@@ -75,6 +82,10 @@ class Metrics:
                                     ("transport",), registry=r)
         self.inflight_bytes_limit = Gauge("serving_inflight_request_bytes_limit", "--max-inflight-mb, in bytes",
                                           registry=r)
+        self.client_requests = Counter("serving_client_requests", "Finished requests by client (token name; "
+                                       "'anonymous' without tokens) and status code", ("client", "code"), registry=r)
+        self.client_images = Gauge("serving_client_admitted_images", "Images admitted and not finished, by client",
+                                   ("client",), registry=r)
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
