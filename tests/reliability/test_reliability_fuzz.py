@@ -261,7 +261,7 @@ def test_mutated_images(fuzz: Fuzz, figures: dict[str, object]) -> None:
     """Damaged files (truncated, bit-flipped, overwritten, inserted, deleted bytes; a quarter damaged twice), each
     answered as the in-process oracle answers it, and memory that does not grow with the inputs.
 
-    VmRSS is read after every input and bounded twice, one rule for the short run (about 2,000 inputs) and the long
+    VmRSS is read after every input and bounded twice, one rule for the short run (2,000–4,000 inputs) and the long
     one (``make soak``: 50,000):
 
     - over the run, from the settled reading at its start to the one at its end: ``MUTATION_GROWTH``, 8 MiB of
@@ -272,10 +272,11 @@ def test_mutated_images(fuzz: Fuzz, figures: dict[str, object]) -> None:
 
     Measured over 200,000 inputs (docs/reliability.md#memory): malloc's bytes in use and Python's traced memory did
     not grow with the inputs, whatever the format or the damage, and replaying the same inputs grew nothing; RSS grew
-    only by the free memory glibc kept after the largest decodes, which this module's server does not keep
-    (``FIXED_MALLOC_THRESHOLDS``): its RSS then stayed within 4 MiB over 60,000 inputs, its second half flat. A leak
-    of L bytes per input fails the second bound once L × n/2 > 4 MiB + 10 bytes × n/2: about 4 kB per input in the
-    short run, 180 bytes in 50,000 inputs, 50 bytes in 200,000.
+    only by the free memory glibc kept after the largest decodes (135 → 190 MiB), which this module's server does not
+    keep (``FIXED_MALLOC_THRESHOLDS``): its RSS then stayed between 133 and 140 MiB, +20 KiB per 10,000 inputs over
+    the second half. A leak of L bytes per input fails the second bound once L × n/2 > 4 MiB + 10 bytes × n/2: about
+    4 kB per input in the short run, 180 bytes in 50,000 inputs, 50 bytes in 200,000 (a leak of 8 kB per input
+    failed the short run, one of 600 bytes a run of 20,000).
     """
     rng = np.random.default_rng(FUZZ_SEED)
     seeds = list(seed_images().items()) + list(unusual_images().items())[:6]
