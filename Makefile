@@ -67,7 +67,7 @@ images:
 SOAK_SECONDS ?= 600
 soak: $(STAMP)
 	SOAK_SECONDS=$(SOAK_SECONDS) FUZZ_MUTATIONS=50000 FUZZ_SECONDS=300 FUZZ_EXAMPLES=3000 \
-	FUZZ_SEED=$$(date +%s) OVERLOAD_SECONDS=30 $(PY) -m pytest -q tests/reliability
+	FUZZ_SEED=$$(date +%s) OVERLOAD_SECONDS=30 CONNECTION_FLOOD_SECONDS=40 $(PY) -m pytest -q tests/reliability
 
 # Every performance claim against its baseline, measured in one run (< 10 min on 2 cores): prints the table, writes
 # benchmarks/results/<date>-<host>.json and benchmarks/results/latest.md. One family: make bench BENCH_ARGS="--only server".

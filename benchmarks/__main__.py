@@ -22,10 +22,12 @@ from pathlib import Path
 MODULES = {"runtime": "runtime", "folding": "folding", "server": "server", "instances": "instances",
            "http": "http_vs_grpc", "explain": "explain_cost", "photos": "photos", "batch": "batch_cli",
            "ray": "batch_ray", "numpy": "numpy_ref", "training": "train_time", "startup": "startup",
-           "shm": "shared_memory", "perf_analyzer": "perf_analyzer"}
+           "shm": "shared_memory", "perf_analyzer": "perf_analyzer",
+           "loop": "loop_stall"}
 FAMILIES = tuple(MODULES)
-# Exports, minutes of training and a Ray cluster's start-up have no place in a 45-second check.
-QUICK_SKIPS = ("folding", "training", "ray")
+# Exports, minutes of training, a Ray cluster's start-up and ResNet-18's largest requests have no place in a 45-second
+# check.
+QUICK_SKIPS = ("folding", "training", "ray", "loop")
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results"
 UNDER_LOAD = 1.0  # 1-minute load average at start above which the run is marked as measured under load

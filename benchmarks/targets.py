@@ -23,6 +23,7 @@ INT8_DROP_POINTS = 0.5      # FP32 top-1 minus INT8 top-1, percentage points
 COLD_START_S = 1.5          # spawn to health SERVING, digits
 MEMORY_MB = 150.0           # server VmRSS with one small model, after warm-up
 BATCH_CLI = 0.8             # batch CLI (local) img/s ÷ in-process onnxruntime img/s, realistic JPEGs
+LOOP_STEP_MS = 50           # the longest event-loop step one request of the largest size the limits allow may cause
 
 TARGETS: dict[str, str] = {
     "server_vs_inproc": "server throughput with dynamic batching vs in-process onnxruntime, ResNet-18 224 px, "
@@ -45,4 +46,6 @@ TARGETS: dict[str, str] = {
     "batch_cli": f"batch CLI, local mode, realistic JPEGs: >= {BATCH_CLI:g}x in-process onnxruntime at the same "
                  "batch size",
     "ray_engine": "batch CLI's Ray engine vs the local engine: ratio reported (no threshold)",
+    "loop_step": f"the largest request the default limits allow, of every kind on both transports, holds the event "
+                 f"loop (every other client's turn) at most {LOOP_STEP_MS} ms at a time",
 }

@@ -44,6 +44,11 @@ def _optional_int(value: str) -> int | None:
     return None if value.lower() in ("", "none", "off", "-1") else int(value)
 
 
+def _networks(value: str) -> tuple[str, ...]:
+    """``10.0.0.0/8,192.168.1.7`` → its items (checked by ServerConfig)."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
 def _option(p: argparse.ArgumentParser, flag: str, convert: Callable[[str], Any] = str, default: Any = None,
             help: str | None = None, **kwargs: Any) -> None:
     """``--flag`` of type ``convert``; its default comes from ``SERVING_FLAG`` when that variable is set."""
@@ -63,6 +68,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     _option(p, "--http-port", _optional_int, 8000, "HTTP/REST port: KServe v2 and /v1 classify (default 8000; "
             "0: any; -1: off)")
     _option(p, "--max-http-connections", int, 1000, "HTTP connections open at once; more are closed (default 1000)")
+    _option(p, "--max-connections-per-client", int, 100, "connections one client address may hold: HTTP "
+            "connections open, gRPC connections with calls in progress (default 100; 0: no cap)")
+    _option(p, "--max-inflight-mb", int, None, "request bytes in flight at once, both ports together; "
+            "more is refused (429 / RESOURCE_EXHAUSTED) at once (default: a quarter of the memory, at least "
+            "--max-message-mb, at most 4096)")
     _option(p, "--http-timeout-s", float, 30.0, "an HTTP client must start each request, send its body and read "
             "the answer within this long (default 30)")
     _option(p, "--auth-token-file", Path, None, "require 'authorization: Bearer TOKEN' on every call but health; "
@@ -75,6 +85,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     _option(p, "--max-queue-delay-ms", float, 0.0, "how long a request may wait for others to fill a batch (default 0)")
     _option(p, "--max-queue", int, 256, "requests waiting per model for a batch; a model holds at most max-queue + "
             "max-batch images at once, more are refused with RESOURCE_EXHAUSTED before any work")
+    _option(p, "--client-share", float, 0.25, "fair share between clients (token names, else addresses): of the "
+            "images a model holds at once, this last fraction is kept for clients within their share, limit / "
+            "(clients holding images + 1), and batches take each client's requests in turn (default 0.25; 0: off, "
+            "first come first served)")
+    _option(p, "--trusted-proxies", _networks, (), "CIDR,...: reverse proxies whose X-Forwarded-For names the "
+            "client's address, on both ports (default none: the header is never read)")
     _option(p, "--threads", int, None, "onnxruntime intra-op threads (default: the cores this process may use)")
     _option(p, "--instances", int, 1, "onnxruntime sessions per model (Triton's instance count), each computing "
             "its own batches with --threads / N threads: more throughput under concurrent load for compute-bound "

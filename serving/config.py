@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,9 @@ class ServerConfig:
     max_batch: int = 32
     max_queue_delay_ms: float = 0.0
     max_queue: int = 256                     # per model: requests waiting for a batch; images held: + max_batch
+    client_share: float = 0.25               # of a model's images held, the last quarter is kept for clients within
+                                             # their fair share (serving.runtime.fairshare); 0: first come, first served
+    trusted_proxies: tuple[str, ...] = ()    # CIDR networks whose X-Forwarded-For is believed; empty: never read
     threads: int | None = None               # onnxruntime intra-op threads; None: the cores this process may use
     instances: int = 1                       # onnxruntime sessions per model, each with threads // instances
     decode_workers: int | None = None        # image-decoding threads; None: the cores this process may use
@@ -43,6 +47,10 @@ class ServerConfig:
     stream_write_timeout_s: float = 30.0     # a stream whose client reads no response for this long is ended
     metrics_host: str | None = None          # None: the same address as host
     max_http_connections: int = 1000         # HTTP connections open at once; more are closed as they arrive
+    max_connections_per_client: int = 100    # per client address: HTTP connections open, gRPC connections with
+                                             # calls in progress; 0: no cap
+    max_inflight_mb: int | None = None       # request bytes held at once, both transports; None: from the memory
+                                             # (serving.runtime.budget.default_limit_bytes)
     http_timeout_s: float = 30.0             # an HTTP client must start a request, send its body, and read the
                                              # answer within this long each
     auth_token_file: Path | None = None      # set: every call but health needs 'authorization: Bearer <token>'
@@ -72,6 +80,18 @@ class ServerConfig:
             raise ValueError("--stream-write-timeout-s and --http-timeout-s must be > 0")
         if self.max_http_connections < 1:
             raise ValueError("--max-http-connections must be >= 1")
+        if self.max_connections_per_client < 0:
+            raise ValueError("--max-connections-per-client must be >= 0 (0: no cap)")
+        if self.max_inflight_mb is not None and self.max_inflight_mb < self.max_message_mb:
+            raise ValueError(f"--max-inflight-mb {self.max_inflight_mb} is less than --max-message-mb "
+                             f"{self.max_message_mb}: a request of the largest size could never be admitted")
+        if not 0 <= self.client_share <= 1:
+            raise ValueError(f"--client-share must be between 0 (off) and 1, got {self.client_share}")
+        for spec in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(spec)
+            except ValueError as e:
+                raise ValueError(f"--trusted-proxies: {spec!r} is not an address or CIDR network ({e})") from None
         if self.max_shm_regions < 0:
             raise ValueError("--max-shm-regions must be >= 0")
         if bool(self.tls_cert) != bool(self.tls_key):

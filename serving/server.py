@@ -1,8 +1,9 @@
 """The composition root: one server process's parts, built and started in order, stopped gracefully.
 
-``create_server(config)`` builds the metrics, the model registry, the data plane and the auth tokens, then the two
-front ends over that one data plane — gRPC (``serving.grpc``) and HTTP (``serving.http``), peers that never import
-each other — and binds the gRPC port (0: any free one) without starting. ``start()`` opens the ports with every
+``create_server(config)`` builds the metrics, the model registry, the data plane, the auth tokens and the budget of
+request bytes in flight (``--max-inflight-mb``, one for both ports), then the two front ends over that one data
+plane — gRPC (``serving.grpc``) and HTTP (``serving.http``), peers that never import each other — and binds the gRPC
+port (0: any free one) without starting. ``start()`` opens the ports with every
 model NOT_SERVING, then loads the models in the background: each turns SERVING (health, ready) only after its golden
 self-check. After loading, the repository is looked at again every ``poll_s`` seconds (``--poll-s``; 0: never) and
 whenever ``reload()`` is called (SIGHUP in ``serve``): new models and newer versions load without a restart. That is
@@ -25,8 +26,10 @@ from serving.config import ServerConfig
 from serving.grpc.frontend import GrpcFrontEnd
 from serving.http.app import HttpFrontEnd
 from serving.runtime.auth import Tokens
+from serving.runtime.budget import InflightBudget
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import log_settings
+from serving.runtime.loop_lag import LoopLag
 from serving.runtime.metrics import Metrics
 from serving.runtime.registry import ModelRegistry
 from serving.runtime.requests import Recorder
@@ -41,14 +44,18 @@ class InferenceServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = Metrics()
+        self.loop_lag = LoopLag(self.metrics.loop_lag, self.metrics.loop_lag_max, self.metrics.loop_step_cpu)
         self.registry = ModelRegistry(config, self.metrics)
         self.tracing = Tracing(config)  # add_span_processor() sends spans elsewhere too (tests: in memory)
         self.plane = DataPlane(self.registry, tracing=self.tracing, logs=log_settings())
         self.tokens = Tokens(config.auth_token_file) if config.auth_token_file else None
+        self.budget = InflightBudget.for_config(config)
+        self.budget.publish(self.metrics.inflight_bytes)
+        self.metrics.inflight_bytes_limit.set(self.budget.limit)
         # One recorder for both front ends: the same metric children, and one log rate limit for the process.
         recorder = Recorder(self.metrics, lambda: self.registry.models)
-        self.grpc = GrpcFrontEnd(self.plane, config, recorder, self.tokens)
-        self.http = (HttpFrontEnd(self.plane, config, recorder, self.tokens)
+        self.grpc = GrpcFrontEnd(self.plane, config, recorder, self.tokens, budget=self.budget)
+        self.http = (HttpFrontEnd(self.plane, config, recorder, self.tokens, budget=self.budget)
                      if config.http_port is not None else None)
         self.port = self.grpc.port
         self.http_port: int | None = None
@@ -70,9 +77,11 @@ class InferenceServer:
                 self.metrics.close()
                 raise
         await self.grpc.start()
-        log.info("listening on %s: gRPC %d, HTTP %s (%s), metrics %s%s; loading %s", self.config.host, self.port,
+        self.loop_lag.start()
+        log.info("listening on %s: gRPC %d, HTTP %s (%s), metrics %s%s, %g MiB of requests in flight at most; "
+                 "loading %s", self.config.host, self.port,
                  self.http_port or "-", "TLS" if self.config.tls_cert else "plaintext", self.metrics_port or "-",
-                 f", {len(self.tokens)} auth tokens" if self.tokens else "",
+                 f", {len(self.tokens)} auth tokens" if self.tokens else "", self.budget.limit_mb,
                  ", ".join(f"{m.name}:{m.version}" for m in self.registry.models.values()),
                  extra={"port": self.port, "http_port": self.http_port, "metrics_port": self.metrics_port})
         if load_models:
@@ -134,6 +143,7 @@ class InferenceServer:
         await self.registry.close()
         self.plane.close()
         await self.tracing.shutdown()
+        await self.loop_lag.stop()
         self.metrics.close()
         self._stopped.set()
         log.info("stopped")

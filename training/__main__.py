@@ -18,7 +18,9 @@ def _fit_parser(sub) -> None:
     p.add_argument("--arch", default="resnet20", help="resnet18/34/50, resnet20/32/56, plain*, xresnet*, tv_resnet*")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=None, help="max learning rate; chosen by lr_find when omitted")
-    p.add_argument("--bs", type=int, default=32, help="batch size (per process under torchrun)")
+    p.add_argument("--bs", type=int, default=None,
+                   help="batch size (default 32, or fewer for at least 8 mini-batches an epoch; per process under "
+                        "torchrun)")
     p.add_argument("--size", type=int, default=None, help="input side in pixels (digits: 16; else 32 or 224)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--valid-pct", type=float, default=0.2, help="validation share when the folder has no split")
@@ -33,6 +35,9 @@ def _fit_parser(sub) -> None:
                         "torchvision's ImageNet weights by name ('imagenet', for resnet18/34/50 and tv_resnet*: "
                         "torch's hub cache, downloaded when missing); trains with fine_tune")
     p.add_argument("--freeze-epochs", type=int, default=1, help="fine_tune's epochs with the body frozen (default 1)")
+    p.add_argument("--lr-mult", type=float, default=100.0,
+                   help="fine_tune's lr_mult: once unfrozen, the body trains at the head's rate / lr_mult "
+                        "(default 100)")
     p.add_argument("--aug", action=argparse.BooleanOptionalAction, default=None,
                    help="fastai's aug_transforms on training batches (default: on for RGB folders, off otherwise)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                         size=args.size, seed=args.seed, valid_pct=args.valid_pct, wd=args.wd,
                         color_mode=args.color_mode, device=args.device, plots=not args.no_plots,
                         label_smoothing=args.label_smoothing, head=args.head, pretrained=args.pretrained,
-                        freeze_epochs=args.freeze_epochs, aug=args.aug, started=STARTED)
+                        freeze_epochs=args.freeze_epochs, lr_mult=args.lr_mult, aug=args.aug, started=STARTED)
         try:
             fit(cfg)
         except FitError as e:

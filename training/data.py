@@ -299,6 +299,12 @@ def dataloaders(ds: Dataset, spec: PreprocessSpec, bs: int = 64, seed: int = 42,
     return DataLoaders(train_dl, valid_dl, device=device)
 
 
+def plain_train_loader(dls):
+    """The training images as the validation loader serves images: in order, un-augmented, the last partial batch
+    kept (what BatchNorm's statistics are recomputed over)."""
+    return dls.valid.new(dataset=dls.train.dataset, shuffle=False, drop_last=False)
+
+
 class _Split:
     """A split as fastai's loaders see it: indexable (image, category) pairs, plus what Learner asks of a dataset."""
 

@@ -12,7 +12,7 @@ from models import registry
 from models.pretrained import normalisation
 from serving.contract.preprocess import PreprocessSpec
 from training import data
-from training.settings import FitConfig, FitError, default_aug, default_size
+from training.settings import DEFAULT_BS, FitConfig, FitError, default_aug, default_bs, default_size
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,10 @@ def load_inputs(cfg: FitConfig, device: torch.device, say: Callable[[str], None]
 
     aug = default_aug(cfg, color_mode) if cfg.aug is None else cfg.aug
     tfms = data.augmentations(spec, flip=color_mode == "RGB") if aug else None
-    dls = data.dataloaders(ds, spec, bs=cfg.bs, seed=cfg.seed, device=device, aug=tfms, pixels=pixels)
+    bs = cfg.bs or default_bs(len(ds.train))
+    if cfg.bs is None and bs != DEFAULT_BS:
+        say(f"bs: {bs} (not 32: {len(ds.train)} training images make at least 8 mini-batches an epoch)")
+    dls = data.dataloaders(ds, spec, bs=bs, seed=cfg.seed, device=device, aug=tfms, pixels=pixels)
     return Inputs(ds, spec, dls, aug)
 
 

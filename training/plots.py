@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,22 +13,31 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, bottom: float = 0.0) -> Path:
+    """Write ``fig`` as a PNG (``bottom``: the figure's share kept free below the axes, for a note)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def lr_find(lrs: Sequence[float], losses: Sequence[float], suggestion: float, path: Path) -> Path:
-    """Smoothed loss against the learning rate of the mock run, with the chosen learning rate marked."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(lrs, losses)
-    ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"chosen lr = {suggestion:.2e}")
+def lr_find(lrs: Sequence[float], losses: Sequence[float], chosen: float, path: Path, source: str = "lr_find",
+            suggestion: float | None = None, reason: str = "") -> Path:
+    """Smoothed loss against the learning rate of the mock run, with the chosen rate marked; when lr_find's
+    suggestion was not used (``source`` "fallback"), that suggestion too, and the reason under the plot."""
+    note = textwrap.fill(reason, 100) if reason and source == "fallback" else ""
+    fig, ax = plt.subplots(figsize=(6, 4.6 if note else 4))
+    if len(lrs):
+        ax.plot(lrs, losses)
+    ax.axvline(chosen, color="tab:red", linestyle="--", label=f"chosen lr = {chosen:.2e} ({source})")
+    if source == "fallback" and suggestion is not None and suggestion > 0:
+        ax.axvline(suggestion, color="tab:gray", linestyle=":", label=f"lr_find's suggestion {suggestion:.2e}, unused")
     ax.set(xscale="log", xlabel="learning rate", ylabel="loss (smoothed)", title="Learning-rate finder")
-    ax.legend()
-    return _save(fig, path)
+    ax.legend(fontsize=8)
+    if note:
+        fig.text(0.02, 0.02, note, fontsize=7, va="bottom")
+    return _save(fig, path, bottom=0.12 if note else 0.0)
 
 
 def schedule(lrs: Sequence[float], moms: Sequence[float], path: Path) -> Path:

@@ -22,7 +22,7 @@ from serving.contract.preprocess import PreprocessSpec
 from training import data, plots
 from training.evaluate import Evaluation, evaluate
 from training.learned import Learned, judge
-from training.schedule import LrFind
+from training.schedule import LrChoice
 from training.settings import FitConfig
 
 
@@ -35,15 +35,16 @@ class TrainedRun:
     spec: PreprocessSpec
     head: str
     aug: bool
-    lr: float
-    lr_find: LrFind | None            # None: lr_max was given
+    lr: LrChoice                      # lr_max, where it came from and why (with lr_find's record when it ran)
     train_seconds: float
     history: list[dict[str, float]]   # one row per epoch (EpochRecorder)
     losses: list[float]               # training loss per mini-batch, over every fit
     hps: dict[str, list[float]]       # hyper-parameters per mini-batch (lr, mom, …)
+    bs: int                           # the batch size trained with (cfg.bs, or settings.default_bs)
     world_size: int
     device: torch.device
     started: float                    # time.perf_counter() when fit() started, for total_seconds
+    batchnorm_seconds: float | None = None  # recomputing BatchNorm's statistics after each epoch; None: not done
 
 
 def write_run(run: TrainedRun, learn: Learner, log: Callable[[str], None]) -> dict[str, Any]:
@@ -100,8 +101,9 @@ def metrics_of(run: TrainedRun, evaluation: Evaluation) -> dict[str, Any]:
         "valid_loss": evaluation.valid_loss,
         "epochs": cfg.epochs,
         "train_seconds": round(run.train_seconds, 3),
-        "lr_max": run.lr,
-        "lr_source": "lr_find" if run.lr_find is not None else "given",
+        "lr_max": run.lr.lr,
+        "lr_source": run.lr.source,
+        "lr_reason": run.lr.reason,
         "schedule": "fine_tune" if cfg.fine_tune else cfg.schedule,
         "label_smoothing": cfg.label_smoothing,
         "arch": cfg.arch,
@@ -112,7 +114,7 @@ def metrics_of(run: TrainedRun, evaluation: Evaluation) -> dict[str, Any]:
         "n_train": len(ds.train),
         "n_valid": len(ds.valid),
         "n_skipped": len(ds.skipped),
-        "bs": cfg.bs,
+        "bs": run.bs,
         "size": list(run.spec.size),
         "seed": cfg.seed,
         "world_size": run.world_size,
@@ -127,17 +129,29 @@ def metrics_of(run: TrainedRun, evaluation: Evaluation) -> dict[str, Any]:
     }
     if cfg.fine_tune:
         metrics["freeze_epochs"] = cfg.freeze_epochs
-    if run.lr_find is not None:
-        metrics["lr_find_seconds"] = round(run.lr_find.seconds, 3)
-        metrics["lr_find_iterations"] = run.lr_find.iterations
-        metrics["lr_find_valley"] = run.lr_find.valley
+        metrics["lr_mult"] = cfg.lr_mult
+    found = run.lr.found
+    if found is not None:
+        metrics["lr_find_seconds"] = round(found.seconds, 3)
+        metrics["lr_find_budget_seconds"] = round(found.budget_seconds, 3)
+        metrics["lr_find_step_seconds"] = round(found.step_seconds, 4)
+        metrics["lr_find_iterations"] = found.iterations
+        metrics["lr_find_sweep"] = found.sweep
+        metrics["lr_find_stop"] = found.stop
+        metrics["lr_find_suggestion"] = found.suggestion
+        metrics["lr_find_valley"] = found.valley
+    metrics["batchnorm_stats"] = "recomputed" if run.batchnorm_seconds is not None else "running"
+    if run.batchnorm_seconds is not None:
+        metrics["batchnorm_seconds"] = round(run.batchnorm_seconds, 3)
     return metrics
 
 
 def draw_plots(run: TrainedRun, evaluation: Evaluation, steps_per_epoch: int, folder: Path) -> None:
     """lr_find.png (when lr_find ran), schedule.png (one-cycle), loss.png and confusion.png."""
-    if run.lr_find is not None:
-        plots.lr_find(run.lr_find.lrs, run.lr_find.losses, run.lr, folder / "lr_find.png")
+    if run.lr.found is not None:
+        found = run.lr.found
+        plots.lr_find(found.lrs, found.losses, run.lr.lr, folder / "lr_find.png", source=run.lr.source,
+                      suggestion=found.suggestion, reason=run.lr.reason)
     if "lr" in run.hps and run.cfg.schedule == "one-cycle":  # the plot's titles describe the one-cycle policy
         plots.schedule(run.hps["lr"], run.hps.get("mom", [0.0] * len(run.hps["lr"])), folder / "schedule.png")
     plots.losses(run.losses, [h["valid_loss"] for h in run.history], steps_per_epoch, folder / "loss.png")

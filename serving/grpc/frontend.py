@@ -3,6 +3,10 @@
 ``GrpcFrontEnd`` binds its port when built (0: any free one) and has the HTTP front end's shape: ``start()``,
 ``stop(grace)``. Health (``grpc.health.v1``) follows the registry: every model NOT_SERVING until it passed its golden
 self-check, the server SERVING while the registry is ready; ``drain()`` turns everything NOT_SERVING at shutdown.
+
+The classifier and inference services count each request message against the in-flight budget
+(``serving.grpc.handlers``) and cap the connections with calls in progress per client address
+(``serving.grpc.peers``); health and reflection are counted by neither, so that probes always get through.
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from serving._generated import grpc_service_pb2, imageclassifier_pb2
 from serving._generated._pool import POOL
 from serving.config import ServerConfig
+from serving.grpc import gone
 from serving.grpc.auth import TokenInterceptor
+from serving.grpc.clients import identifier
 from serving.grpc.handlers import add_service
+from serving.grpc.peers import PeerCalls
 from serving.grpc.servicers import ImageClassifierServicer, InferenceServicer
 from serving.runtime.auth import Tokens
+from serving.runtime.budget import InflightBudget
 from serving.runtime.dataplane import DataPlane
+from serving.runtime.peers import Peers
 from serving.runtime.registry import ModelState, ServedModel
 from serving.runtime.requests import Recorder
 
@@ -54,15 +63,18 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 class GrpcFrontEnd:
     def __init__(self, plane: DataPlane, config: ServerConfig, recorder: Recorder,
-                 tokens: Tokens | None = None) -> None:
+                 tokens: Tokens | None = None, *, budget: InflightBudget) -> None:
         self.plane = plane
+        gone.install()  # a client that leaves under its answer is an info line, not grpc's ERROR with a traceback
+        self.peers = PeerCalls(config.max_connections_per_client) if config.max_connections_per_client else None
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(options=config.grpc_options(),
                                       interceptors=[TokenInterceptor(tokens)] if tokens else None)
+        identify = identifier(tokens is not None, Peers(config.trusted_proxies))
         add_service(self.server, imageclassifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier"],
-                    ImageClassifierServicer(plane, recorder))
+                    ImageClassifierServicer(plane, recorder, identify, self.peers), budget)
         add_service(self.server, grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
-                    InferenceServicer(plane, recorder))
+                    InferenceServicer(plane, recorder, identify, self.peers), budget)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         _reflection_pool()
         reflection.enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME),

@@ -2,12 +2,14 @@
 
 ``ImageClassifierServicer`` is the project's own API (imageclassifier.v1); ``InferenceServicer`` speaks the Open
 Inference Protocol (KServe v2, Triton's ``inference.GRPCInferenceService``). Errors are raised as domain exceptions
-and mapped to status codes by ``serving.grpc.status.rpc``.
+and mapped to status codes by ``serving.grpc.status.rpc``, which also caps the connections per client address
+(``peers``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,9 +23,12 @@ from serving._generated import imageclassifier_pb2_grpc as ic_grpc
 from serving.contract import classifier
 from serving.errors import SlowReader
 from serving.grpc import converters
-from serving.grpc.handlers import UndecodableRequest
+from serving.grpc.clients import Identify
+from serving.grpc.handlers import Held, StandIn
+from serving.grpc.peers import PeerCalls
 from serving.grpc.status import STATUS_CODES, deadline_of, rpc
-from serving.runtime import tracing
+from serving.runtime import offload, tracing
+from serving.runtime.budget import Hold
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.logs import request_id_var
 from serving.runtime.requests import OK, Recorder, error_of, sane_request_id
@@ -33,15 +38,16 @@ STREAM_WINDOW = 64  # messages of one stream processed concurrently; reading pau
 
 
 class ImageClassifierServicer(ic_grpc.ImageClassifierServicer):
-    def __init__(self, plane: DataPlane, recorder: Recorder) -> None:
-        self.plane, self.recorder = plane, recorder
+    def __init__(self, plane: DataPlane, recorder: Recorder, identify: Identify,
+                 peers: PeerCalls | None = None) -> None:
+        self.plane, self.recorder, self.identify, self.peers = plane, recorder, identify, peers
         self.write_timeout_s = plane.config.stream_write_timeout_s
 
     async def _classify(self, request: ic_pb2.ClassifyRequest, deadline: float | None,
                         rid: str) -> ic_pb2.ClassifyResponse:
         message_id = sane_request_id(request.request_id) or rid
         result = await self.plane.classify(converters.classify_request(request, message_id, deadline))
-        return classifier.classify_response(result)
+        return await offload.step(classifier.classify_response, result, items=sum(map(len, result.results)))
 
     @rpc("Classify", lambda r: r.model)
     async def Classify(  # noqa: N802
@@ -96,7 +102,7 @@ async def _answer_stream(method: str, recorder: Recorder, requests: AsyncIterato
     becomes an error message in the stream, not the end of it) and recorded in the metrics as one request. A client
     that leaves a response unread for ``write_timeout_s`` ends the stream (``SlowReader``)."""
     async def answer(seq: int, request: Any) -> Any:
-        undecodable = isinstance(request, UndecodableRequest)
+        undecodable = isinstance(request, StandIn)
         mid = (None if undecodable else sane_request_id(message_id(request))) or f"{rid}-{seq}"
         token = request_id_var.set(mid)
         started, outcome = time.perf_counter(), OK
@@ -126,7 +132,9 @@ async def _answer_stream(method: str, recorder: Recorder, requests: AsyncIterato
 
 
 async def _concurrent_answers(requests: AsyncIterator, answer) -> AsyncIterator:  # type: ignore[no-untyped-def]
-    """Answer stream messages concurrently (so they batch with each other), yielding each as soon as it is ready."""
+    """Answer stream messages concurrently (so they batch with each other), yielding each as soon as it is ready.
+    A message's bytes stay in the in-flight budget until its answer is done (or cancelled: a done callback), and a
+    message read but never answered (the stream ended first) gives them back too."""
     iterator = requests.__aiter__()
     reader: asyncio.Task | None = asyncio.ensure_future(iterator.__anext__())
     pending: set[asyncio.Task] = set()
@@ -142,7 +150,13 @@ async def _concurrent_answers(requests: AsyncIterator, answer) -> AsyncIterator:
                     except StopAsyncIteration:
                         reader = None
                         continue
-                    pending.add(asyncio.ensure_future(answer(seq, request)))
+                    hold = None
+                    if isinstance(request, Held):
+                        request, hold = request.message, request.hold
+                    answering = asyncio.ensure_future(answer(seq, request))
+                    if hold is not None:
+                        answering.add_done_callback(functools.partial(_release, hold))
+                    pending.add(answering)
                     seq += 1
                     reader = asyncio.ensure_future(iterator.__anext__())
                 else:
@@ -151,11 +165,20 @@ async def _concurrent_answers(requests: AsyncIterator, answer) -> AsyncIterator:
     finally:
         for task in (*pending, *([reader] if reader is not None else [])):
             task.cancel()
+        if reader is not None and reader.done() and not reader.cancelled() and reader.exception() is None:
+            unread = reader.result()
+            if isinstance(unread, Held):
+                unread.hold.release()
+
+
+def _release(hold: Hold, _: asyncio.Future) -> None:
+    hold.release()
 
 
 class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, recorder: Recorder) -> None:
-        self.plane, self.recorder = plane, recorder
+    def __init__(self, plane: DataPlane, recorder: Recorder, identify: Identify,
+                 peers: PeerCalls | None = None) -> None:
+        self.plane, self.recorder, self.identify, self.peers = plane, recorder, identify, peers
         self.write_timeout_s = plane.config.stream_write_timeout_s
 
     @rpc("ServerLive")
@@ -224,7 +247,8 @@ class InferenceServicer(kserve_grpc.GRPCInferenceServiceServicer):
                      rid: str) -> kserve_pb2.ModelInferResponse:
         message_id = sane_request_id(request.id) or rid
         result = await self.plane.infer(converters.infer_request(request, message_id, deadline))
-        return converters.infer_response(result)
+        return await offload.step(converters.infer_response, result,
+                                  items=sum(len(t.data) for t in result.outputs if t.datatype == "BYTES"))
 
     @rpc("ModelInfer", lambda r: r.model_name)
     async def ModelInfer(  # noqa: N802

@@ -16,6 +16,14 @@ the two transports share admission, batching, limits and errors; this module onl
 
 - ``GET|POST /v2/logging``, ``GET|POST /v2[/models/{name}]/trace/setting`` — Triton's logging and trace extensions.
 
+Every request with a body holds its declared ``Content-Length`` of the server's in-flight budget
+(``serving.runtime.budget``, shared with gRPC) before any of the body is read, and a chunked body its bytes as they
+arrive: past the budget it is answered 429 at once, past ``--max-message-mb`` 413 from the header.
+
+Every request runs with its client named for fair share (``share_var``): the token's client with tokens, else the
+client's address (the connection's peer, or from a ``--trusted-proxies`` proxy the address its ``X-Forwarded-For``
+names; ``serving.runtime.peers``).
+
 Health answers 200 for true and 503 for false. Errors are ``{"error": "<message>"}`` with the status of
 ``serving.http.status``; every answer carries ``x-request-id``, and a traced one ``traceresponse``.
 """
@@ -33,6 +41,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
@@ -44,10 +53,13 @@ from serving.errors import InvalidInput, Kind, TooLarge
 from serving.http import kserve
 from serving.http.connections import ConnectionGuard, ProtocolLog
 from serving.http.status import http_status_for
-from serving.runtime import tracing
+from serving.runtime import offload, tracing
 from serving.runtime.auth import Tokens, client_var
+from serving.runtime.budget import Hold, InflightBudget
 from serving.runtime.dataplane import DataPlane
+from serving.runtime.fairshare import share_var
 from serving.runtime.logs import new_request_id, request_id_var
+from serving.runtime.peers import FORWARDED_FOR, Peers
 from serving.runtime.requests import CANCELLED, OK, REQUEST_ID_KEY, Recorder, sane_request_id
 
 log = logging.getLogger("serving.http")
@@ -61,6 +73,7 @@ CHUNK = 1 << 16
 CLIENT_CLOSED = 499  # nginx's status for a request whose client went away before the answer
 CONTROL_BODY_LIMIT = 1 << 16  # a repository request is a few parameters: no model files, no configuration
 RID = web.RequestKey("rid", str)
+HOLD = web.RequestKey("hold", Hold)  # the request's share of the in-flight budget
 SETTINGS_BODY_LIMIT = 64 * 1024  # log and trace settings
 # aiohttp warns (on stderr, outside the log) about a malformed Content-Disposition in a client's form: client data,
 # answered like any other bad input, not something for whoever runs the server to act on.
@@ -92,9 +105,10 @@ class HttpFrontEnd:
     """``start()`` binds ``config.http_port`` (0: any free port) and returns it; ``stop(grace)`` drains."""
 
     def __init__(self, plane: DataPlane, config: ServerConfig, recorder: Recorder,
-                 tokens: Tokens | None = None) -> None:
-        self.plane, self.config, self.tokens = plane, config, tokens
+                 tokens: Tokens | None = None, *, budget: InflightBudget) -> None:
+        self.plane, self.config, self.tokens, self.budget = plane, config, tokens, budget
         self.recorder = recorder
+        self.peers = Peers(config.trusted_proxies)
         self.app = web.Application(client_max_size=config.max_message_bytes, middlewares=[self._around],
                                    handler_args={"keepalive_timeout": config.max_connection_idle_s or 3600,
                                                  "logger": ProtocolLog()})
@@ -149,7 +163,7 @@ class HttpFrontEnd:
         await self.runner.setup()
         assert self.runner.server is not None
         self.guard = ConnectionGuard(self.runner.server, self.config.max_http_connections,
-                                     self.config.http_timeout_s)
+                                     self.config.http_timeout_s, self.config.max_connections_per_client)
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(self.guard, self.config.host, self.config.http_port,
@@ -178,10 +192,11 @@ class HttpFrontEnd:
         rid = sane_request_id(request.headers.get(REQUEST_ID_KEY)) or new_request_id()
         token = request_id_var.set(rid)
         client = None  # the caller's identity, set for the handler once its token is checked
+        share = None
         request[RID] = rid
         operation = self._operations.get(request.match_info.route)
         started, outcome = time.perf_counter(), OK
-        trace = None
+        trace, hold = None, None
         if self.guard is not None:
             self.guard.request_started(request.transport)
         gauge = self.recorder.inflight("http." + operation) if operation is not None else None
@@ -190,6 +205,7 @@ class HttpFrontEnd:
         try:
             if self.tokens is not None and operation not in OPEN_OPERATIONS:
                 client = client_var.set(self.tokens.check(request.headers.get("Authorization")))
+            share = share_var.set(self._share_identity(request))
             if (request.content_length or 0) > self.config.max_message_bytes:  # from the header: no byte read
                 raise TooLarge(f"the request body ({request.content_length / 2**20:.1f} MiB, Content-Length) is "
                                f"larger than the {self.config.max_message_mb} MiB limit (--max-message-mb)")
@@ -197,6 +213,7 @@ class HttpFrontEnd:
             if encoding != "identity" and not self.config.allow_compression:
                 raise InvalidInput(f"Content-Encoding {encoding[:20]!r} refused: compressed requests are off "
                                    "(--allow-compression)")
+            hold = request[HOLD] = self.budget.take(request.content_length or 0, "http")  # before any body byte
             if operation in tracing.TRACED and self.plane.tracing.enabled:
                 trace = self._trace(request, operation, rid)
             response = await handler(request)
@@ -225,6 +242,8 @@ class HttpFrontEnd:
             elif status == 429:
                 response.headers["Retry-After"] = "1"
         finally:
+            if hold is not None:
+                hold.release()
             if self.guard is not None:
                 self.guard.request_ended(request.transport)
             if gauge is not None:
@@ -237,10 +256,21 @@ class HttpFrontEnd:
             request_id_var.reset(token)
             if client is not None:  # a keep-alive connection's next request must not inherit it
                 client_var.reset(client)
+            if share is not None:
+                share_var.reset(share)
         response.headers[REQUEST_ID_KEY] = rid
         if trace is not None:
             response.headers[tracing.TRACERESPONSE] = trace.traceresponse
         return response
+
+    def _share_identity(self, request: web.Request) -> str:
+        """Whose fair share the request counts against: the token's client, or the client's address."""
+        if self.tokens is not None:
+            return client_var.get()
+        if not self.peers.trusted:
+            return self.peers.client(request.remote or "")
+        forwarded = ",".join(request.headers.getall(FORWARDED_FOR, ()))
+        return self.peers.client(request.remote or "", forwarded)
 
     def _trace(self, request: web.Request, operation: str, rid: str) -> tracing.RequestTrace | None:
         """Trace this request if the trace settings say so (its ``traceparent`` header continued)."""
@@ -250,8 +280,23 @@ class HttpFrontEnd:
                                         request.headers, {"http.request.method": request.method, "http.route": path,
                                                           "serving.operation": operation})
 
+    async def _body(self, request: web.Request) -> bytes:
+        """The whole body, within --http-timeout-s: over --max-message-mb it is 413, and a chunked body takes its
+        bytes of the in-flight budget as they arrive (429 once they do not fit), before they are kept."""
+        return await self._within_timeout(self._read(request))
+
+    async def _read(self, request: web.Request) -> bytes:
+        hold, limit = request[HOLD], self.config.max_message_bytes
+        body = bytearray()
+        while chunk := await request.content.readany():
+            if len(body) + len(chunk) > limit:
+                raise TooLarge(f"the request body is larger than the {limit >> 20} MiB limit (--max-message-mb)")
+            hold.cover(len(body) + len(chunk))
+            body += chunk
+        return bytes(body)
+
     async def _within_timeout(self, reading: Awaitable[Any]) -> Any:
-        """Reading a body, bounded in time (408) as in size (aiohttp answers 413): a slow sender holds nothing long."""
+        """Reading a body, bounded in time (408) as in size (413): a slow sender holds nothing long."""
         try:
             return await asyncio.wait_for(reading, self.config.http_timeout_s)
         except TimeoutError:
@@ -315,7 +360,7 @@ class HttpFrontEnd:
         if (request.content_length or 0) > CONTROL_BODY_LIMIT:
             raise TooLarge(f"a repository request body is at most {CONTROL_BODY_LIMIT >> 10} KiB (models load only "
                            "from the server's repository)")
-        body = await self._within_timeout(request.read())
+        body = await self._body(request)
         if len(body) > CONTROL_BODY_LIMIT:
             raise TooLarge(f"a repository request body is at most {CONTROL_BODY_LIMIT >> 10} KiB (models load only "
                            "from the server's repository)")
@@ -330,16 +375,20 @@ class HttpFrontEnd:
         return parsed
 
     async def infer(self, request: web.Request) -> web.Response:
-        body = await self._within_timeout(request.read())
-        parsed = kserve.parse_request(body, request.headers.get(kserve.HEADER_LENGTH))
+        self.plane.check_room(request.match_info["name"], request.match_info.get("version", ""))
+        body = await self._body(request)
+        header_length = request.headers.get(kserve.HEADER_LENGTH)
+        json_bytes = len(body) if header_length is None else int(header_length) if header_length.isdigit() else 0
+        parsed, (outputs, binary), inputs = await offload.step(
+            _parse_infer, body, header_length, items=json_bytes // offload.JSON_BYTES_PER_ITEM)
         timeout_s = parsed.timeout_s
         deadline = asyncio.get_running_loop().time() + timeout_s if timeout_s else None
-        outputs, binary = kserve.requested_outputs(parsed)
         result = await self.plane.infer(api.InferRequest(
             model=request.match_info["name"], version=request.match_info.get("version", ""),
-            inputs=kserve.inputs(parsed), outputs=outputs, id=sane_request_id(parsed.id) or request[RID],
-            deadline=deadline))
-        body, headers = kserve.infer_response(result, binary)
+            inputs=inputs, outputs=outputs, id=sane_request_id(parsed.id) or request[RID], deadline=deadline))
+        body, headers = await offload.step(kserve.infer_response, result, binary,
+                                           items=sum(len(t.data) for t in result.outputs
+                                                     if t.datatype == "BYTES" and t.data is not None))
         return web.Response(body=body, headers=headers,
                             content_type="application/octet-stream" if headers else "application/json")
 
@@ -348,7 +397,7 @@ class HttpFrontEnd:
         return web.json_response(kserve.shm_status(self.plane.shm_status(request.match_info.get("region", ""))))
 
     async def shm_register(self, request: web.Request) -> web.Response:
-        key, offset, byte_size = kserve.shm_register_request(await self._within_timeout(request.read()))
+        key, offset, byte_size = kserve.shm_register_request(await self._body(request))
         self.plane.shm_register(request.match_info["region"], key, offset, byte_size)
         return web.Response(status=200)
 
@@ -377,20 +426,20 @@ class HttpFrontEnd:
 
     async def classify(self, request: web.Request) -> web.Response:
         top_k = _int_query(request, "top_k")
+        self.plane.check_room(request.match_info["name"], _version(request))  # before the body is read
         images = await self._within_timeout(self._images(request))
         result = await self.plane.classify(api.ClassifyRequest(
             model=request.match_info["name"], version=_version(request), images=[data for _, data in images],
             top_k=top_k, id=request[RID]))
-        answer = to_json(classifier.classify_response(result))
-        for item, (filename, _) in zip(answer["results"], images, strict=True):
-            if filename:
-                item["image"] = filename
-        return web.json_response(answer)
+        body = await offload.step(_classify_json, result, [name for name, _ in images],
+                                  items=sum(map(len, result.results)))
+        return web.Response(body=body, content_type="application/json")
 
     async def explain(self, request: web.Request) -> web.Response:
         query = request.query
         class_index = _int_query(request, "class") if "class" in query else None
         stages = query.get("stages", "0").lower() in ("1", "true", "yes")
+        self.plane.check_room(request.match_info["name"], _version(request))
         images = await self._within_timeout(self._images(request))
         if len(images) != 1:
             raise InvalidInput(f"explain takes one image, got {len(images)}")
@@ -418,13 +467,13 @@ class HttpFrontEnd:
     async def _images(self, request: web.Request) -> list[tuple[str, bytes]]:
         """The raw body as one image, or each file of a multipart form; limits checked while reading."""
         if not request.content_type.startswith("multipart/"):
-            body = await request.read()
+            body = await self._read(request)
             if not body:
                 raise InvalidInput("no image: send it as the request body, or as multipart files "
                                    "(curl -F image=@photo.jpg …)")
             return [("", body)]
         try:
-            images = await self._form_files(await request.multipart())
+            images = await self._form_files(await request.multipart(), request[HOLD])
         except (ValueError, HttpProcessingError) as e:  # aiohttp's complaints about the client's multipart bytes
             reason = str(getattr(e, "message", "") or e).strip().splitlines()[0][:200]
             raise InvalidInput(f"malformed multipart body: {reason}") from None
@@ -432,7 +481,7 @@ class HttpFrontEnd:
             raise InvalidInput("no image in the multipart body: add files (curl -F image=@photo.jpg …)")
         return images
 
-    async def _form_files(self, reader: MultipartReader) -> list[tuple[str, bytes]]:
+    async def _form_files(self, reader: MultipartReader, hold: Hold) -> list[tuple[str, bytes]]:
         images: list[tuple[str, bytes]] = []
         size, limit = 0, self.config.max_message_bytes
         while (part := await reader.next()) is not None:
@@ -446,6 +495,7 @@ class HttpFrontEnd:
                 size += len(chunk)
                 if size > limit:
                     raise TooLarge(f"the request body is larger than the {limit >> 20} MiB limit (--max-message-mb)")
+                hold.cover(size)  # a chunked form's bytes, as they arrive
                 data += chunk
             images.append((part.filename or part.name or "", bytes(data)))
         return images
@@ -469,7 +519,7 @@ class HttpFrontEnd:
         it is parsed (on the event loop)."""
         if (request.content_length or 0) > SETTINGS_BODY_LIMIT:
             raise TooLarge(f"a settings body larger than {SETTINGS_BODY_LIMIT >> 10} KiB")
-        body = await self._within_timeout(request.read())
+        body = await self._body(request)
         if len(body) > SETTINGS_BODY_LIMIT:
             raise TooLarge(f"a settings body larger than {SETTINGS_BODY_LIMIT >> 10} KiB")
         try:
@@ -496,6 +546,23 @@ def _int_query(request: web.Request, key: str) -> int:
 
 def _duration(d: api.StatisticDuration) -> dict[str, int]:
     return {"count": d.count, "ns": d.ns}
+
+
+def _parse_infer(body: bytes, header_length: str | None) -> tuple[kserve.Body, tuple[list[api.RequestedOutput], bool],
+                                                                   list[api.InputTensor]]:
+    """An Open Inference request body → (its JSON, (the outputs asked for, binary answer or not), its inputs)."""
+    parsed = kserve.parse_request(body, header_length)
+    return parsed, kserve.requested_outputs(parsed), kserve.inputs(parsed)
+
+
+def _classify_json(result: api.ClassifyResult, filenames: list[str]) -> bytes:
+    """The classify answer's JSON (the proto3 JSON mapping of ClassifyResponse), each result with its file's name
+    when it came from a multipart file."""
+    answer = to_json(classifier.classify_response(result))
+    for item, filename in zip(answer["results"], filenames, strict=True):
+        if filename:
+            item["image"] = filename
+    return orjson.dumps(answer)
 
 
 def _statistics_json(s: api.ModelStatistics) -> dict[str, Any]:

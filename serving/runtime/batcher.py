@@ -2,11 +2,15 @@
 
 Each request submits its images as an (n, C, H, W) tensor and awaits its own slice of the logits. Each model
 instance (Triton's instance_group: an onnxruntime session with its own compute thread; ``--instances``) has one
-consumer task. An idle consumer takes requests from the model's one queue in arrival order until ``max_batch``
-images are gathered or the oldest request has waited ``max_delay_s`` (0: take what is there — requests that arrive
-while a batch is computing still form the next batch), concatenates them and runs its instance in its thread, so
-the event loop keeps accepting and decoding requests meanwhile, and with several instances the next batch starts
-while the last one still computes.
+consumer task. An idle consumer takes requests from the model's one queue until ``max_batch`` images are gathered or
+the oldest request has waited ``max_delay_s`` (0: take what is there — requests that arrive while a batch is
+computing still form the next batch), concatenates them and runs its instance in its thread, so the event loop keeps
+accepting and decoding requests meanwhile, and with several instances the next batch starts while the last one still
+computes. The queue is a :class:`~serving.runtime.fairshare.FairQueue`: a batch takes one request of each client in
+turn (the ``client`` a request is submitted for), and with ``holdings`` the requests of clients within their fair
+share first, in batches of their own; so one client's flood holds another client's request back by about the batch
+being computed, not by the flood's queue (``serving.runtime.fairshare``). One client's requests, or all of them when
+every request has the same client, go in arrival order.
 
 With no delay configured, two cheap measures still keep batches from collapsing to one image under concurrent load
 on a small machine, where the event loop (gRPC's per-call work) is the bottleneck and requests reach the queue one
@@ -30,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +42,7 @@ import numpy as np
 
 from serving.errors import DeadlineExceeded, NotReady, Overloaded
 from serving.runtime import tracing
+from serving.runtime.fairshare import FairQueue, Holdings
 from serving.runtime.metrics import Metrics
 from serving.runtime.statistics import RequestTiming, VersionStatistics
 
@@ -57,6 +61,7 @@ class _Request:
     enqueued: int = field(default_factory=time.perf_counter_ns)
     queued_at: float = 0.0          # event-loop time
     trace: tracing.RequestTrace | None = None  # the request's, if traced: it gets its queue and compute times
+    client: str = ""                # whose turn it waits for (serving.runtime.fairshare)
 
 
 class Instance:
@@ -71,21 +76,25 @@ class Instance:
 
 class DynamicBatcher:
     def __init__(self, runs: Sequence[Callable[[np.ndarray], np.ndarray]], *, name: str, max_batch: int = 32,
-                 max_delay_s: float = 0.0, max_queue: int = 256, metrics: Metrics | None = None) -> None:
-        """``runs``: one function (N, C, H, W) → (N, K) logits per instance, each called from its own thread."""
+                 max_delay_s: float = 0.0, max_queue: int = 256, metrics: Metrics | None = None,
+                 holdings: Holdings | None = None) -> None:
+        """``runs``: one function (N, C, H, W) → (N, K) logits per instance, each called from its own thread;
+        ``holdings``: the images each client holds in the model, which says whose requests go first (None: turns
+        only)."""
         if not runs or max_batch < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError(f"need an instance, max_batch >= 1, max_queue >= 1, max_delay_s >= 0; got {len(runs)}, "
                              f"{max_batch}, {max_queue}, {max_delay_s}")
         self.name = name
         self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
         self.instances = [Instance(run, f"ort-{name}-{i}") for i, run in enumerate(runs)]
+        self.holdings = holdings
         self._metrics = metrics
         if metrics is not None:  # label lookups cost a lock and a dict per call: do them once
             self._depth_gauge = metrics.queue_depth.labels(name)
         # The served version's statistics (Triton's extension): each batch that computed is recorded there, and the
         # compute and batch-size histograms with it.
         self.statistics = VersionStatistics(name, metrics)
-        self._queue: deque[_Request] = deque()
+        self._queue: FairQueue[_Request] = FairQueue()
         self._queued_images = 0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -102,9 +111,10 @@ class DynamicBatcher:
         return len(self._queue)
 
     async def submit(self, x: np.ndarray, deadline: float | None = None,
-                     timing: RequestTiming | None = None) -> np.ndarray:
+                     timing: RequestTiming | None = None, client: str = "") -> np.ndarray:
         """Queue (n, C, H, W) float32 and wait for its (n, K) logits. ``deadline`` is in event-loop time; ``timing``
-        gets the request's time in the queue and its share of the batch's phases."""
+        gets the request's time in the queue and its share of the batch's phases; ``client``: whose turn the request
+        waits for."""
         loop = asyncio.get_running_loop()
         if self._closed or not self._tasks:
             raise NotReady("server is shutting down")
@@ -112,8 +122,9 @@ class DynamicBatcher:
             raise Overloaded(f"model {self.name!r}: queue full ({self.max_queue} requests waiting); retry later")
         if deadline is not None and deadline <= loop.time():
             raise DeadlineExceeded("deadline passed before the request was queued")
-        request = _Request(x, loop.create_future(), deadline, timing, queued_at=loop.time(), trace=tracing.current())
-        self._queue.append(request)
+        request = _Request(x, loop.create_future(), deadline, timing, queued_at=loop.time(), trace=tracing.current(),
+                           client=client)
+        self._queue.append(client, request)
         self._queued_images += len(x)
         self._wake.set()
         self._set_depth()
@@ -124,9 +135,7 @@ class DynamicBatcher:
             raise
 
     def _dropped(self, request: _Request, reason: str) -> None:
-        try:
-            self._queue.remove(request)
-        except ValueError:
+        if not self._queue.remove(request.client, request):
             return  # already taken into a batch: its result will be ignored
         self._queued_images -= len(request.x)
         self._set_depth()
@@ -142,7 +151,7 @@ class DynamicBatcher:
             self._wake.clear()
             await self._wake.wait()
         if self.max_delay_s > 0:
-            await self._gather(self._queue[0].queued_at + self.max_delay_s)
+            await self._gather(min(r.queued_at for r in self._queue.heads()) + self.max_delay_s)
             return
         for _ in range(DRAIN_PASSES):
             if self._queued_images >= self.max_batch:
@@ -162,11 +171,17 @@ class DynamicBatcher:
                 break
 
     def _take(self) -> list[_Request]:
+        """The next batch: requests taken in turn, those of clients within their share first and without the others'
+        (a batch that starts with them ends when they run out)."""
         now = asyncio.get_running_loop().time()
         batch: list[_Request] = []
         images = 0
+        # whose requests go first matters only between clients: one client's are taken in order
+        prefer = self.holdings.within_share if self.holdings is not None and self._queue.clients > 1 else None
+        preferred = False
         while self._queue:
-            request = self._queue[0]
+            client = self._queue.turn(prefer)
+            request = self._queue.head(client)
             if request.future.cancelled():  # its caller has not resumed (and dropped it) yet
                 self._dropped(request, "cancelled")
                 continue
@@ -174,9 +189,12 @@ class DynamicBatcher:
                 self._dropped(request, "deadline")
                 request.future.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
                 continue
-            if batch and images + len(request.x) > self.max_batch:
+            light = prefer is not None and prefer(client)
+            if batch and (images + len(request.x) > self.max_batch or (preferred and not light)):
                 break
-            self._queue.popleft()
+            if not batch:
+                preferred = light
+            self._queue.pop(client)
             self._queued_images -= len(request.x)
             batch.append(request)
             images += len(request.x)

@@ -10,8 +10,20 @@ Exposed over HTTP ``/metrics`` on ``--metrics-port`` (Triton's default, 8002). N
 - ``serving_batch_size{model}`` — images per onnxruntime call;
 - ``serving_inflight_requests{method}`` — requests being handled now (gRPC methods, and ``http.*`` operations);
 - ``serving_queue_depth{model}`` — requests waiting in the batcher;
+- ``serving_inflight_request_bytes{transport}`` — request bytes held against ``--max-inflight-mb`` (declared HTTP
+  bodies, received gRPC messages), and ``serving_inflight_request_bytes_limit``, that limit;
 - ``serving_dropped_requests_total{model, reason}`` — queued requests never computed (cancelled, deadline);
-- ``serving_model_ready{model, version}`` — 1 once the model passed its golden self-check, else 0.
+- ``serving_model_ready{model, version}`` — 1 once the model passed its golden self-check, else 0;
+- ``serving_event_loop_lag_seconds``, ``serving_event_loop_lag_max_seconds`` — how late the event loop that both
+  front ends share ran a 10 ms timer; ``serving_event_loop_step_cpu_seconds`` — the loop thread's CPU time in each
+  such window: a step of the server's own code when it is near the lag (``serving.runtime.loop_lag``).
+- ``serving_client_requests_total{client, code}`` — finished requests per client, as ``serving_requests_total``
+  counts them;
+- ``serving_client_admitted_images{client}`` — images admitted and not finished (decoding, queued, computing) per
+  client, all models together: what its fair share is counted in (``serving.runtime.fairshare``).
+
+``client`` is the token's client name (or its ``token:…`` identity) with ``--auth-token-file``, else ``anonymous``:
+the label set is bounded by the token file, and never holds a token or a client's address.
 
 The queue, compute and batch-size histograms are observed by the calls that count Triton's statistics
 (``serving.runtime.statistics``), with the same numbers: they agree with ``ModelStatistics`` summed over versions.
@@ -29,6 +41,8 @@ from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+from serving.runtime import loop_lag
 
 MAX_SCRAPERS = 16        # connections served at once; more are closed at once (Prometheus needs one)
 SOCKET_TIMEOUT_S = 5.0   # a connection that sends or reads nothing this long is dropped
@@ -57,6 +71,21 @@ class Metrics:
                                "(cancelled, deadline)", ("model", "reason"), registry=r)
         self.queue_depth = Gauge("serving_queue_depth", "Requests waiting in the batch queue", ("model",), registry=r)
         self.model_ready = Gauge("serving_model_ready", "1 when the model serves", ("model", "version"), registry=r)
+        self.loop_lag = Histogram("serving_event_loop_lag_seconds", "How late the event loop ran a 10 ms timer: the "
+                                  "step that held it", buckets=loop_lag.BUCKETS, registry=r)
+        self.loop_lag_max = Gauge("serving_event_loop_lag_max_seconds", "The longest event-loop lag since the start",
+                                  registry=r)
+        self.loop_step_cpu = Histogram("serving_event_loop_step_cpu_seconds", "The event loop thread's CPU time in "
+                                       "each 10 ms timer's window: a step of the server's code",
+                                       buckets=loop_lag.BUCKETS, registry=r)
+        self.inflight_bytes = Gauge("serving_inflight_request_bytes", "Request bytes held against --max-inflight-mb",
+                                    ("transport",), registry=r)
+        self.inflight_bytes_limit = Gauge("serving_inflight_request_bytes_limit", "--max-inflight-mb, in bytes",
+                                          registry=r)
+        self.client_requests = Counter("serving_client_requests", "Finished requests by client (token name; "
+                                       "'anonymous' without tokens) and status code", ("client", "code"), registry=r)
+        self.client_images = Gauge("serving_client_admitted_images", "Images admitted and not finished, by client",
+                                   ("client",), registry=r)
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 

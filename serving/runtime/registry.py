@@ -32,6 +32,7 @@ from serving.contract.manifest import ModelManifest
 from serving.errors import InvalidInput, ModelNotFound, ModelRejected, NotReady
 from serving.runtime import loader
 from serving.runtime.batcher import DynamicBatcher
+from serving.runtime.fairshare import Holdings
 from serving.runtime.loader import GoldenResult, LoadedModel
 from serving.runtime.metrics import Metrics
 from serving.runtime.predictor import Predictor
@@ -61,6 +62,7 @@ class ServedModel:
     golden: GoldenResult | None = None
     verification: dict = field(default_factory=dict)
     active: int = 0  # images of the requests holding this entry: admitted and not finished
+    holders: Holdings = field(default_factory=Holdings)  # of those, each client's (serving.runtime.fairshare)
     unloading: bool = False  # an unload is draining it (its state is NOT_SERVING meanwhile)
 
 
@@ -253,17 +255,18 @@ class ModelRegistry:
         assert loaded is not None
         assert attempt.manifest is not None
         predictor = loaded.predictor
+        holdings = Holdings(self.config.max_admitted)
         batcher = DynamicBatcher(
             [functools.partial(predictor.run, max_batch=self.config.max_batch, instance=i)
              for i in range(predictor.instances)], name=old.name,
             max_batch=self.config.max_batch,
             max_delay_s=self.config.max_queue_delay_ms / 1000, max_queue=self.config.max_queue,
-            metrics=self.metrics,
+            metrics=self.metrics, holdings=holdings if self.config.client_share > 0 else None,
         )
         batcher.start()
         model = ServedModel(old.name, attempt.version, old.versions, attempt.path, ModelState.LOADING,
                             manifest=attempt.manifest, predictor=loaded.predictor, batcher=batcher,
-                            golden=loaded.golden, verification=loaded.verification)
+                            golden=loaded.golden, verification=loaded.verification, holders=holdings)
         self.models[old.name] = model
         if old.batcher is not None:
             log.info("model %s: version %d replaces version %d", old.name, model.version, old.version,

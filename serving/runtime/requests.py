@@ -6,7 +6,8 @@
   trailer); anything else is logged with its traceback and answered "internal error (request id …)", never with
   the exception's text, which may hold internals. Each front end maps the kind to its own status.
 - :class:`Recorder` counts, times and logs each finished request under its outcome (``Kind.outcome``, "OK" or
-  "CANCELLED"), the same names for both transports.
+  "CANCELLED"), the same names for both transports, and counts it for its client (``client_var``: a token's client,
+  or ``anonymous``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from importlib.metadata import version as dist_version
 from typing import Any
 
 from serving.errors import Kind, ServingError
+from serving.runtime.auth import client_var
 from serving.runtime.logs import RateLimit, request_id_var
 from serving.runtime.metrics import Metrics
 
@@ -85,6 +87,11 @@ class Recorder:
                 self._children[(method, model)] = self.metrics.request_seconds.labels(model, method)
             counter.inc()
             self._children[(method, model)].observe(seconds)
+            key = ("client", client_var.get(), outcome)
+            counter = self._children.get(key)
+            if counter is None:
+                counter = self._children[key] = self.metrics.client_requests.labels(key[1], outcome)
+            counter.inc()
         level = logging.DEBUG if outcome == OK else (logging.ERROR if outcome == Kind.INTERNAL.outcome
                                                      else logging.INFO)
         if log.isEnabledFor(level) and (skipped := self._log_limit.allow((method, outcome))) is not None:

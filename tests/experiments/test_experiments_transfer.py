@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tests.support.images import make_image_folder
@@ -88,48 +87,6 @@ def test_odd_even_task_of_the_digits_is_issue_29s_folder(tmp_path: Path, monkeyp
     assert not {p.name for p in in_source} & {p.name.split("-", 1)[1] for p in train + valid}
     assert sorted(p.name for p in source.glob("train/*")) == [str(d) for d in range(10)]
     assert transfer.odd_even_folders("digits") == (source, target)  # written once, then reused
-
-
-def test_body_lr_callback_trains_as_fine_tune_with_that_lr_mult() -> None:
-    from fastai.callback.core import Callback
-    from fastai.data.core import DataLoaders
-    from fastai.learner import Learner
-    from fastai.torch_core import params
-    from torch import nn
-
-    from training.experiments.probes import body_lr_callback
-
-    class GroupLrs(Callback):
-        order = 70  # after every callback that sets the learning rates
-
-        def __init__(self) -> None:
-            self.lrs: list[list[float]] = []
-
-        def before_batch(self) -> None:
-            if self.training:
-                self.lrs.append([h["lr"] for h in self.opt.hypers])
-
-    def fine_tune(**kwargs) -> list[list[float]]:
-        torch.manual_seed(0)
-        x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
-        dls = DataLoaders.from_dsets(list(zip(x, y, strict=True)), list(zip(x, y, strict=True)), bs=8)
-        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
-        learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), splitter=lambda m: [params(m[0]), params(m[1])])
-        recorder = GroupLrs()
-        cbs = kwargs.pop("cbs", [])
-        with learn.no_bar(), learn.no_logging():
-            learn.fine_tune(2, 1e-2, freeze_epochs=1, cbs=[*cbs, recorder], **kwargs)
-        return recorder.lrs
-
-    fastai = fine_tune(lr_mult=10)
-    ours = fine_tune(cbs=[body_lr_callback(10)])
-    default = fine_tune()
-    assert len(fastai) == len(ours) == 3 * 4  # 4 batches × (1 frozen + 2 unfrozen epochs)
-    np.testing.assert_allclose(ours, fastai, rtol=1e-12)
-    assert ours[:4] == default[:4]  # the frozen epoch is fastai's whatever the lr_mult
-    body, head = np.array(ours[4:]).T
-    np.testing.assert_allclose(body * 10, head, rtol=1e-12)
-    assert np.array(default[4:])[:, 0].max() < body.max() / 5  # the default spreads them 100×, not 10×
 
 
 def test_transfer_needs_four_classes(tiny_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,7 +52,10 @@ OVERLOAD_SECONDS = float(os.environ.get("OVERLOAD_SECONDS", "4"))
 # being read or refused), which does not depend on how long the overload lasts, plus 512 KiB per minute of it.
 OVERLOAD_GROWTH = Allowance(32 * 1024, 512, "minute")
 REFUSED_STREAM = re.compile(r"RST_STREAM with error code 7\b")
-QUEUE_FULL = re.compile(r"^model 'digits': queue full \(\d+ (requests waiting|images in progress)\); retry later$")
+# The clients share one address: one client, which fair share stops short of the limit (serving.runtime.fairshare).
+QUEUE_FULL = re.compile(r"^model 'digits': queue (full \(\d+ (requests waiting|images in progress)\)|nearly full "
+                        r"\(\d+ of 8 images in progress\) and this client holds \d+, more than its share of \d+ while "
+                        r"1 client holds images); retry later$")
 
 
 @pytest.fixture(scope="module")

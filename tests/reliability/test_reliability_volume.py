@@ -78,8 +78,10 @@ class Normal:
         while not self._stop.is_set():
             started = time.perf_counter()
             code, details, response = call(lambda: self.stub.Classify(classify_request(self.payload), timeout=10))
-            if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "queue full" in details:
-                self.backed_off += 1  # the attack is also load: a well-behaved client backs off and retries
+            if code is grpc.StatusCode.RESOURCE_EXHAUSTED and ("queue full" in details or "nearly full" in details):
+                # The attack is also load: a well-behaved client backs off and retries. From the same address and
+                # without tokens it is the attacker's client, whose fair share the attack has used up.
+                self.backed_off += 1
                 self._stop.wait(0.05)
                 continue
             self.latencies.append(time.perf_counter() - started)

@@ -19,6 +19,7 @@ import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
 from serving.client import Client
+from serving.http import kserve
 from serving.runtime.predictor import Predictor
 from tests.support.servers import ServerThread, sample, wait_until
 
@@ -228,7 +229,8 @@ ERRORS = [
      "'data' must be a flat list or equally nested lists of numbers"),
     ("POST", INFER, json.dumps({"inputs": [{**FP32_OK, "data": [True] * 784}]}).encode(), {}, 400,
      "FP32 'data' must hold numbers only"),
-    ("POST", INFER, b'{"inputs": [' + b" " * (8 << 20) + b"]}", {}, 413, "more than the 8 MiB a JSON body may have"),
+    ("POST", INFER, b'{"inputs": [' + b" " * kserve.MAX_JSON_BYTES + b"]}", {}, 413,
+     "more than the 2 MiB a JSON body may have"),
     ("POST", INFER, b"x", {"Content-Encoding": "gzip"}, 400, "compressed requests are off"),
     ("POST", "/v1/models/digits/classify", b"", {}, 400, "no image"),
     ("POST", "/v1/models/digits/classify?top_k=two", b"png", {}, 400, "top_k must be an integer"),

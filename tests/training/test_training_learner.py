@@ -18,7 +18,6 @@ from tests.support.images import make_image_folder
 from training import data
 from training.__main__ import main
 from training.fit import fit
-from training.schedule import lr_find_iterations
 from training.settings import FitConfig
 
 
@@ -164,10 +163,3 @@ def test_in_memory_batches_are_the_decoded_files(image_folder: Path) -> None:
     assert np.abs(x.numpy() - expected).max() == 0.0
     assert y.tolist() == [label for _, label in ds.valid[:4]]
     assert len(dls.train) == len(ds.train) // 4  # the training loader drops the last partial batch
-
-
-def test_lr_find_is_bounded_by_the_training_it_tunes() -> None:
-    assert lr_find_iterations(44, 220) == 88      # digits, 5 epochs: two epochs' worth
-    assert lr_find_iterations(3, 30) == 16        # 96 images in batches of 32: at least 16 points of the curve
-    assert lr_find_iterations(500, 5000) == 100   # fastai's default is the ceiling
-    assert lr_find_iterations(44, 44) == 22       # one epoch of training: half of it

@@ -6,9 +6,7 @@
   ``ETAS``, from the current weights on the current batch (Santurkar et al. 2018, "How Does Batch Normalization
   Help Optimization?", §3.1: loss "variation", gradient "predictiveness" and effective β-smoothness);
 - ``momentum_callback``: Adam's β1 held at a value or cycled as one-cycle does, whatever the lr schedule, so that
-  the one-cycle experiment can separate the two;
-- ``body_lr_callback``: fastai ``fine_tune``'s ``lr_mult`` for a fit that calls ``fine_tune`` with its default,
-  so that the transfer experiment can try other recipes through ``training.fit``.
+  the one-cycle experiment can separate the two.
 """
 
 from __future__ import annotations
@@ -20,8 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ETAS", "FASTAI_LR_MULT", "ONE_CYCLE_MOMS", "Tracer", "body_lr_callback", "landscape",
-           "momentum_callback"]
+__all__ = ["ETAS", "FASTAI_LR_MULT", "ONE_CYCLE_MOMS", "Tracer", "landscape", "momentum_callback"]
 
 # Step sizes along −g: from well below any lr the experiments use to far beyond the largest that trains.
 ETAS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
@@ -144,25 +141,3 @@ def momentum_callback(momentum: float | str):
     return Momentum()
 
 
-def body_lr_callback(lr_mult: float):
-    """A fastai callback that makes ``fine_tune(epochs, lr)`` train as ``fine_tune(epochs, lr, lr_mult=lr_mult)``.
-
-    Once the body is unfrozen, fine_tune fits one cycle with ``slice(lr / lr_mult, lr)``: every parameter group
-    follows the head's schedule scaled by its place in ``even_mults(lr / lr_mult, lr, groups)``, and the head's own
-    schedule does not depend on ``lr_mult``. So, before every training batch of an unfrozen fit, the groups' lrs are
-    set from the head's with ``lr_mult``'s spread (after fastai's ParamScheduler, order 60, set them with the
-    default's). The frozen fit is left alone, as fine_tune leaves it. (For ``training.fit``, whose ``FitConfig``
-    does not pass fine_tune an ``lr_mult``.)"""
-    from fastai.callback.core import Callback
-    from fastai.torch_core import even_mults
-
-    class BodyLr(Callback):
-        order, run_valid = 61, False
-
-        def before_batch(self):
-            if self.opt.frozen_idx:
-                return
-            head = self.opt.hypers[-1]["lr"]
-            self.opt.set_hyper("lr", even_mults(head / lr_mult, head, len(self.opt.hypers)))
-
-    return BodyLr()

@@ -311,10 +311,6 @@ def train_one(spec: RunSpec, settings: Settings, run_dir: Path, log: Callable[[s
         from training.experiments.probes import momentum_callback
 
         callbacks.append(momentum_callback(spec.momentum))
-    if spec.pretrained and spec.lr_mult != FASTAI_LR_MULT:
-        from training.experiments.probes import body_lr_callback
-
-        callbacks.append(body_lr_callback(spec.lr_mult))  # fit's fine_tune runs with fastai's lr_mult
     cfg = FitConfig(data=spec.data or settings.data, arch=spec.arch, epochs=spec.epochs, out=run_dir, lr=spec.lr,
                     bs=spec.bs or settings.bs, size=settings.size, seed=spec.seed, plots=False,
                     model_kwargs=dict(spec.model_kwargs), schedule=spec.schedule,
@@ -322,7 +318,10 @@ def train_one(spec: RunSpec, settings: Settings, run_dir: Path, log: Callable[[s
                     # regulariser, with a loss floor above 0) does not confound the effect under test.
                     label_smoothing=0.0, head="linear",
                     pretrained=Path(spec.pretrained) if spec.pretrained else None,
-                    freeze_epochs=spec.freeze_epochs if spec.pretrained else 0)
+                    freeze_epochs=spec.freeze_epochs if spec.pretrained else 0, lr_mult=spec.lr_mult,
+                    # The reports were measured with BatchNorm's running statistics; the trainer now recomputes
+                    # them on short trainings (docs/training.md), which would change what a re-run compares.
+                    recompute_batchnorm=False)
     quiet = log if settings.verbose else (lambda _m: None)
     try:
         metrics = fit(cfg, log=quiet, callbacks=callbacks)
