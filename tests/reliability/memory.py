@@ -27,8 +27,8 @@ import numpy as np
 # the trim threshold to twice that, and each thread's arena keeps up to that much free memory after the largest
 # decodes: over 200,000 damaged images (multi-megapixel ones among them) a server's RSS wandered between 135 and
 # 190 MiB, in steps of up to 14 MiB, while malloc's bytes in use stayed at 50 MiB (docs/reliability.md#memory). That
-# band hides any leak of less than about 1 kB per input. ``MALLOC_MMAP_THRESHOLD_`` is glibc's documented variable
-# (mallopt(3)); other C libraries ignore it.
+# band hides a leak of up to 1 kB per input from a 50,000-input run. ``MALLOC_MMAP_THRESHOLD_`` is glibc's
+# documented variable (mallopt(3)); other C libraries ignore it.
 FIXED_MALLOC_THRESHOLDS = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
 
