@@ -387,8 +387,7 @@ class HttpFrontEnd:
             model=request.match_info["name"], version=request.match_info.get("version", ""),
             inputs=inputs, outputs=outputs, id=sane_request_id(parsed.id) or request[RID], deadline=deadline))
         body, headers = await offload.step(kserve.infer_response, result, binary,
-                                           items=sum(len(t.data) for t in result.outputs
-                                                     if t.datatype == "BYTES" and t.data is not None))
+                                           items=sum(len(t.data) for t in result.outputs if t.datatype == "BYTES"))
         return web.Response(body=body, headers=headers,
                             content_type="application/octet-stream" if headers else "application/json")
 
